@@ -1,0 +1,19 @@
+//! Harvester's resource types, shared by the CLI, the controller and the nodelet.
+//!
+//! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
+//! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
+//!   appear in manifests.
+//! - [`standalone`]: the local manifest a nodelet runs in `--standalone` mode.
+//! - [`validation`]: errors that name the field path that was wrong.
+//!
+//! Every type rejects unknown fields: a typo in a manifest is an error, never a
+//! silently ignored setting.
+
+pub mod grants;
+pub mod quantity;
+pub mod standalone;
+pub mod validation;
+
+pub use grants::{Capability, Grants};
+pub use quantity::{DurationSpec, MemorySize};
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,175 @@
+//! Durations and memory sizes written the way Kubernetes users write them.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A duration such as `3s`, `200ms`, `1m30s` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationSpec(pub Duration);
+
+impl DurationSpec {
+    pub fn as_duration(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for DurationSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid duration {s:?}: expected a number and a unit, like 3s, 200ms or 1m30s");
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(bad());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(bad)?;
+            if digits == 0 {
+                return Err(bad());
+            }
+            let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let seconds_per_unit = match &rest[..unit_len] {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            };
+            rest = &rest[unit_len..];
+            total += Duration::from_secs_f64(value * seconds_per_unit);
+        }
+        Ok(DurationSpec(total))
+    }
+}
+
+impl fmt::Display for DurationSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for DurationSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A memory size such as `64Mi`, `512Ki`, `1Gi` or a plain byte count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemorySize(pub u64);
+
+impl MemorySize {
+    pub const fn mebibytes(n: u64) -> Self {
+        MemorySize(n * 1024 * 1024)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for MemorySize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid memory size {s:?}: expected a number with Ki, Mi or Gi, like 64Mi");
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let n: u64 = s[..split].parse().map_err(|_| bad())?;
+        let mult: u64 = match &s[split..] {
+            "" => 1,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "K" | "k" => 1000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(MemorySize).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for MemorySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b % (1 << 30) == 0 && b > 0 {
+            write!(f, "{}Gi", b >> 30)
+        } else if b % (1 << 20) == 0 && b > 0 {
+            write!(f, "{}Mi", b >> 20)
+        } else if b % (1 << 10) == 0 && b > 0 {
+            write!(f, "{}Ki", b >> 10)
+        } else {
+            write!(f, "{b}")
+        }
+    }
+}
+
+impl Serialize for MemorySize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(MemorySize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_kubernetes() {
+        assert_eq!("3s".parse::<DurationSpec>().unwrap().0, Duration::from_secs(3));
+        assert_eq!("200ms".parse::<DurationSpec>().unwrap().0, Duration::from_millis(200));
+        assert_eq!("1m30s".parse::<DurationSpec>().unwrap().0, Duration::from_secs(90));
+        assert_eq!("1.5s".parse::<DurationSpec>().unwrap().0, Duration::from_millis(1500));
+        for bad in ["", "3", "s", "3 parsecs", "-1s"] {
+            let err = bad.parse::<DurationSpec>().unwrap_err();
+            assert!(err.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn memory_sizes_parse_binary_suffixes() {
+        assert_eq!("64Mi".parse::<MemorySize>().unwrap().0, 64 << 20);
+        assert_eq!("1Gi".parse::<MemorySize>().unwrap().0, 1 << 30);
+        assert_eq!("4096".parse::<MemorySize>().unwrap().0, 4096);
+        assert!("64MB".parse::<MemorySize>().unwrap_err().contains("64MB"));
+        assert_eq!(MemorySize::mebibytes(64).to_string(), "64Mi");
+    }
+}

@@ -1,5 +1,6 @@
 //! Harvester's resource types, shared by the CLI, the controller and the nodelet.
 //!
+//! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
 //!   appear in manifests.
@@ -9,11 +10,13 @@
 //! Every type rejects unknown fields: a typo in a manifest is an error, never a
 //! silently ignored setting.
 
+pub mod digest;
 pub mod grants;
 pub mod quantity;
 pub mod standalone;
 pub mod validation;
 
+pub use digest::Digest;
 pub use grants::{Capability, Grants};
 pub use quantity::{DurationSpec, MemorySize};
 pub use validation::{FieldError, ValidationErrors};

@@ -1,1 +1,24 @@
+//! The Harvester nodelet: the agent on each board that runs sandboxed plugin
+//! components with exactly the hardware their manifests grant.
+//!
+//! - [`runtime`]: loads, starts, hot-swaps and stops plugins (one thread each).
+//! - [`sandbox`]: import checks against grants, memory cap, locked-down WASI.
+//! - [`capabilities`]: the host side of each WIT interface, with scope checks.
+//! - [`hardware`]: one trait per device; simulated and (later) Raspberry Pi backends.
+//! - [`engine`]: the one wasmtime configuration; [`cache`]: compiled components on disk.
+//! - [`events`], [`report`], [`metrics`]: status, events, log lines and Prometheus metrics.
+//! - [`standalone`]: `harvester nodelet --standalone FILE`, with file watching.
+//! - [`server`]: the node's local HTTP endpoints (`/status`, `/metrics`, commands).
+
+pub mod bindings;
+pub mod cache;
+pub mod capabilities;
+pub mod engine;
+pub mod events;
 pub mod hardware;
+pub mod metrics;
+pub mod report;
+pub mod runtime;
+pub mod sandbox;
+
+pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};

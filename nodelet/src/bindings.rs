@@ -1,0 +1,12 @@
+//! Rust bindings of the `harvester:plugin` WIT package, generated at build time.
+
+// The generated code uses `unsafe` internally for typed function lookups.
+#![allow(unsafe_code, unused_variables)]
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "full",
+});
+
+pub use exports::harvester::plugin::lifecycle;
+pub use harvester::plugin::*;

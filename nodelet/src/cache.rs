@@ -1,0 +1,126 @@
+//! Compiled components on disk, keyed by content digest and engine hash, so a
+//! node compiles each component once and a restart compiles nothing.
+
+use crate::engine::PluginEngine;
+use harvester_api::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+
+/// Where a component came from this time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded from a precompiled file: no Cranelift run.
+    Hit,
+    /// Compiled now (and stored for next time).
+    Compiled,
+}
+
+pub struct CompileCache {
+    dir: PathBuf,
+    compiles: AtomicU64,
+    hits: AtomicU64,
+}
+
+/// Why bytes did not become a component.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("not a WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("compile cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CompileCache {
+    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<CompileCache> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(CompileCache {
+            dir,
+            compiles: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Components compiled by this process.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Components loaded precompiled by this process.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn path_for(&self, engine: &PluginEngine, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}-{}.cwasm", digest.hex(), engine.compat_hash()))
+    }
+
+    /// Returns the component for `bytes` (whose digest is `digest`), from the
+    /// cache when possible, and how long it took.
+    pub fn load(
+        &self,
+        engine: &PluginEngine,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome, Duration), CompileError> {
+        let started = Instant::now();
+        let path = self.path_for(engine, digest);
+        if path.exists() {
+            match deserialize(engine, &path) {
+                Ok(c) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((c, CacheOutcome::Hit, started.elapsed()));
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "discarding unusable compiled component: {e}"),
+            }
+        }
+        if !wasmparser_is_component(bytes) {
+            return Err(CompileError::Invalid(describe_non_component(bytes)));
+        }
+        let compiled = engine
+            .engine()
+            .precompile_component(bytes)
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        // Write-then-rename: a crash mid-write never leaves a truncated entry.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let io = |source| CompileError::Io { path: path.clone(), source };
+        std::fs::write(&tmp, &compiled).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        let component = deserialize(engine, &path).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        Ok((component, CacheOutcome::Compiled, started.elapsed()))
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &PluginEngine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: only files this cache wrote itself are loaded, named by the
+    // digest of their source and the exact engine configuration, and written
+    // atomically; wasmtime still checks the header and engine compatibility.
+    unsafe { Component::deserialize_file(engine.engine(), path) }
+}
+
+/// The component binary format's preamble: magic, then version 0x0d and layer 1.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+fn describe_non_component(bytes: &[u8]) -> String {
+    if bytes.len() >= 8 && bytes[..4] == *b"\0asm" {
+        "this is a core WebAssembly module, not a component: build it with `harvester plugin build` (or wrap it with `wasm-tools component new`)".into()
+    } else if bytes.is_empty() {
+        "the file is empty".into()
+    } else {
+        "the file does not start with the WebAssembly magic bytes".into()
+    }
+}

@@ -1,0 +1,172 @@
+//! What happens to plugins, as events (for logs, the hub and tests) and as a
+//! status table (for `/status`, the dashboard and `harvester get`).
+
+use harvester_api::{Capability, Digest};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    #[serde(with = "unix_millis")]
+    pub at: SystemTime,
+    pub plugin: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    /// The plugin's `log` import.
+    Plugin,
+    /// The plugin's WASI stdout.
+    Stdout,
+    /// The plugin's WASI stderr (Python tracebacks land here).
+    Stderr,
+    /// The node, about this plugin.
+    Node,
+}
+
+/// Why a call into a plugin failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrapKind {
+    /// The call ran past its deadline and was interrupted.
+    Timeout,
+    /// The plugin asked for more memory than its cap.
+    MemoryLimit,
+    /// Any other trap: `unreachable`, an uncaught Python exception, a panic.
+    Trap,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum EventKind {
+    Log {
+        level: LogLevel,
+        source: LogSource,
+        message: String,
+    },
+    Telemetry {
+        name: String,
+        value: f64,
+        unit: String,
+    },
+    /// A call outside the plugin's grants; it did nothing.
+    Denied {
+        capability: Capability,
+        message: String,
+    },
+    /// A version was compiled (or loaded from the cache), instantiated and
+    /// initialised, and now ticks.
+    Started {
+        generation: u64,
+        digest: Digest,
+        from_cache: bool,
+        replaced: Option<u64>,
+    },
+    /// A version could not be loaded; whatever ran before keeps running.
+    LoadFailed {
+        generation: u64,
+        error: String,
+    },
+    /// `tick` returned an error: the plugin stays up.
+    TickFailed {
+        message: String,
+    },
+    /// A call trapped; the instance is discarded and restarted after a backoff.
+    Trapped {
+        kind: TrapKind,
+        call: String,
+        message: String,
+    },
+    Restarted {
+        attempt: u32,
+    },
+    /// Failing again and again: restarts continue at the longest backoff.
+    CrashLoop {
+        restarts: u32,
+        last_error: String,
+    },
+    Stopped,
+}
+
+/// A plugin's phase, as `harvester get` and the dashboard show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// Being compiled, instantiated and initialised for the first time.
+    Loading,
+    Running,
+    /// Trapped; waiting for the restart backoff.
+    Restarting,
+    CrashLoopBackOff,
+    /// Could not be loaded and nothing older is running.
+    Failed,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reading {
+    pub value: f64,
+    pub unit: String,
+    #[serde(with = "unix_millis")]
+    pub at: SystemTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatus {
+    pub name: String,
+    pub phase: Phase,
+    /// The version running now (1 for the first, +1 per applied change).
+    pub generation: u64,
+    pub digest: Option<Digest>,
+    pub source: String,
+    pub restarts: u32,
+    pub ticks: u64,
+    pub missed_ticks: u64,
+    pub denied_calls: u64,
+    pub memory_bytes: u64,
+    pub last_error: Option<String>,
+    pub telemetry: BTreeMap<String, Reading>,
+}
+
+impl PluginStatus {
+    pub fn new(name: &str, source: &str) -> PluginStatus {
+        PluginStatus {
+            name: name.to_string(),
+            phase: Phase::Loading,
+            generation: 0,
+            digest: None,
+            source: source.to_string(),
+            restarts: 0,
+            ticks: 0,
+            missed_ticks: 0,
+            denied_calls: 0,
+            memory_bytes: 0,
+            last_error: None,
+            telemetry: BTreeMap::new(),
+        }
+    }
+}
+
+pub(crate) mod unix_millis {
+    use serde::Serializer;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        s.serialize_u64(ms)
+    }
+}

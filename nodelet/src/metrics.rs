@@ -1,0 +1,151 @@
+//! The node's Prometheus metrics. Labels stay low-cardinality: plugin,
+//! capability, kind, sensor name (capped per plugin), unit.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub ticks: IntCounterVec,
+    pub missed_ticks: IntCounterVec,
+    pub tick_errors: IntCounterVec,
+    pub call_seconds: HistogramVec,
+    pub denied: IntCounterVec,
+    pub traps: IntCounterVec,
+    pub restarts: IntCounterVec,
+    pub load_failures: IntCounterVec,
+    pub sensor: GaugeVec,
+    pub memory: IntGaugeVec,
+    pub generation: IntGaugeVec,
+    pub compiles: IntCounter,
+    pub cache_hits: IntCounter,
+    pub load_seconds: HistogramVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let call_seconds = HistogramVec::new(
+            HistogramOpts::new("harvester_plugin_call_duration_seconds", "Time spent in one call into a plugin")
+                .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            &["plugin", "call"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(call_seconds.clone())).expect("unique metric");
+        let load_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "harvester_component_load_duration_seconds",
+                "Time to get a runnable component: compile or load from the cache",
+            )
+            .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(load_seconds.clone())).expect("unique metric");
+        let sensor = GaugeVec::new(
+            Opts::new("harvester_sensor_value", "Latest reading a plugin emitted through telemetry"),
+            &["plugin", "sensor", "unit"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(sensor.clone())).expect("unique metric");
+        let memory = IntGaugeVec::new(
+            Opts::new("harvester_plugin_memory_bytes", "Linear memory held by the plugin's instance"),
+            &["plugin"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(memory.clone())).expect("unique metric");
+        let generation = IntGaugeVec::new(
+            Opts::new("harvester_plugin_generation", "Generation of the plugin version running"),
+            &["plugin"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(generation.clone())).expect("unique metric");
+        let compiles = IntCounter::new("harvester_component_compiles_total", "Components compiled with Cranelift")
+            .expect("valid metric");
+        registry.register(Box::new(compiles.clone())).expect("unique metric");
+        let cache_hits = IntCounter::new(
+            "harvester_component_cache_hits_total",
+            "Components loaded precompiled from the cache",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(cache_hits.clone())).expect("unique metric");
+        Metrics {
+            ticks: counter(&registry, "harvester_plugin_ticks_total", "Ticks that ran", &["plugin"]),
+            missed_ticks: counter(
+                &registry,
+                "harvester_plugin_missed_ticks_total",
+                "Ticks skipped because the previous one ran late",
+                &["plugin"],
+            ),
+            tick_errors: counter(
+                &registry,
+                "harvester_plugin_tick_errors_total",
+                "Ticks where the plugin returned an error",
+                &["plugin"],
+            ),
+            denied: counter(
+                &registry,
+                "harvester_plugin_denied_calls_total",
+                "Capability calls refused because they were outside the plugin's grants",
+                &["plugin", "capability"],
+            ),
+            traps: counter(&registry, "harvester_plugin_traps_total", "Calls that trapped, by kind", &["plugin", "kind"]),
+            restarts: counter(&registry, "harvester_plugin_restarts_total", "Instances restarted after a trap", &["plugin"]),
+            load_failures: counter(
+                &registry,
+                "harvester_plugin_load_failures_total",
+                "Versions that failed to compile, link or initialise",
+                &["plugin"],
+            ),
+            registry,
+            call_seconds,
+            sensor,
+            memory,
+            generation,
+            compiles,
+            cache_hits,
+            load_seconds,
+        }
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Drops every series of a plugin that was removed.
+    pub fn forget_plugin(&self, plugin: &str, sensors: &[(String, String)]) {
+        for v in [&self.ticks, &self.missed_ticks, &self.tick_errors, &self.restarts, &self.load_failures] {
+            let _ = v.remove_label_values(&[plugin]);
+        }
+        let _ = self.memory.remove_label_values(&[plugin]);
+        let _ = self.generation.remove_label_values(&[plugin]);
+        for (name, unit) in sensors {
+            let _ = self.sensor.remove_label_values(&[plugin, name, unit]);
+        }
+        for cap in harvester_api::Capability::ALL {
+            let _ = self.denied.remove_label_values(&[plugin, cap.name()]);
+        }
+        for kind in ["timeout", "memory-limit", "trap"] {
+            let _ = self.traps.remove_label_values(&[plugin, kind]);
+        }
+        for call in ["init", "tick", "on-command"] {
+            let _ = self.call_seconds.remove_label_values(&[plugin, call]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

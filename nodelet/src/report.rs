@@ -1,0 +1,195 @@
+//! One place where plugin events become log lines, metrics, status and
+//! broadcast events: every state change is observable the same way.
+
+use crate::events::{Event, EventKind, LogLevel, LogSource, Phase, PluginStatus, Reading, TrapKind};
+use crate::metrics::Metrics;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+use tokio::sync::broadcast;
+
+const EVENT_BUFFER: usize = 4096;
+
+pub struct Reporter {
+    events: broadcast::Sender<Event>,
+    status: Mutex<BTreeMap<String, PluginStatus>>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Reporter {
+    pub fn new(metrics: Arc<Metrics>) -> Reporter {
+        Reporter {
+            events: broadcast::channel(EVENT_BUFFER).0,
+            status: Mutex::new(BTreeMap::new()),
+            metrics,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn status(&self) -> Vec<PluginStatus> {
+        lock(&self.status).values().cloned().collect()
+    }
+
+    pub fn plugin_status(&self, plugin: &str) -> Option<PluginStatus> {
+        lock(&self.status).get(plugin).cloned()
+    }
+
+    /// Changes a plugin's status row, creating it if needed.
+    pub fn update(&self, plugin: &str, source: &str, f: impl FnOnce(&mut PluginStatus)) {
+        let mut all = lock(&self.status);
+        let row = all
+            .entry(plugin.to_string())
+            .or_insert_with(|| PluginStatus::new(plugin, source));
+        f(row);
+    }
+
+    pub fn remove(&self, plugin: &str) {
+        let row = lock(&self.status).remove(plugin);
+        let sensors: Vec<(String, String)> = row
+            .map(|r| r.telemetry.into_iter().map(|(k, v)| (k, v.unit)).collect())
+            .unwrap_or_default();
+        self.metrics.forget_plugin(plugin, &sensors);
+    }
+
+    pub fn tick_done(&self, plugin: &str, seconds: f64, memory: usize) {
+        self.metrics.ticks.with_label_values(&[plugin]).inc();
+        self.metrics.call_seconds.with_label_values(&[plugin, "tick"]).observe(seconds);
+        self.metrics.memory.with_label_values(&[plugin]).set(memory as i64);
+        let mut all = lock(&self.status);
+        if let Some(s) = all.get_mut(plugin) {
+            s.ticks += 1;
+            s.memory_bytes = memory as u64;
+        }
+    }
+
+    pub fn ticks_missed(&self, plugin: &str, n: u64) {
+        self.metrics.missed_ticks.with_label_values(&[plugin]).inc_by(n);
+        if let Some(s) = lock(&self.status).get_mut(plugin) {
+            s.missed_ticks += n;
+        }
+    }
+
+    /// Records an event: log line, metrics, status, then broadcast.
+    pub fn emit(&self, plugin: &str, kind: EventKind) {
+        let at = SystemTime::now();
+        match &kind {
+            EventKind::Log { level, source, message } => {
+                let source = match source {
+                    LogSource::Plugin => "plugin",
+                    LogSource::Stdout => "stdout",
+                    LogSource::Stderr => "stderr",
+                    LogSource::Node => "node",
+                };
+                match level {
+                    LogLevel::Debug => tracing::debug!(plugin, source, "{message}"),
+                    LogLevel::Info => tracing::info!(plugin, source, "{message}"),
+                    LogLevel::Warn => tracing::warn!(plugin, source, "{message}"),
+                    LogLevel::Error => tracing::error!(plugin, source, "{message}"),
+                }
+            }
+            EventKind::Telemetry { name, value, unit } => {
+                self.metrics.sensor.with_label_values(&[plugin, name, unit]).set(*value);
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.telemetry.insert(
+                        name.clone(),
+                        Reading {
+                            value: *value,
+                            unit: unit.clone(),
+                            at,
+                        },
+                    );
+                }
+            }
+            EventKind::Denied { capability, message } => {
+                tracing::warn!(plugin, capability = capability.name(), "denied: {message}");
+                self.metrics.denied.with_label_values(&[plugin, capability.name()]).inc();
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.denied_calls += 1;
+                }
+            }
+            EventKind::Started {
+                generation,
+                digest,
+                from_cache,
+                replaced,
+            } => {
+                match replaced {
+                    Some(old) => tracing::info!(plugin, generation, %digest, from_cache, "swapped in, replacing generation {old}"),
+                    None => tracing::info!(plugin, generation, %digest, from_cache, "started"),
+                }
+                self.metrics.generation.with_label_values(&[plugin]).set(*generation as i64);
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.phase = Phase::Running;
+                    s.generation = *generation;
+                    s.digest = Some(*digest);
+                    s.last_error = None;
+                }
+            }
+            EventKind::LoadFailed { generation, error } => {
+                tracing::error!(plugin, generation, "cannot load: {error}");
+                self.metrics.load_failures.with_label_values(&[plugin]).inc();
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.last_error = Some(error.clone());
+                    if s.phase == Phase::Loading {
+                        s.phase = Phase::Failed;
+                    }
+                }
+            }
+            EventKind::TickFailed { message } => {
+                tracing::warn!(plugin, "tick returned an error: {message}");
+                self.metrics.tick_errors.with_label_values(&[plugin]).inc();
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.last_error = Some(message.clone());
+                }
+            }
+            EventKind::Trapped { kind, call, message } => {
+                tracing::error!(plugin, call, "trapped: {message}");
+                let k = match kind {
+                    TrapKind::Timeout => "timeout",
+                    TrapKind::MemoryLimit => "memory-limit",
+                    TrapKind::Trap => "trap",
+                };
+                self.metrics.traps.with_label_values(&[plugin, k]).inc();
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.last_error = Some(message.clone());
+                    if s.phase == Phase::Running {
+                        s.phase = Phase::Restarting;
+                    }
+                }
+            }
+            EventKind::Restarted { attempt } => {
+                tracing::info!(plugin, attempt, "restarted");
+                self.metrics.restarts.with_label_values(&[plugin]).inc();
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.restarts += 1;
+                    s.phase = Phase::Running;
+                }
+            }
+            EventKind::CrashLoop { restarts, last_error } => {
+                tracing::error!(plugin, restarts, "crash loop: {last_error}");
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.phase = Phase::CrashLoopBackOff;
+                }
+            }
+            EventKind::Stopped => {
+                tracing::info!(plugin, "stopped");
+                if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.phase = Phase::Stopped;
+                }
+            }
+        }
+        // No receivers is normal: nobody is watching.
+        let _ = self.events.send(Event {
+            at,
+            plugin: plugin.to_string(),
+            kind,
+        });
+    }
+}

@@ -20,5 +20,7 @@ pub mod metrics;
 pub mod report;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
+pub mod standalone;
 
 pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};

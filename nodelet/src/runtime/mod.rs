@@ -159,6 +159,10 @@ impl Runtime {
         &self.cache
     }
 
+    pub(crate) fn reporter(&self) -> &Reporter {
+        &self.report
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.report.metrics
     }

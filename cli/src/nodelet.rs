@@ -1,0 +1,143 @@
+//! `harvester nodelet`: the node agent.
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use harvester_nodelet::hardware::sim::{self, SimHandles, SimProfile};
+use harvester_nodelet::runtime::RestartPolicy;
+use harvester_nodelet::{Runtime, RuntimeOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HardwareChoice {
+    /// Simulated devices (any machine).
+    Sim,
+    /// A Raspberry Pi if this is one, simulated devices otherwise.
+    Auto,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeletArgs {
+    /// Run the plugins of this local manifest, without a controller, and
+    /// follow changes to it and to the component files.
+    #[arg(long, value_name = "FILE")]
+    pub standalone: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long, default_value_t = default_name())]
+    pub name: String,
+    /// Where compiled components and state are kept.
+    #[arg(long, value_name = "DIR", env = "HARVESTER_DATA")]
+    pub data: Option<PathBuf>,
+    /// Serve /status, /metrics and plugin commands here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
+    pub listen: SocketAddr,
+    #[arg(long, value_enum, default_value_t = HardwareChoice::Auto)]
+    pub hardware: HardwareChoice,
+    /// Pin a simulated value: temperature=31, humidity=40, pressure=1000,
+    /// gas=50000, cpu-temperature=75 (repeatable).
+    #[arg(long = "sim", value_name = "KEY=VALUE")]
+    pub sim: Vec<String>,
+    /// How often the manifest and components are checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub poll: harvester_api::DurationSpec,
+    /// Wait before restarting a trapped plugin (doubles per failure).
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub restart_backoff: harvester_api::DurationSpec,
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("harvester");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/harvester");
+    }
+    PathBuf::from("/var/lib/harvester")
+}
+
+fn apply_sim(handles: &SimHandles, settings: &[String]) -> anyhow::Result<()> {
+    for s in settings {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--sim {s}: expected KEY=VALUE"))?;
+        let v: f32 = value
+            .parse()
+            .with_context(|| format!("--sim {s}: {value:?} is not a number"))?;
+        match key {
+            "temperature" => handles.world.set_temperature(Some(v)),
+            "humidity" => handles.world.set_humidity(Some(v)),
+            "pressure" => handles.world.set_pressure(Some(v)),
+            "gas" => handles.world.set_gas_resistance(Some(v)),
+            "cpu-temperature" => handles.system.set_cpu_temperature(Some(v)),
+            other => bail!(
+                "--sim {s}: unknown key {other:?}; use temperature, humidity, pressure, gas or cpu-temperature"
+            ),
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
+    let Some(manifest) = args.standalone.clone() else {
+        bail!("give --standalone FILE: this build runs nodelets from a local manifest");
+    };
+    let on_pi = std::fs::read_to_string("/proc/device-tree/model")
+        .map(|m| m.contains("Raspberry Pi"))
+        .unwrap_or(false);
+    if args.hardware == HardwareChoice::Auto && on_pi {
+        tracing::warn!("this is a Raspberry Pi, but this build drives simulated devices only");
+    }
+    let (hardware, handles) = sim::build(&SimProfile::default());
+    apply_sim(&handles, &args.sim)?;
+    tracing::info!(node = args.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
+
+    let data = args.data.clone().unwrap_or_else(default_data_dir);
+    let runtime = Arc::new(Runtime::new(
+        RuntimeOptions {
+            data_dir: data,
+            restart: RestartPolicy {
+                initial_backoff: args.restart_backoff.as_duration(),
+                ..RestartPolicy::default()
+            },
+        },
+        hardware,
+    )?);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!("serving /status and /metrics on http://{}", listener.local_addr()?);
+    let app = harvester_nodelet::server::router(args.name.clone(), runtime.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let result = harvester_nodelet::standalone::run(
+        runtime,
+        manifest,
+        args.poll.as_duration().max(Duration::from_millis(50)),
+        shutdown_signal(),
+    )
+    .await;
+    server.abort();
+    result
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,50 @@
+//! Emits `tick` = its VERSION config on every tick, so tests can count ticks
+//! across a hot swap; panics on the `panic` command; spins on `spin`.
+
+wit_bindgen::generate!({
+    path: "wit",
+    world: "probe-plugin",
+    generate_all,
+});
+
+use exports::harvester::plugin::lifecycle::Guest;
+use harvester::plugin::{config, gpio, log, telemetry};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static VERSION: AtomicU64 = AtomicU64::new(0);
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+struct Probe;
+
+impl Guest for Probe {
+    fn init(_config: Vec<(String, String)>) -> Result<(), String> {
+        let v = config::get("VERSION").unwrap_or_else(|| "1".into());
+        VERSION.store(v.parse().map_err(|_| format!("VERSION={v} is not a number"))?, Ordering::Relaxed);
+        log::log(log::Level::Info, &format!("probe version {v} ready"));
+        Ok(())
+    }
+
+    fn tick() -> Result<(), String> {
+        let n = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+        telemetry::emit("tick", VERSION.load(Ordering::Relaxed) as f64, "version");
+        telemetry::emit("count", n as f64, "count");
+        Ok(())
+    }
+
+    fn on_command(name: String, _args: Vec<(String, String)>) -> Result<String, String> {
+        match name.as_str() {
+            "panic" => panic!("probe panicked on request"),
+            "spin" => loop {
+                std::hint::spin_loop();
+            },
+            "gpio" => {
+                gpio::write(17, true).map_err(|e| format!("{e:?}"))?;
+                Ok("wrote GPIO17".into())
+            }
+            "ticks" => Ok(TICKS.load(Ordering::Relaxed).to_string()),
+            other => Err(format!("unknown command {other}")),
+        }
+    }
+}
+
+export!(Probe);

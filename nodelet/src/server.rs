@@ -1,0 +1,74 @@
+//! The node's local HTTP endpoints, on loopback by default:
+//! `GET /status` (plugins, hardware, LED frame), `GET /metrics` (Prometheus),
+//! `POST /plugins/{name}/commands/{command}` (run a plugin command), `GET /healthz`.
+
+use crate::runtime::{CommandError, Runtime};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct App {
+    node: String,
+    runtime: Arc<Runtime>,
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    node: String,
+    hardware: crate::hardware::Inventory,
+    leds: Vec<String>,
+    plugins: Vec<crate::events::PluginStatus>,
+    compiles: u64,
+    cache_hits: u64,
+}
+
+pub fn router(node: String, runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/plugins/{name}/commands/{command}", post(command))
+        .with_state(App { node, runtime })
+}
+
+async fn status(State(app): State<App>) -> Json<NodeStatus> {
+    Json(NodeStatus {
+        node: app.node.clone(),
+        hardware: app.runtime.hardware().inventory(),
+        leds: app.runtime.led_frame().iter().map(|c| c.hex()).collect(),
+        plugins: app.runtime.status(),
+        compiles: app.runtime.cache().compiles(),
+        cache_hits: app.runtime.cache().hits(),
+    })
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.runtime.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn command(
+    State(app): State<App>,
+    Path((name, command)): Path<(String, String)>,
+    Query(args): Query<BTreeMap<String, String>>,
+) -> Response {
+    let rt = app.runtime.clone();
+    let args: Vec<(String, String)> = args.into_iter().collect();
+    let result = tokio::task::spawn_blocking(move || rt.command(&name, &command, args)).await;
+    match result {
+        Ok(Ok(answer)) => (StatusCode::OK, answer + "\n").into_response(),
+        Ok(Err(e @ CommandError::NoSuchPlugin(_))) => (StatusCode::NOT_FOUND, e.to_string() + "\n").into_response(),
+        Ok(Err(e @ CommandError::Plugin(_))) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string() + "\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string() + "\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}

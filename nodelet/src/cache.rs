@@ -93,7 +93,13 @@ impl CompileCache {
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         // Write-then-rename: a crash mid-write never leaves a truncated entry.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per writer: two threads may compile the same digest at once.
+        static WRITERS: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            WRITERS.fetch_add(1, Ordering::Relaxed)
+        ));
         let io = |source| CompileError::Io { path: path.clone(), source };
         std::fs::write(&tmp, &compiled).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;

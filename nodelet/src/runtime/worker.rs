@@ -78,6 +78,17 @@ impl Worker {
         rx: Receiver<Msg>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let plugin = version.ctx.plugin.clone();
+        // Reported before the thread starts, so the caller of `apply` sees
+        // the plugin Running when it returns.
+        report.emit(
+            &plugin,
+            EventKind::Started {
+                generation: version.generation,
+                digest: version.digest,
+                from_cache: version.from_cache,
+                replaced: None,
+            },
+        );
         let worker = Worker {
             plugin: plugin.clone(),
             report,
@@ -96,15 +107,6 @@ impl Worker {
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
-        self.report.emit(
-            &self.plugin,
-            EventKind::Started {
-                generation: self.version.generation,
-                digest: self.version.digest,
-                from_cache: self.version.from_cache,
-                replaced: None,
-            },
-        );
         loop {
             let wake = match self.restart_at {
                 Some(r) => r.min(self.next_tick),

@@ -1,0 +1,11 @@
+//! Integration tests: real components built from the repo's plugins, run by
+//! the real runtime (wasmtime), on simulated hardware; and the real
+//! `harvester` binary as a process on loopback.
+
+mod bad_input;
+mod cache;
+mod hot_swap;
+mod process;
+mod sandbox;
+mod showcase;
+mod support;

@@ -1,0 +1,181 @@
+//! The real `harvester` binary, as a process on loopback.
+
+use crate::support::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+/// Kills the process by pid when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.1 request to 127.0.0.1.
+fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn status(port: u16) -> Option<serde_json::Value> {
+    let (code, body) = http("GET", port, "/status")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+fn harvester(args: &[&str], data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_harvester"));
+    c.args(args).arg("--data").arg(data).env("HARVESTER_LOG", "info");
+    c
+}
+
+fn plugin(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn standalone_nodelet_rejects_a_bad_manifest_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "plugins:\n- name: p\n  component: p.wasm\n  grants: {gpio: {pins: [4, 41]}}\n",
+            "plugins[0].grants.gpio.pins[1]: pin 41 is not a valid BCM GPIO (0-27)",
+        ),
+        (
+            "plugins:\n- name: p\n  component: p.wasm\n  grants:\n    camera: {}\n",
+            "unknown field `camera`",
+        ),
+        ("plugins: [\n", "did not find expected"),
+    ];
+    for (i, (yaml, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let out = harvester(
+            &["nodelet", "--standalone", file.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())],
+            dir.path(),
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("bad{i}.yaml")) && stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[test]
+fn standalone_nodelet_follows_manifest_and_component_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("probe.wasm"), component("probe").as_slice()).unwrap();
+    let manifest = dir.path().join("node.yaml");
+    let write_manifest = |version: &str| {
+        std::fs::write(
+            &manifest,
+            format!(
+                "plugins:\n- name: probe\n  component: probe.wasm\n  grants: {{gpio: {{pins: [17]}}}}\n  config: {{VERSION: \"{version}\"}}\n  tickInterval: 100ms\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_manifest("1");
+    let port = free_port();
+    let mut child = Proc(
+        harvester(
+            &[
+                "nodelet",
+                "--standalone",
+                manifest.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--poll",
+                "100ms",
+                "--name",
+                "devbox",
+            ],
+            &dir.path().join("data"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let pid = child.0.id();
+    let running_gen = |g: u64| {
+        move || status(port).is_some_and(|s| plugin(&s, "probe")["phase"] == "Running" && plugin(&s, "probe")["generation"] == g)
+    };
+    wait_until(T, "probe running", running_gen(1));
+    assert_eq!(status(port).unwrap()["node"], "devbox");
+
+    // A config edit swaps a new version in; same process.
+    write_manifest("2");
+    wait_until(T, "generation 2", running_gen(2));
+    assert!(child.0.try_wait().unwrap().is_none());
+    assert_eq!(child.0.id(), pid);
+
+    // A broken component file: reported, the running version stays.
+    std::fs::write(dir.path().join("probe.wasm"), b"not wasm").unwrap();
+    wait_until(T, "load failure reported", || {
+        status(port).is_some_and(|s| {
+            plugin(&s, "probe")["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("probe.wasm") && e.contains("WebAssembly magic"))
+        })
+    });
+    let s = status(port).unwrap();
+    assert_eq!((plugin(&s, "probe")["phase"].as_str(), plugin(&s, "probe")["generation"].as_u64()), (Some("Running"), Some(2)));
+
+    // A broken manifest: reported in the log, nothing stops.
+    std::fs::write(&manifest, "plugins: [").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let ticks = plugin(&status(port).unwrap(), "probe")["ticks"].as_u64().unwrap();
+    wait_until(T, "still ticking", || plugin(&status(port).unwrap(), "probe")["ticks"].as_u64().unwrap() > ticks);
+
+    // Commands reach the plugin; unknown plugins get 404.
+    let (code, body) = http("POST", port, "/plugins/probe/commands/ticks").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.trim().parse::<u64>().unwrap() > 0);
+    assert_eq!(http("POST", port, "/plugins/nope/commands/x").unwrap().0, 404);
+    let (code, metrics) = http("GET", port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains(r#"harvester_plugin_generation{plugin="probe"} 2"#), "{metrics}");
+
+    // SIGTERM stops it cleanly.
+    let started = Instant::now();
+    unsafe_free_sigterm(pid);
+    loop {
+        if let Some(code) = child.0.try_wait().unwrap() {
+            assert!(code.success(), "{code:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to our own child by pid, through the `kill` command.
+fn unsafe_free_sigterm(pid: u32) {
+    let ok = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}

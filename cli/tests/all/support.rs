@@ -1,0 +1,224 @@
+//! Shared helpers: real components built from the repo's plugins (cached by
+//! source hash), nodes with simulated hardware, and bounded waits.
+
+use harvester_api::standalone::Limits;
+use harvester_api::{DurationSpec, Grants, MemorySize};
+use harvester_nodelet::events::{Event, EventKind};
+use harvester_nodelet::hardware::sim::{self, SimHandles, SimProfile};
+use harvester_nodelet::runtime::RestartPolicy;
+use harvester_nodelet::{PluginSpec, Runtime, RuntimeOptions};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::TryRecvError;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn artifacts() -> PathBuf {
+    let dir = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn plugin_dir(name: &str) -> PathBuf {
+    let showcase = repo().join("plugins").join(name);
+    if showcase.is_dir() {
+        showcase
+    } else {
+        repo().join("cli/tests/plugins").join(name)
+    }
+}
+
+fn hash_sources(dir: &Path, h: &mut Sha256) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name == "target" || name == "__pycache__" || name.ends_with(".wasm") || name.ends_with(".partial") {
+            continue;
+        }
+        if p.is_dir() {
+            hash_sources(&p, h);
+        } else {
+            h.update(name.as_bytes());
+            h.update(std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+fn componentize_py() -> PathBuf {
+    let venv = repo().join(".venv/bin/componentize-py");
+    if std::env::var_os("HARVESTER_COMPONENTIZE_PY").is_none() && venv.exists() {
+        venv
+    } else {
+        harvester::build::componentize_py()
+    }
+}
+
+/// The component of plugin `name` (a showcase plugin or a test plugin),
+/// built with `harvester plugin build`'s code and cached by source hash.
+pub fn component(name: &str) -> Arc<Vec<u8>> {
+    static BUILDS: OnceLock<Mutex<BTreeMap<String, Arc<Vec<u8>>>>> = OnceLock::new();
+    let builds = BUILDS.get_or_init(Default::default);
+    // One build at a time: each is CPU-heavy, and two cargo runs on one
+    // plugin would fight over its target dir.
+    let mut builds = builds.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = builds.get(name) {
+        return b.clone();
+    }
+    let dir = plugin_dir(name);
+    let mut h = Sha256::new();
+    hash_sources(&dir, &mut h);
+    hash_sources(&repo().join("wit"), &mut h);
+    let key = hex::encode(&h.finalize()[..8]);
+    let out = artifacts().join(format!("{name}-{key}.wasm"));
+    if !out.exists() {
+        let built = harvester::build::build_with(&dir, Some(&out), &componentize_py())
+            .unwrap_or_else(|e| panic!("building plugin {name}: {e:#}"));
+        eprintln!("built {name} in {:.1}s", built.took.as_secs_f64());
+    }
+    let bytes = Arc::new(std::fs::read(&out).unwrap());
+    builds.insert(name.to_string(), bytes.clone());
+    bytes
+}
+
+/// Where test nodes share compiled components, so each is compiled once per
+/// run (tests about the cache itself use their own folder).
+pub fn shared_data_dir() -> PathBuf {
+    artifacts().join("node-data")
+}
+
+pub struct Node {
+    pub runtime: Arc<Runtime>,
+    pub sim: SimHandles,
+    pub events: Mutex<Receiver<Event>>,
+    pub seen: Mutex<Vec<Event>>,
+}
+
+pub fn fast_restarts() -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(800),
+        crash_loop_after: 3,
+        healthy_after_ticks: 10,
+    }
+}
+
+pub fn node() -> Node {
+    node_with(&shared_data_dir(), SimProfile::default())
+}
+
+pub fn node_with(data_dir: &Path, profile: SimProfile) -> Node {
+    let (hw, sim) = sim::build(&profile);
+    let runtime = Arc::new(
+        Runtime::new(
+            RuntimeOptions {
+                data_dir: data_dir.to_path_buf(),
+                restart: fast_restarts(),
+            },
+            hw,
+        )
+        .unwrap(),
+    );
+    let events = Mutex::new(runtime.subscribe());
+    Node {
+        runtime,
+        sim,
+        events,
+        seen: Mutex::new(Vec::new()),
+    }
+}
+
+impl Node {
+    /// Every event so far (collected from the broadcast channel).
+    pub fn events(&self) -> Vec<Event> {
+        let mut rx = self.events.lock().unwrap();
+        let mut seen = self.seen.lock().unwrap();
+        loop {
+            match rx.try_recv() {
+                Ok(e) => seen.push(e),
+                Err(TryRecvError::Lagged(n)) => panic!("test fell {n} events behind"),
+                Err(_) => break,
+            }
+        }
+        seen.clone()
+    }
+
+    /// Waits until an event matches, failing the test after `timeout`.
+    pub fn wait_event(&self, timeout: Duration, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            if Instant::now() > deadline {
+                panic!("no event {what} within {timeout:?}; events: {:#?}", self.events().iter().rev().take(15).collect::<Vec<_>>());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every value `plugin` emitted as `name`, with when.
+    pub fn telemetry(&self, plugin: &str, name: &str) -> Vec<(SystemTime, f64)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Telemetry { name: n, value, .. } if e.plugin == plugin && n == name => Some((e.at, value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The LED colour at `index` as `#rrggbb` on the simulated strip.
+    pub fn led(&self, index: usize) -> String {
+        self.sim.leds.current()[index].hex()
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn grants(yaml: &str) -> Grants {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+pub fn spec(name: &str, plugin: &str, grants_yaml: &str, config: &[(&str, &str)]) -> PluginSpec {
+    PluginSpec {
+        name: name.to_string(),
+        source: format!("{plugin}.wasm"),
+        component: component(plugin),
+        grants: grants(grants_yaml),
+        config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        tick_interval: DurationSpec(Duration::from_millis(100)),
+        limits: Limits {
+            memory: MemorySize::mebibytes(64),
+            call_timeout: DurationSpec(Duration::from_millis(1000)),
+        },
+    }
+}
+
+pub fn with_tick(mut s: PluginSpec, ms: u64) -> PluginSpec {
+    s.tick_interval = DurationSpec(Duration::from_millis(ms));
+    s
+}
+
+pub fn with_limits(mut s: PluginSpec, memory_mib: u64, timeout_ms: u64) -> PluginSpec {
+    s.limits = Limits {
+        memory: MemorySize::mebibytes(memory_mib),
+        call_timeout: DurationSpec(Duration::from_millis(timeout_ms)),
+    };
+    s
+}

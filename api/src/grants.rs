@@ -243,13 +243,19 @@ impl Grants {
     pub fn validate(&self, path: &str, errors: &mut ValidationErrors) {
         if let Some(g) = &self.gpio {
             if g.pins.is_empty() {
-                errors.push(format!("{path}.gpio.pins"), "grant at least one pin, or drop the gpio grant");
+                errors.push(
+                    format!("{path}.gpio.pins"),
+                    "grant at least one pin, or drop the gpio grant",
+                );
             }
             check_pins(&g.pins, &format!("{path}.gpio.pins"), errors);
         }
         if let Some(g) = &self.i2c {
             if g.bus > 22 {
-                errors.push(format!("{path}.i2c.bus"), format!("bus {} does not exist (0-22)", g.bus));
+                errors.push(
+                    format!("{path}.i2c.bus"),
+                    format!("bus {} does not exist (0-22)", g.bus),
+                );
             }
             if g.addresses.is_empty() {
                 errors.push(format!("{path}.i2c.addresses"), "grant at least one address");
@@ -263,7 +269,10 @@ impl Grants {
                     );
                 }
                 if !seen.insert(*a) {
-                    errors.push(format!("{path}.i2c.addresses[{i}]"), format!("address {a:#04x} is listed twice"));
+                    errors.push(
+                        format!("{path}.i2c.addresses[{i}]"),
+                        format!("address {a:#04x} is listed twice"),
+                    );
                 }
             }
         }
@@ -280,7 +289,10 @@ impl Grants {
                     );
                 }
                 if !seen.insert(*idx) {
-                    errors.push(format!("{path}.leds.indices[{i}]"), format!("LED index {idx} is listed twice"));
+                    errors.push(
+                        format!("{path}.leds.indices[{i}]"),
+                        format!("LED index {idx} is listed twice"),
+                    );
                 }
             }
         }
@@ -310,7 +322,10 @@ impl Grants {
             }
             for (i, h) in g.hosts.iter().enumerate() {
                 if h.is_empty() || h.len() > 253 || !h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
-                    errors.push(format!("{path}.net.hosts[{i}]"), format!("{h:?} is not a host name or IP address"));
+                    errors.push(
+                        format!("{path}.net.hosts[{i}]"),
+                        format!("{h:?} is not a host name or IP address"),
+                    );
                 }
             }
         }
@@ -320,9 +335,16 @@ impl Grants {
 fn check_pins(pins: &[u8], path: &str, errors: &mut ValidationErrors) {
     let mut seen = BTreeSet::new();
     for (i, pin) in pins.iter().enumerate() {
-        let at = if pins.len() == 1 && !path.ends_with('s') { path.to_string() } else { format!("{path}[{i}]") };
+        let at = if pins.len() == 1 && !path.ends_with('s') {
+            path.to_string()
+        } else {
+            format!("{path}[{i}]")
+        };
         if *pin > MAX_BCM_PIN {
-            errors.push(at.clone(), format!("pin {pin} is not a valid BCM GPIO (0-{MAX_BCM_PIN})"));
+            errors.push(
+                at.clone(),
+                format!("pin {pin} is not a valid BCM GPIO (0-{MAX_BCM_PIN})"),
+            );
         }
         if !seen.insert(*pin) {
             errors.push(at, format!("pin {pin} is listed twice"));
@@ -352,7 +374,10 @@ mod tests {
 
     #[test]
     fn scopes_are_exact() {
-        let g = parse("gpio: {pins: [17]}\ni2c: {bus: 1, addresses: [0x77]}\nleds: {indices: [1]}\nnet: {hosts: [127.0.0.1]}").unwrap();
+        let g = parse(
+            "gpio: {pins: [17]}\ni2c: {bus: 1, addresses: [0x77]}\nleds: {indices: [1]}\nnet: {hosts: [127.0.0.1]}",
+        )
+        .unwrap();
         assert!(g.allows_gpio_pin(17) && !g.allows_gpio_pin(18));
         assert!(g.allows_i2c(1, 0x77) && !g.allows_i2c(1, 0x76) && !g.allows_i2c(0, 0x77));
         assert!(g.allows_led(1) && !g.allows_led(0));
@@ -380,14 +405,26 @@ mod tests {
         let mut errs = ValidationErrors::default();
         g.validate("spec.grants", &mut errs);
         let text = errs.to_string();
-        assert!(text.contains("spec.grants.gpio.pins[2]: pin 41 is not a valid BCM GPIO (0-27)"), "{text}");
-        assert!(text.contains("spec.grants.leds.indices[1]: LED index 1 is listed twice"), "{text}");
-        assert!(text.contains("spec.grants.dht22.pin: pin 4 is also granted as plain gpio"), "{text}");
+        assert!(
+            text.contains("spec.grants.gpio.pins[2]: pin 41 is not a valid BCM GPIO (0-27)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.grants.leds.indices[1]: LED index 1 is listed twice"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.grants.dht22.pin: pin 4 is also granted as plain gpio"),
+            "{text}"
+        );
     }
 
     #[test]
     fn interface_names_round_trip() {
-        assert_eq!(Capability::from_interface("harvester:plugin/gpio@0.1.0"), Some(Capability::Gpio));
+        assert_eq!(
+            Capability::from_interface("harvester:plugin/gpio@0.1.0"),
+            Some(Capability::Gpio)
+        );
         assert_eq!(Capability::from_interface("harvester:plugin/camera@0.1.0"), None);
         assert_eq!(Capability::from_interface("wasi:cli/stdout@0.2.0"), None);
         assert_eq!(Capability::Leds.interface(), "harvester:plugin/leds@0.1.0");

@@ -27,9 +27,7 @@ impl FromStr for DurationSpec {
         let mut total = Duration::ZERO;
         let mut rest = s;
         while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(bad)?;
+            let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
             if digits == 0 {
                 return Err(bad());
             }
@@ -55,7 +53,7 @@ impl FromStr for DurationSpec {
 impl fmt::Display for DurationSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -115,11 +113,11 @@ impl FromStr for MemorySize {
 impl fmt::Display for MemorySize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b % (1 << 30) == 0 && b > 0 {
+        if b.is_multiple_of(1 << 30) && b > 0 {
             write!(f, "{}Gi", b >> 30)
-        } else if b % (1 << 20) == 0 && b > 0 {
+        } else if b.is_multiple_of(1 << 20) && b > 0 {
             write!(f, "{}Mi", b >> 20)
-        } else if b % (1 << 10) == 0 && b > 0 {
+        } else if b.is_multiple_of(1 << 10) && b > 0 {
             write!(f, "{}Ki", b >> 10)
         } else {
             write!(f, "{b}")

@@ -148,8 +148,7 @@ impl StandaloneManifest {
     /// Parses and validates manifest text.
     pub fn parse(text: &str) -> Result<StandaloneManifest, ParseError> {
         // serde_yaml's messages carry the line and column of the bad field.
-        let manifest: StandaloneManifest =
-            serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
+        let manifest: StandaloneManifest = serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
         manifest.validate().map_err(ParseError::Invalid)?;
         Ok(manifest)
     }
@@ -163,16 +162,25 @@ impl StandaloneManifest {
             let at = format!("plugins[{i}]");
             validate_name(&p.name, &format!("{at}.name"), &mut errors);
             if let Some(prev) = names.insert(p.name.as_str(), i) {
-                errors.push(format!("{at}.name"), format!("{:?} is already the name of plugins[{prev}]", p.name));
+                errors.push(
+                    format!("{at}.name"),
+                    format!("{:?} is already the name of plugins[{prev}]", p.name),
+                );
             }
             if p.component.as_os_str().is_empty() {
-                errors.push(format!("{at}.component"), "give the path of the plugin's .wasm component");
+                errors.push(
+                    format!("{at}.component"),
+                    "give the path of the plugin's .wasm component",
+                );
             }
             p.grants.validate(&format!("{at}.grants"), &mut errors);
             validate_timing(p.tick_interval, &p.limits, &at, &mut errors);
             for pin in p.grants.output_pins() {
                 if let Some(other) = pins.insert(pin, &p.name) {
-                    errors.push(format!("{at}.grants"), format!("pin {pin} is already granted to plugin {other:?}"));
+                    errors.push(
+                        format!("{at}.grants"),
+                        format!("pin {pin} is already granted to plugin {other:?}"),
+                    );
                 }
             }
             for idx in p.grants.leds.iter().flat_map(|l| l.indices.iter()) {
@@ -201,7 +209,9 @@ pub enum ParseError {
 pub fn validate_name(name: &str, path: &str, errors: &mut ValidationErrors) {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !ok {
@@ -215,10 +225,16 @@ pub fn validate_name(name: &str, path: &str, errors: &mut ValidationErrors) {
 /// Bounds that keep one plugin from hogging a small board.
 pub fn validate_timing(tick: DurationSpec, limits: &Limits, at: &str, errors: &mut ValidationErrors) {
     if tick.0 < Duration::from_millis(10) {
-        errors.push(format!("{at}.tickInterval"), format!("{tick} is too short (at least 10ms)"));
+        errors.push(
+            format!("{at}.tickInterval"),
+            format!("{tick} is too short (at least 10ms)"),
+        );
     }
     if limits.memory.bytes() < (1 << 20) || limits.memory.bytes() > (4 << 30) {
-        errors.push(format!("{at}.limits.memory"), format!("{} is out of range (1Mi-4Gi)", limits.memory));
+        errors.push(
+            format!("{at}.limits.memory"),
+            format!("{} is out of range (1Mi-4Gi)", limits.memory),
+        );
     }
     if limits.call_timeout.0 < Duration::from_millis(10) || limits.call_timeout.0 > Duration::from_secs(60) {
         errors.push(
@@ -246,13 +262,20 @@ mod tests {
 
     #[test]
     fn bad_manifests_name_the_field() {
-        let err = StandaloneManifest::parse("plugins:\n- name: a\n  component: a.wasm\n  tickInterval: 1ms\n  grants: {gpio: {pins: [99]}}\n")
+        let err = StandaloneManifest::parse(
+            "plugins:\n- name: a\n  component: a.wasm\n  tickInterval: 1ms\n  grants: {gpio: {pins: [99]}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("plugins[0].tickInterval: 1ms is too short"), "{err}");
+        assert!(
+            err.contains("plugins[0].grants.gpio.pins[0]: pin 99 is not a valid BCM GPIO"),
+            "{err}"
+        );
+
+        let err = StandaloneManifest::parse("plugins:\n- name: a\n  component: a.wasm\n  grant: {}\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("plugins[0].tickInterval: 1ms is too short"), "{err}");
-        assert!(err.contains("plugins[0].grants.gpio.pins[0]: pin 99 is not a valid BCM GPIO"), "{err}");
-
-        let err = StandaloneManifest::parse("plugins:\n- name: a\n  component: a.wasm\n  grant: {}\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `grant`") && err.contains("line 4"), "{err}");
     }
 
@@ -263,13 +286,24 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("plugins[1].grants: pin 17 is already granted to plugin \"a\""), "{err}");
-        assert!(err.contains("plugins[1].grants.leds: LED 1 is already granted to plugin \"a\""), "{err}");
+        assert!(
+            err.contains("plugins[1].grants: pin 17 is already granted to plugin \"a\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("plugins[1].grants.leds: LED 1 is already granted to plugin \"a\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn names_must_be_dns_labels() {
-        let err = StandaloneManifest::parse("plugins:\n- {name: Bad_Name, component: a.wasm}\n").unwrap_err().to_string();
-        assert!(err.contains("plugins[0].name: \"Bad_Name\" is not a valid name"), "{err}");
+        let err = StandaloneManifest::parse("plugins:\n- {name: Bad_Name, component: a.wasm}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugins[0].name: \"Bad_Name\" is not a valid name"),
+            "{err}"
+        );
     }
 }

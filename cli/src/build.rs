@@ -71,7 +71,11 @@ pub fn world(dir: &Path) -> anyhow::Result<String> {
     match worlds.len() {
         1 => Ok(worlds.remove(0)),
         0 => bail!("{}: no `world` declared in wit/*.wit", dir.display()),
-        _ => bail!("{}: several worlds declared ({}); keep one per plugin", dir.display(), worlds.join(", ")),
+        _ => bail!(
+            "{}: several worlds declared ({}); keep one per plugin",
+            dir.display(),
+            worlds.join(", ")
+        ),
     }
 }
 
@@ -102,7 +106,12 @@ fn run(cmd: &mut Command, what: &str, hint: &str) -> anyhow::Result<()> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        bail!("{what} failed ({}):\n{}{}", out.status, stdout.trim_end(), stderr.trim_end());
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            stdout.trim_end(),
+            stderr.trim_end()
+        );
     }
     Ok(())
 }
@@ -118,7 +127,9 @@ pub fn build_with(dir: &Path, output: Option<&Path>, componentize_py: &Path) -> 
     let kind = detect(dir)?;
     let world = world(dir)?;
     let name = plugin_name(dir)?;
-    let output = output.map(Path::to_path_buf).unwrap_or_else(|| dir.join(format!("{name}.wasm")));
+    let output = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(format!("{name}.wasm")));
     // Write next to the target and rename, so a watching nodelet never loads
     // a half-written component.
     let tmp = output.with_extension("wasm.partial");
@@ -154,7 +165,11 @@ pub fn build_with(dir: &Path, output: Option<&Path>, componentize_py: &Path) -> 
             // A plugin is its own workspace; keep its build out of any
             // enclosing one's target directory and flags.
             cmd.env_remove("CARGO_TARGET_DIR").env_remove("RUSTFLAGS");
-            run(&mut cmd, "cargo", "install Rust with rustup, then `rustup target add wasm32-wasip2`")?;
+            run(
+                &mut cmd,
+                "cargo",
+                "install Rust with rustup, then `rustup target add wasm32-wasip2`",
+            )?;
             let crate_name = crate_name(&manifest)?;
             let built = dir
                 .join("target/wasm32-wasip2/release")
@@ -180,9 +195,7 @@ fn crate_name(manifest: &Path) -> anyhow::Result<String> {
         let line = line.trim();
         if line.starts_with('[') {
             in_package = line == "[package]";
-        } else if in_package
-            && let Some(v) = line.strip_prefix("name")
-        {
+        } else if in_package && let Some(v) = line.strip_prefix("name") {
             let v = v.trim_start().trim_start_matches('=').trim().trim_matches('"');
             return Ok(v.to_string());
         }

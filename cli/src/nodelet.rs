@@ -79,9 +79,9 @@ fn apply_sim(handles: &SimHandles, settings: &[String]) -> anyhow::Result<()> {
             "pressure" => handles.world.set_pressure(Some(v)),
             "gas" => handles.world.set_gas_resistance(Some(v)),
             "cpu-temperature" => handles.system.set_cpu_temperature(Some(v)),
-            other => bail!(
-                "--sim {s}: unknown key {other:?}; use temperature, humidity, pressure, gas or cpu-temperature"
-            ),
+            other => {
+                bail!("--sim {s}: unknown key {other:?}; use temperature, humidity, pressure, gas or cpu-temperature")
+            }
         }
     }
     Ok(())

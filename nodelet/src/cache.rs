@@ -62,7 +62,8 @@ impl CompileCache {
     }
 
     fn path_for(&self, engine: &PluginEngine, digest: &Digest) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", digest.hex(), engine.compat_hash()))
+        self.dir
+            .join(format!("{}-{}.cwasm", digest.hex(), engine.compat_hash()))
     }
 
     /// Returns the component for `bytes` (whose digest is `digest`), from the
@@ -81,7 +82,9 @@ impl CompileCache {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok((c, CacheOutcome::Hit, started.elapsed()));
                 }
-                Err(e) => tracing::warn!(path = %path.display(), "discarding unusable compiled component: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "discarding unusable compiled component: {e}")
+                }
             }
         }
         if !wasmparser_is_component(bytes) {
@@ -100,7 +103,10 @@ impl CompileCache {
             std::process::id(),
             WRITERS.fetch_add(1, Ordering::Relaxed)
         ));
-        let io = |source| CompileError::Io { path: path.clone(), source };
+        let io = |source| CompileError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::write(&tmp, &compiled).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         let component = deserialize(engine, &path).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;

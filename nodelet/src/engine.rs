@@ -43,14 +43,12 @@ impl PluginEngine {
         let ticker = {
             let engine = engine.clone();
             let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_PERIOD);
-                        engine.increment_epoch();
-                    }
-                })?
+            std::thread::Builder::new().name("epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_PERIOD);
+                    engine.increment_epoch();
+                }
+            })?
         };
         Ok(PluginEngine {
             engine,

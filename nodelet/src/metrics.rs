@@ -33,12 +33,19 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let call_seconds = HistogramVec::new(
-            HistogramOpts::new("harvester_plugin_call_duration_seconds", "Time spent in one call into a plugin")
-                .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            HistogramOpts::new(
+                "harvester_plugin_call_duration_seconds",
+                "Time spent in one call into a plugin",
+            )
+            .buckets(vec![
+                0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
             &["plugin", "call"],
         )
         .expect("valid metric");
-        registry.register(Box::new(call_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(call_seconds.clone()))
+            .expect("unique metric");
         let load_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "harvester_component_load_duration_seconds",
@@ -48,27 +55,41 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        registry.register(Box::new(load_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(load_seconds.clone()))
+            .expect("unique metric");
         let sensor = GaugeVec::new(
-            Opts::new("harvester_sensor_value", "Latest reading a plugin emitted through telemetry"),
+            Opts::new(
+                "harvester_sensor_value",
+                "Latest reading a plugin emitted through telemetry",
+            ),
             &["plugin", "sensor", "unit"],
         )
         .expect("valid metric");
         registry.register(Box::new(sensor.clone())).expect("unique metric");
         let memory = IntGaugeVec::new(
-            Opts::new("harvester_plugin_memory_bytes", "Linear memory held by the plugin's instance"),
+            Opts::new(
+                "harvester_plugin_memory_bytes",
+                "Linear memory held by the plugin's instance",
+            ),
             &["plugin"],
         )
         .expect("valid metric");
         registry.register(Box::new(memory.clone())).expect("unique metric");
         let generation = IntGaugeVec::new(
-            Opts::new("harvester_plugin_generation", "Generation of the plugin version running"),
+            Opts::new(
+                "harvester_plugin_generation",
+                "Generation of the plugin version running",
+            ),
             &["plugin"],
         )
         .expect("valid metric");
         registry.register(Box::new(generation.clone())).expect("unique metric");
-        let compiles = IntCounter::new("harvester_component_compiles_total", "Components compiled with Cranelift")
-            .expect("valid metric");
+        let compiles = IntCounter::new(
+            "harvester_component_compiles_total",
+            "Components compiled with Cranelift",
+        )
+        .expect("valid metric");
         registry.register(Box::new(compiles.clone())).expect("unique metric");
         let cache_hits = IntCounter::new(
             "harvester_component_cache_hits_total",
@@ -96,8 +117,18 @@ impl Metrics {
                 "Capability calls refused because they were outside the plugin's grants",
                 &["plugin", "capability"],
             ),
-            traps: counter(&registry, "harvester_plugin_traps_total", "Calls that trapped, by kind", &["plugin", "kind"]),
-            restarts: counter(&registry, "harvester_plugin_restarts_total", "Instances restarted after a trap", &["plugin"]),
+            traps: counter(
+                &registry,
+                "harvester_plugin_traps_total",
+                "Calls that trapped, by kind",
+                &["plugin", "kind"],
+            ),
+            restarts: counter(
+                &registry,
+                "harvester_plugin_restarts_total",
+                "Instances restarted after a trap",
+                &["plugin"],
+            ),
             load_failures: counter(
                 &registry,
                 "harvester_plugin_load_failures_total",
@@ -124,7 +155,13 @@ impl Metrics {
 
     /// Drops every series of a plugin that was removed.
     pub fn forget_plugin(&self, plugin: &str, sensors: &[(String, String)]) {
-        for v in [&self.ticks, &self.missed_ticks, &self.tick_errors, &self.restarts, &self.load_failures] {
+        for v in [
+            &self.ticks,
+            &self.missed_ticks,
+            &self.tick_errors,
+            &self.restarts,
+            &self.load_failures,
+        ] {
             let _ = v.remove_label_values(&[plugin]);
         }
         let _ = self.memory.remove_label_values(&[plugin]);

@@ -60,7 +60,10 @@ impl Reporter {
 
     pub fn tick_done(&self, plugin: &str, seconds: f64, memory: usize) {
         self.metrics.ticks.with_label_values(&[plugin]).inc();
-        self.metrics.call_seconds.with_label_values(&[plugin, "tick"]).observe(seconds);
+        self.metrics
+            .call_seconds
+            .with_label_values(&[plugin, "tick"])
+            .observe(seconds);
         self.metrics.memory.with_label_values(&[plugin]).set(memory as i64);
         let mut all = lock(&self.status);
         if let Some(s) = all.get_mut(plugin) {
@@ -109,7 +112,10 @@ impl Reporter {
             }
             EventKind::Denied { capability, message } => {
                 tracing::warn!(plugin, capability = capability.name(), "denied: {message}");
-                self.metrics.denied.with_label_values(&[plugin, capability.name()]).inc();
+                self.metrics
+                    .denied
+                    .with_label_values(&[plugin, capability.name()])
+                    .inc();
                 if let Some(s) = lock(&self.status).get_mut(plugin) {
                     s.denied_calls += 1;
                 }
@@ -121,10 +127,15 @@ impl Reporter {
                 replaced,
             } => {
                 match replaced {
-                    Some(old) => tracing::info!(plugin, generation, %digest, from_cache, "swapped in, replacing generation {old}"),
+                    Some(old) => {
+                        tracing::info!(plugin, generation, %digest, from_cache, "swapped in, replacing generation {old}")
+                    }
                     None => tracing::info!(plugin, generation, %digest, from_cache, "started"),
                 }
-                self.metrics.generation.with_label_values(&[plugin]).set(*generation as i64);
+                self.metrics
+                    .generation
+                    .with_label_values(&[plugin])
+                    .set(*generation as i64);
                 if let Some(s) = lock(&self.status).get_mut(plugin) {
                     s.phase = Phase::Running;
                     s.generation = *generation;

@@ -67,7 +67,9 @@ async fn command(
     match result {
         Ok(Ok(answer)) => (StatusCode::OK, answer + "\n").into_response(),
         Ok(Err(e @ CommandError::NoSuchPlugin(_))) => (StatusCode::NOT_FOUND, e.to_string() + "\n").into_response(),
-        Ok(Err(e @ CommandError::Plugin(_))) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string() + "\n").into_response(),
+        Ok(Err(e @ CommandError::Plugin(_))) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, e.to_string() + "\n").into_response()
+        }
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string() + "\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

@@ -17,21 +17,39 @@ fn raw(name: &str, bytes: &[u8]) -> PluginSpec {
 #[test]
 fn files_that_are_not_components_are_refused_by_name() {
     let node = node();
-    node.runtime.apply(with_tick(spec("good", "probe", "gpio: {pins: [17]}", &[]), 50)).unwrap();
+    node.runtime
+        .apply(with_tick(spec("good", "probe", "gpio: {pins: [17]}", &[]), 50))
+        .unwrap();
 
-    let err = node.runtime.apply(raw("text", b"hello, world")).unwrap_err().to_string();
+    let err = node
+        .runtime
+        .apply(raw("text", b"hello, world"))
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("plugin text (/plugins/text.wasm)") && err.contains("does not start with the WebAssembly magic bytes"),
+        err.contains("plugin text (/plugins/text.wasm)")
+            && err.contains("does not start with the WebAssembly magic bytes"),
         "{err}"
     );
-    let err = node.runtime.apply(raw("core", b"\0asm\x01\0\0\0")).unwrap_err().to_string();
+    let err = node
+        .runtime
+        .apply(raw("core", b"\0asm\x01\0\0\0"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("a core WebAssembly module, not a component"), "{err}");
     let err = node.runtime.apply(raw("empty", b"")).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
     let mut truncated = component("probe").to_vec();
     truncated.truncate(truncated.len() / 2);
-    let err = node.runtime.apply(raw("truncated", &truncated)).unwrap_err().to_string();
-    assert!(err.contains("plugin truncated (/plugins/truncated.wasm): not a WebAssembly component"), "{err}");
+    let err = node
+        .runtime
+        .apply(raw("truncated", &truncated))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("plugin truncated (/plugins/truncated.wasm): not a WebAssembly component"),
+        "{err}"
+    );
 
     let good = node.runtime.plugin_status("good").unwrap();
     assert_eq!(good.phase, Phase::Running);
@@ -54,13 +72,23 @@ fn a_component_built_for_another_world_is_refused() {
 #[test]
 fn a_plugin_that_raises_on_init_is_reported_and_others_keep_running() {
     let node = node();
-    node.runtime.apply(with_tick(spec("good", "probe", "gpio: {pins: [17]}", &[]), 50)).unwrap();
+    node.runtime
+        .apply(with_tick(spec("good", "probe", "gpio: {pins: [17]}", &[]), 50))
+        .unwrap();
     let err = node
         .runtime
-        .apply(spec("fails", "hostile", "{gpio: {pins: [18]}, leds: {indices: [1]}}", &[("FAIL_INIT", "1")]))
+        .apply(spec(
+            "fails",
+            "hostile",
+            "{gpio: {pins: [18]}, leds: {indices: [1]}}",
+            &[("FAIL_INIT", "1")],
+        ))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("plugin fails (hostile.wasm): init returned an error: refusing to start: FAIL_INIT=1"), "{err}");
+    assert!(
+        err.contains("plugin fails (hostile.wasm): init returned an error: refusing to start: FAIL_INIT=1"),
+        "{err}"
+    );
     assert_eq!(node.runtime.plugin_status("fails").unwrap().phase, Phase::Failed);
     let before = node.runtime.plugin_status("good").unwrap().ticks;
     wait_until(Duration::from_secs(10), "good keeps ticking", || {

@@ -13,7 +13,9 @@ fn a_restart_loads_from_the_compile_cache_without_compiling() {
         let node = node_with(dir.path(), SimProfile::default());
         node.runtime.apply(spec("dht22", "dht22", grants, &[])).unwrap();
         assert_eq!((node.runtime.cache().compiles(), node.runtime.cache().hits()), (1, 0));
-        let started = node.wait_event(Duration::from_secs(10), "start", |e| matches!(e.kind, EventKind::Started { .. }));
+        let started = node.wait_event(Duration::from_secs(10), "start", |e| {
+            matches!(e.kind, EventKind::Started { .. })
+        });
         assert!(matches!(started.kind, EventKind::Started { from_cache: false, .. }));
     }
     // A new runtime on the same data folder: the node restarted.
@@ -24,9 +26,16 @@ fn a_restart_loads_from_the_compile_cache_without_compiling() {
         (0, 1),
         "the restart must not run Cranelift"
     );
-    let started = node.wait_event(Duration::from_secs(10), "start", |e| matches!(e.kind, EventKind::Started { .. }));
+    let started = node.wait_event(Duration::from_secs(10), "start", |e| {
+        matches!(e.kind, EventKind::Started { .. })
+    });
     assert!(matches!(started.kind, EventKind::Started { from_cache: true, .. }));
-    assert!(node.runtime.metrics().render().contains("harvester_component_cache_hits_total 1"));
+    assert!(
+        node.runtime
+            .metrics()
+            .render()
+            .contains("harvester_component_cache_hits_total 1")
+    );
 
     // A damaged cache entry is detected and replaced, not trusted. (The
     // node is stopped first: it maps its entries.)

@@ -27,11 +27,18 @@ fn free_port() -> u16 {
 fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -74,14 +81,23 @@ fn standalone_nodelet_rejects_a_bad_manifest_naming_file_and_field() {
         let file = dir.path().join(format!("bad{i}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         let out = harvester(
-            &["nodelet", "--standalone", file.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())],
+            &[
+                "nodelet",
+                "--standalone",
+                file.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
             dir.path(),
         )
         .output()
         .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
-        assert!(stderr.contains(&format!("bad{i}.yaml")) && stderr.contains(expected), "{stderr}");
+        assert!(
+            stderr.contains(&format!("bad{i}.yaml")) && stderr.contains(expected),
+            "{stderr}"
+        );
     }
 }
 
@@ -123,7 +139,10 @@ fn standalone_nodelet_follows_manifest_and_component_changes() {
     );
     let pid = child.0.id();
     let running_gen = |g: u64| {
-        move || status(port).is_some_and(|s| plugin(&s, "probe")["phase"] == "Running" && plugin(&s, "probe")["generation"] == g)
+        move || {
+            status(port)
+                .is_some_and(|s| plugin(&s, "probe")["phase"] == "Running" && plugin(&s, "probe")["generation"] == g)
+        }
     };
     wait_until(T, "probe running", running_gen(1));
     assert_eq!(status(port).unwrap()["node"], "devbox");
@@ -144,13 +163,21 @@ fn standalone_nodelet_follows_manifest_and_component_changes() {
         })
     });
     let s = status(port).unwrap();
-    assert_eq!((plugin(&s, "probe")["phase"].as_str(), plugin(&s, "probe")["generation"].as_u64()), (Some("Running"), Some(2)));
+    assert_eq!(
+        (
+            plugin(&s, "probe")["phase"].as_str(),
+            plugin(&s, "probe")["generation"].as_u64()
+        ),
+        (Some("Running"), Some(2))
+    );
 
     // A broken manifest: reported in the log, nothing stops.
     std::fs::write(&manifest, "plugins: [").unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let ticks = plugin(&status(port).unwrap(), "probe")["ticks"].as_u64().unwrap();
-    wait_until(T, "still ticking", || plugin(&status(port).unwrap(), "probe")["ticks"].as_u64().unwrap() > ticks);
+    wait_until(T, "still ticking", || {
+        plugin(&status(port).unwrap(), "probe")["ticks"].as_u64().unwrap() > ticks
+    });
 
     // Commands reach the plugin; unknown plugins get 404.
     let (code, body) = http("POST", port, "/plugins/probe/commands/ticks").unwrap();
@@ -159,7 +186,10 @@ fn standalone_nodelet_follows_manifest_and_component_changes() {
     assert_eq!(http("POST", port, "/plugins/nope/commands/x").unwrap().0, 404);
     let (code, metrics) = http("GET", port, "/metrics").unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains(r#"harvester_plugin_generation{plugin="probe"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"harvester_plugin_generation{plugin="probe"} 2"#),
+        "{metrics}"
+    );
 
     // SIGTERM stops it cleanly.
     let started = Instant::now();

@@ -29,7 +29,10 @@ fn a_plugin_importing_an_ungranted_interface_is_refused() {
         .apply(spec("hostile", "hostile", "gpio: {pins: [17]}", &[]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("harvester:plugin/leds@0.1.0") && err.contains("hostile.wasm"), "{err}");
+    assert!(
+        err.contains("harvester:plugin/leds@0.1.0") && err.contains("hostile.wasm"),
+        "{err}"
+    );
     assert!(node.runtime.plugin_names().is_empty(), "nothing refused may run");
 }
 
@@ -37,19 +40,33 @@ fn a_plugin_importing_an_ungranted_interface_is_refused() {
 fn a_call_outside_the_granted_scope_is_denied_logged_and_counted() {
     let node = node();
     node.runtime
-        .apply(spec("hostile", "hostile", "{gpio: {pins: [17]}, leds: {indices: [1]}}", &[]))
+        .apply(spec(
+            "hostile",
+            "hostile",
+            "{gpio: {pins: [17]}, leds: {indices: [1]}}",
+            &[],
+        ))
         .unwrap();
 
     let answer = node.runtime.command("hostile", "pin", vec![]).unwrap();
-    assert!(answer.contains("Denied") && answer.contains("GPIO18 is not granted (granted pins: [17])"), "{answer}");
-    assert!(node.sim.gpio.writes().iter().all(|w| w.pin != 18), "GPIO18 must never be touched");
+    assert!(
+        answer.contains("Denied") && answer.contains("GPIO18 is not granted (granted pins: [17])"),
+        "{answer}"
+    );
+    assert!(
+        node.sim.gpio.writes().iter().all(|w| w.pin != 18),
+        "GPIO18 must never be touched"
+    );
 
     let answer = node.runtime.command("hostile", "led", vec![]).unwrap();
     assert!(answer.contains("LED 5 is not granted (granted: [1])"), "{answer}");
     assert_eq!(node.sim.leds.frame_count(), 0);
 
     // Inside the scope the same calls work.
-    assert_eq!(node.runtime.command("hostile", "granted-pin", vec![]).unwrap(), "wrote GPIO17");
+    assert_eq!(
+        node.runtime.command("hostile", "granted-pin", vec![]).unwrap(),
+        "wrote GPIO17"
+    );
     assert!(node.sim.gpio.writes().iter().any(|w| w.pin == 17 && w.high));
 
     let status = node.runtime.plugin_status("hostile").unwrap();
@@ -82,14 +99,30 @@ fn an_infinite_loop_is_interrupted_at_the_call_deadline() {
     let err = node.runtime.command("looper", "loop", vec![]).unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, CommandError::Plugin(_)));
-    assert!(err.to_string().contains("ran past its call timeout of 200 ms and was interrupted"), "{err}");
-    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        err.to_string()
+            .contains("ran past its call timeout of 200 ms and was interrupted"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     node.wait_event(T, "timeout trap", |e| {
-        matches!(e.kind, EventKind::Trapped { kind: TrapKind::Timeout, .. })
+        matches!(
+            e.kind,
+            EventKind::Trapped {
+                kind: TrapKind::Timeout,
+                ..
+            }
+        )
     });
     // The instance is replaced and works again.
     node.wait_event(T, "restart", |e| matches!(e.kind, EventKind::Restarted { .. }));
-    assert_eq!(node.runtime.command("looper", "granted-pin", vec![]).unwrap(), "wrote GPIO17");
+    assert_eq!(
+        node.runtime.command("looper", "granted-pin", vec![]).unwrap(),
+        "wrote GPIO17"
+    );
     assert_eq!(node.runtime.plugin_status("looper").unwrap().restarts, 1);
 }
 
@@ -106,7 +139,13 @@ fn a_memory_bomb_is_stopped_at_the_cap() {
     let err = node.runtime.command("bomb", "bomb", vec![]).unwrap_err().to_string();
     assert!(err.contains("memory limit of 48Mi"), "{err}");
     let trap = node.wait_event(T, "memory trap", |e| {
-        matches!(e.kind, EventKind::Trapped { kind: TrapKind::MemoryLimit, .. })
+        matches!(
+            e.kind,
+            EventKind::Trapped {
+                kind: TrapKind::MemoryLimit,
+                ..
+            }
+        )
     });
     assert_eq!(trap.plugin, "bomb");
     node.wait_event(T, "restart", |e| matches!(e.kind, EventKind::Restarted { .. }));
@@ -117,15 +156,27 @@ fn a_memory_bomb_is_stopped_at_the_cap() {
 #[test]
 fn traps_and_exceptions_leave_the_node_and_other_plugins_running() {
     let node = node();
-    node.runtime.apply(with_tick(spec("probe", "probe", "gpio: {pins: [17]}", &[]), 50)).unwrap();
     node.runtime
-        .apply(spec("raiser", "hostile", "{gpio: {pins: [18]}, leds: {indices: [1]}}", &[("MODE", "raise")]))
+        .apply(with_tick(spec("probe", "probe", "gpio: {pins: [17]}", &[]), 50))
+        .unwrap();
+    node.runtime
+        .apply(spec(
+            "raiser",
+            "hostile",
+            "{gpio: {pins: [18]}, leds: {indices: [1]}}",
+            &[("MODE", "raise")],
+        ))
         .unwrap();
 
     // The raising plugin traps on every tick, is restarted with backoff and
     // ends up reported as crash-looping, with its traceback in the log.
-    node.wait_event(T, "crash loop", |e| e.plugin == "raiser" && matches!(e.kind, EventKind::CrashLoop { .. }));
-    assert_eq!(node.runtime.plugin_status("raiser").unwrap().phase, Phase::CrashLoopBackOff);
+    node.wait_event(T, "crash loop", |e| {
+        e.plugin == "raiser" && matches!(e.kind, EventKind::CrashLoop { .. })
+    });
+    assert_eq!(
+        node.runtime.plugin_status("raiser").unwrap().phase,
+        Phase::CrashLoopBackOff
+    );
     let traceback = node.events().into_iter().any(|e| {
         e.plugin == "raiser"
             && matches!(&e.kind, EventKind::Log { source: LogSource::Stderr, message, .. } if message.contains("ValueError: hostile plugin raised on purpose"))
@@ -135,11 +186,15 @@ fn traps_and_exceptions_leave_the_node_and_other_plugins_running() {
     // A Rust panic is a trap too.
     let err = node.runtime.command("probe", "panic", vec![]).unwrap_err().to_string();
     assert!(err.contains("trapped"), "{err}");
-    node.wait_event(T, "probe restart", |e| e.plugin == "probe" && matches!(e.kind, EventKind::Restarted { .. }));
+    node.wait_event(T, "probe restart", |e| {
+        e.plugin == "probe" && matches!(e.kind, EventKind::Restarted { .. })
+    });
 
     // Meanwhile the probe keeps ticking.
     let before = node.runtime.plugin_status("probe").unwrap().ticks;
-    wait_until(T, "probe ticks", || node.runtime.plugin_status("probe").unwrap().ticks >= before + 5);
+    wait_until(T, "probe ticks", || {
+        node.runtime.plugin_status("probe").unwrap().ticks >= before + 5
+    });
     assert_eq!(node.runtime.plugin_status("probe").unwrap().phase, Phase::Running);
 }
 
@@ -147,12 +202,24 @@ fn traps_and_exceptions_leave_the_node_and_other_plugins_running() {
 fn an_error_returned_by_tick_is_reported_without_a_restart() {
     let node = node();
     node.runtime
-        .apply(spec("grumpy", "hostile", "{gpio: {pins: [17]}, leds: {indices: [1]}}", &[("MODE", "err")]))
+        .apply(spec(
+            "grumpy",
+            "hostile",
+            "{gpio: {pins: [17]}, leds: {indices: [1]}}",
+            &[("MODE", "err")],
+        ))
         .unwrap();
     wait_until(T, "three failed ticks", || {
-        node.events().iter().filter(|e| matches!(e.kind, EventKind::TickFailed { .. })).count() >= 3
+        node.events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::TickFailed { .. }))
+            .count()
+            >= 3
     });
     let status = node.runtime.plugin_status("grumpy").unwrap();
     assert_eq!((status.phase, status.restarts), (Phase::Running, 0));
-    assert_eq!(status.last_error.as_deref(), Some("hostile plugin returned an error on purpose"));
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("hostile plugin returned an error on purpose")
+    );
 }

@@ -1,9 +1,9 @@
 //! The showcase plugins drive the LED status rules on the simulated strip.
 
 use crate::support::*;
-use harvester_nodelet::hardware::sim::{BuzzerAction, SimProfile};
-use harvester_nodelet::hardware::BuzzerPattern;
 use harvester_nodelet::events::EventKind;
+use harvester_nodelet::hardware::BuzzerPattern;
+use harvester_nodelet::hardware::sim::{BuzzerAction, SimProfile};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -15,7 +15,9 @@ const YELLOW: &str = "#ffc800";
 const PURPLE: &str = "#8000ff";
 
 fn wait_led(node: &Node, index: usize, colour: &str, why: &str) {
-    wait_until(T, &format!("LED {index} {colour} ({why})"), || node.led(index) == colour);
+    wait_until(T, &format!("LED {index} {colour} ({why})"), || {
+        node.led(index) == colour
+    });
 }
 
 #[test]
@@ -44,16 +46,30 @@ fn dht22_turns_led1_red_above_high_temp_and_green_when_it_is_lowered() {
 
     let temps = node.telemetry("dht22", "temperature");
     assert!(temps.iter().any(|t| (t.1 - 22.0).abs() < 0.01));
-    assert!(node.runtime.metrics().render().contains(r#"harvester_sensor_value{plugin="dht22",sensor="high_temp",unit="celsius"} 20"#));
+    assert!(
+        node.runtime
+            .metrics()
+            .render()
+            .contains(r#"harvester_sensor_value{plugin="dht22",sensor="high_temp",unit="celsius"} 20"#)
+    );
 }
 
 #[test]
 fn bme680_shows_purple_while_calibrating_then_the_iaq_colour() {
-    let node = node_with(&shared_data_dir(), SimProfile { bme680_burn_in: 5, ..SimProfile::default() });
+    let node = node_with(
+        &shared_data_dir(),
+        SimProfile {
+            bme680_burn_in: 5,
+            ..SimProfile::default()
+        },
+    );
     node.sim.world.set_gas_resistance(Some(150_000.0));
     node.sim.world.set_humidity(Some(40.0));
     node.runtime
-        .apply(with_tick(spec("bme680", "bme680", "{bme680: {}, leds: {indices: [2]}}", &[]), 50))
+        .apply(with_tick(
+            spec("bme680", "bme680", "{bme680: {}, leds: {indices: [2]}}", &[]),
+            50,
+        ))
         .unwrap();
     wait_led(&node, 2, PURPLE, "burn-in");
     wait_led(&node, 2, GREEN, "clean air once calibrated");
@@ -68,7 +84,10 @@ fn system_plugin_colours_led0_by_cpu_temperature() {
     let node = node();
     node.sim.system.set_cpu_temperature(Some(45.0));
     node.runtime
-        .apply(with_tick(spec("system", "system", "{system: {}, leds: {indices: [0]}}", &[]), 50))
+        .apply(with_tick(
+            spec("system", "system", "{system: {}, leds: {indices: [0]}}", &[]),
+            50,
+        ))
         .unwrap();
     wait_led(&node, 0, GREEN, "45 C");
     node.sim.system.set_cpu_temperature(Some(60.0));
@@ -85,7 +104,12 @@ fn netmon_pings_granted_hosts_and_is_denied_the_rest() {
     // "localhost" is not granted: it is refused before any packet leaves.
     node.runtime
         .apply(with_tick(
-            spec("netmon", "netmon", "net: {hosts: [127.0.0.1]}", &[("HOSTS", "127.0.0.1,localhost")]),
+            spec(
+                "netmon",
+                "netmon",
+                "net: {hosts: [127.0.0.1]}",
+                &[("HOSTS", "127.0.0.1,localhost")],
+            ),
             200,
         ))
         .unwrap();
@@ -103,9 +127,10 @@ fn netmon_pings_granted_hosts_and_is_denied_the_rest() {
     if up == 1.0 {
         assert!(!node.telemetry("netmon", "rtt_127_0_0_1").is_empty());
     } else {
-        let why = node.events().into_iter().any(|e| {
-            matches!(&e.kind, EventKind::Log { message, .. } if message.contains("127.0.0.1 is unreachable"))
-        });
+        let why = node
+            .events()
+            .into_iter()
+            .any(|e| matches!(&e.kind, EventKind::Log { message, .. } if message.contains("127.0.0.1 is unreachable")));
         assert!(why);
     }
 }
@@ -114,9 +139,14 @@ fn netmon_pings_granted_hosts_and_is_denied_the_rest() {
 fn the_rust_buzzer_plugin_plays_commanded_patterns() {
     let node = node();
     node.runtime.apply(spec("buzzer", "buzzer", "buzzer: {}", &[])).unwrap();
-    assert_eq!(node.runtime.command("buzzer", "triple", vec![]).unwrap(), "played triple");
     assert_eq!(
-        node.runtime.command("buzzer", "beep", vec![("pattern".into(), "long".into())]).unwrap(),
+        node.runtime.command("buzzer", "triple", vec![]).unwrap(),
+        "played triple"
+    );
+    assert_eq!(
+        node.runtime
+            .command("buzzer", "beep", vec![("pattern".into(), "long".into())])
+            .unwrap(),
         "played long"
     );
     let err = node.runtime.command("buzzer", "siren", vec![]).unwrap_err().to_string();
@@ -124,6 +154,9 @@ fn the_rust_buzzer_plugin_plays_commanded_patterns() {
     let played: Vec<BuzzerAction> = node.sim.buzzer.events().into_iter().map(|e| e.action).collect();
     assert_eq!(
         played,
-        vec![BuzzerAction::Pattern(BuzzerPattern::Triple), BuzzerAction::Pattern(BuzzerPattern::Long)]
+        vec![
+            BuzzerAction::Pattern(BuzzerPattern::Triple),
+            BuzzerAction::Pattern(BuzzerPattern::Long)
+        ]
     );
 }

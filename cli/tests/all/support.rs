@@ -157,7 +157,10 @@ impl Node {
                 return e;
             }
             if Instant::now() > deadline {
-                panic!("no event {what} within {timeout:?}; events: {:#?}", self.events().iter().rev().take(15).collect::<Vec<_>>());
+                panic!(
+                    "no event {what} within {timeout:?}; events: {:#?}",
+                    self.events().iter().rev().take(15).collect::<Vec<_>>()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

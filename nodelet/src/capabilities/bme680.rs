@@ -4,7 +4,12 @@ use crate::sandbox::state::HostState;
 
 impl Host for HostState {
     fn read(&mut self) -> Result<Reading, HwError> {
-        let dev = self.ctx.hardware.bme680.clone().ok_or_else(|| HostState::absent("BME680"))?;
+        let dev = self
+            .ctx
+            .hardware
+            .bme680
+            .clone()
+            .ok_or_else(|| HostState::absent("BME680"))?;
         let r = dev.read()?;
         Ok(Reading {
             temperature_c: r.temperature_c,

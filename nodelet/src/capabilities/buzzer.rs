@@ -7,7 +7,11 @@ impl HostState {
     fn buzzer(&self) -> Result<std::sync::Arc<dyn crate::hardware::Buzzer>, HwError> {
         // The grant itself was checked at link time: without it this
         // interface is not even linked.
-        self.ctx.hardware.buzzer.clone().ok_or_else(|| HostState::absent("buzzer"))
+        self.ctx
+            .hardware
+            .buzzer
+            .clone()
+            .ok_or_else(|| HostState::absent("buzzer"))
     }
 }
 

@@ -25,7 +25,9 @@ impl HostState {
             ));
         }
         if write.len() > MAX_TRANSFER || read_len as usize > MAX_TRANSFER {
-            return Err(HwError::Failed(format!("I2C transfers are limited to {MAX_TRANSFER} bytes")));
+            return Err(HwError::Failed(format!(
+                "I2C transfers are limited to {MAX_TRANSFER} bytes"
+            )));
         }
         let dev = self
             .ctx

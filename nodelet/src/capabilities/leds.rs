@@ -62,8 +62,17 @@ impl Host for HostState {
 
     fn set(&mut self, index: u32, color: WitRgb) -> Result<(), HwError> {
         if !self.ctx.grants.allows_led(index) {
-            let granted = self.ctx.grants.leds.as_ref().map(|g| list(&g.indices)).unwrap_or_default();
-            return Err(self.deny(Capability::Leds, format!("LED {index} is not granted (granted: {granted})")));
+            let granted = self
+                .ctx
+                .grants
+                .leds
+                .as_ref()
+                .map(|g| list(&g.indices))
+                .unwrap_or_default();
+            return Err(self.deny(
+                Capability::Leds,
+                format!("LED {index} is not granted (granted: {granted})"),
+            ));
         }
         if self.ctx.leds.is_empty() {
             return Err(HostState::absent("LED strip"));

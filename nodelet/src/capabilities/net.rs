@@ -13,7 +13,10 @@ impl HostState {
     fn granted_host(&self, host: &str, port: u16) -> Result<SocketAddr, HwError> {
         if !self.ctx.grants.allows_host(host) {
             let granted = self.ctx.grants.net.as_ref().map(|g| list(&g.hosts)).unwrap_or_default();
-            return Err(self.deny(Capability::Net, format!("host {host:?} is not granted (granted: {granted})")));
+            return Err(self.deny(
+                Capability::Net,
+                format!("host {host:?} is not granted (granted: {granted})"),
+            ));
         }
         (host, port)
             .to_socket_addrs()
@@ -78,4 +81,3 @@ fn ping(addr: IpAddr, timeout: Duration) -> Result<f32, HwError> {
         )))
     })
 }
-

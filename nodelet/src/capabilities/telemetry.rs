@@ -6,7 +6,10 @@ use crate::sandbox::state::HostState;
 pub const MAX_NAMES: usize = 64;
 
 fn valid(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 impl Host for HostState {
@@ -15,7 +18,9 @@ impl Host for HostState {
             self.ctx.log(
                 LogLevel::Warn,
                 LogSource::Node,
-                format!("telemetry {name:?} ({unit:?}) = {value} ignored: names and units are [a-z0-9_], values finite"),
+                format!(
+                    "telemetry {name:?} ({unit:?}) = {value} ignored: names and units are [a-z0-9_], values finite"
+                ),
             );
             return;
         }
@@ -34,6 +39,8 @@ impl Host for HostState {
                 names.insert(name.clone());
             }
         }
-        self.ctx.report.emit(&self.ctx.plugin, EventKind::Telemetry { name, value, unit });
+        self.ctx
+            .report
+            .emit(&self.ctx.plugin, EventKind::Telemetry { name, value, unit });
     }
 }

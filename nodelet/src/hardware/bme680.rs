@@ -4,8 +4,7 @@
 use super::iaq::IaqEstimator;
 use super::{AirReading, Bme680, DeviceError, DeviceResult};
 use bme680::{
-    Bme680 as Driver, FieldDataCondition, I2CAddress, IIRFilterSize, OversamplingSetting, PowerMode,
-    SettingsBuilder,
+    Bme680 as Driver, FieldDataCondition, I2CAddress, IIRFilterSize, OversamplingSetting, PowerMode, SettingsBuilder,
 };
 use embedded_hal_02::blocking::delay::DelayMs;
 use embedded_hal_02::blocking::i2c::{Read, Write};
@@ -58,7 +57,11 @@ where
         burn_in_samples: usize,
         wait_for_measurement: bool,
     ) -> DeviceResult<Self> {
-        let addr = if address == 0x76 { I2CAddress::Primary } else { I2CAddress::Secondary };
+        let addr = if address == 0x76 {
+            I2CAddress::Primary
+        } else {
+            I2CAddress::Secondary
+        };
         let mut driver = Driver::init(i2c, &mut delay, addr).map_err(|e| describe(e, address))?;
         let settings = SettingsBuilder::new()
             .with_humidity_oversampling(OversamplingSetting::OS2x)
@@ -108,7 +111,9 @@ where
             .get_sensor_data(&mut inner.delay)
             .map_err(|e| describe(e, address))?;
         if condition == FieldDataCondition::Unchanged {
-            return Err(DeviceError::Failed("BME680 produced no new measurement; try again".into()));
+            return Err(DeviceError::Failed(
+                "BME680 produced no new measurement; try again".into(),
+            ));
         }
         let gas = data.gas_resistance_ohm() as f32;
         let humidity = data.humidity_percent();

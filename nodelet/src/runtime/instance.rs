@@ -40,14 +40,20 @@ pub struct Instance {
 impl Version {
     /// A fresh instance, initialised with the plugin's config.
     pub fn start(&self) -> Result<Instance, CallFailure> {
-        let mut store = Store::new(self.pre.engine(), HostState::new(self.ctx.clone(), self.memory_limit.bytes()));
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(self.ctx.clone(), self.memory_limit.bytes()),
+        );
         store.limiter(|s| &mut s.limits);
-        let bindings = call(&mut store, self.call_timeout, "instantiation", |s| self.pre.instantiate(s))?;
+        let bindings = call(&mut store, self.call_timeout, "instantiation", |s| {
+            self.pre.instantiate(s)
+        })?;
         let mut instance = Instance { store, bindings };
-        let config: Vec<(String, String)> =
-            self.ctx.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let config: Vec<(String, String)> = self.ctx.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let started = Instant::now();
-        let result = instance.call(self.call_timeout, "init", |s, b| b.harvester_plugin_lifecycle().call_init(s, &config));
+        let result = instance.call(self.call_timeout, "init", |s, b| {
+            b.harvester_plugin_lifecycle().call_init(s, &config)
+        });
         self.ctx
             .report
             .metrics
@@ -114,12 +120,18 @@ fn call<R>(
     let (kind, message) = if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         (
             TrapKind::Timeout,
-            format!("{what} ran past its call timeout of {} ms and was interrupted", timeout.as_millis()),
+            format!(
+                "{what} ran past its call timeout of {} ms and was interrupted",
+                timeout.as_millis()
+            ),
         )
     } else if memory_refused {
         (
             TrapKind::MemoryLimit,
-            format!("{what} failed after the plugin reached its memory limit of {limit}: {}", root_cause(&err)),
+            format!(
+                "{what} failed after the plugin reached its memory limit of {limit}: {}",
+                root_cause(&err)
+            ),
         )
     } else {
         (TrapKind::Trap, format!("{what} trapped: {}", root_cause(&err)))

@@ -202,7 +202,9 @@ impl Runtime {
             && r.digest == digest
             && r.spec == spec
         {
-            return Ok(Applied::Unchanged { generation: r.generation });
+            return Ok(Applied::Unchanged {
+                generation: r.generation,
+            });
         }
         let generation = {
             let mut g = lock(&self.generations);
@@ -239,14 +241,14 @@ impl Runtime {
     ) -> Result<(Arc<Version>, instance::Instance), LoadError> {
         let plugin = spec.name.clone();
         let source_ref = spec.source.clone();
-        let (component, outcome, took) =
-            self.cache
-                .load(&self.engine, &digest, &spec.component)
-                .map_err(|error| LoadError::Compile {
-                    plugin: plugin.clone(),
-                    source_ref: source_ref.clone(),
-                    error,
-                })?;
+        let (component, outcome, took) = self
+            .cache
+            .load(&self.engine, &digest, &spec.component)
+            .map_err(|error| LoadError::Compile {
+                plugin: plugin.clone(),
+                source_ref: source_ref.clone(),
+                error,
+            })?;
         let metrics = &self.report.metrics;
         match outcome {
             CacheOutcome::Hit => metrics.cache_hits.inc(),
@@ -254,17 +256,20 @@ impl Runtime {
         }
         metrics
             .load_seconds
-            .with_label_values(&[if outcome == CacheOutcome::Hit { "cache-hit" } else { "compiled" }])
+            .with_label_values(&[if outcome == CacheOutcome::Hit {
+                "cache-hit"
+            } else {
+                "compiled"
+            }])
             .observe(took.as_secs_f64());
         tracing::debug!(plugin, ?outcome, ms = took.as_millis() as u64, "component ready");
 
-        let used = imports::check(self.engine.engine(), &component, &spec.grants).map_err(|error| {
-            LoadError::Imports {
+        let used =
+            imports::check(self.engine.engine(), &component, &spec.grants).map_err(|error| LoadError::Imports {
                 plugin: plugin.clone(),
                 source_ref: source_ref.clone(),
                 error,
-            }
-        })?;
+            })?;
         let link = |e: wasmtime::Error| LoadError::Link {
             plugin: plugin.clone(),
             source_ref: source_ref.clone(),

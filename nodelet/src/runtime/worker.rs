@@ -113,7 +113,11 @@ impl Worker {
                 None => self.next_tick,
             };
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(Msg::Swap { version, instance, done }) => {
+                Ok(Msg::Swap {
+                    version,
+                    instance,
+                    done,
+                }) => {
                     let replaced = self.version.generation;
                     self.next_tick = self.next_tick.min(Instant::now() + version.tick_interval);
                     self.version = version;
@@ -159,11 +163,8 @@ impl Worker {
             let started = Instant::now();
             match instance.tick(self.version.call_timeout) {
                 Ok(result) => {
-                    self.report.tick_done(
-                        &self.plugin,
-                        started.elapsed().as_secs_f64(),
-                        instance.memory_bytes(),
-                    );
+                    self.report
+                        .tick_done(&self.plugin, started.elapsed().as_secs_f64(), instance.memory_bytes());
                     if let Err(message) = result {
                         self.report.emit(&self.plugin, EventKind::TickFailed { message });
                     }
@@ -191,7 +192,10 @@ impl Worker {
 
     fn command(&mut self, name: &str, args: &[(String, String)]) -> Result<String, String> {
         let Some(instance) = self.instance.as_mut() else {
-            return Err(format!("plugin {} is restarting after: {}", self.plugin, self.last_error));
+            return Err(format!(
+                "plugin {} is restarting after: {}",
+                self.plugin, self.last_error
+            ));
         };
         let started = Instant::now();
         let result = instance.command(self.version.call_timeout, name, args);
@@ -246,7 +250,8 @@ impl Worker {
         match self.version.start() {
             Ok(instance) => {
                 self.instance = Some(instance);
-                self.report.emit(&self.plugin, EventKind::Restarted { attempt: self.failures });
+                self.report
+                    .emit(&self.plugin, EventKind::Restarted { attempt: self.failures });
             }
             Err(failure) => {
                 self.failures += 1;

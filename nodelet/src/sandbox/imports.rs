@@ -12,7 +12,9 @@ pub enum ImportError {
         "the component imports `{interface}`, which its manifest does not grant: add `{capability}` to its grants (with the scope it needs), or rebuild the plugin without that import"
     )]
     NotGranted { interface: String, capability: Capability },
-    #[error("the component imports `{interface}`, which this node does not provide (it offers wasi:* and {WIT_PACKAGE}/{{{offered}}}@{WIT_VERSION})")]
+    #[error(
+        "the component imports `{interface}`, which this node does not provide (it offers wasi:* and {WIT_PACKAGE}/{{{offered}}}@{WIT_VERSION})"
+    )]
     Unknown { interface: String, offered: String },
 }
 

@@ -27,7 +27,8 @@ pub struct PluginContext {
 
 impl PluginContext {
     pub fn log(&self, level: LogLevel, source: LogSource, message: String) {
-        self.report.emit(&self.plugin, EventKind::Log { level, source, message });
+        self.report
+            .emit(&self.plugin, EventKind::Log { level, source, message });
     }
 }
 

@@ -178,11 +178,26 @@ impl FakeBme680 {
     fn measure(&mut self) {
         self.measurements += 1;
         let env = self.world.room();
-        let temp_adc = search(0, (1 << 20) - 1, |adc| temperature(adc).0 as i64, (env.temperature_c * 100.0) as i64);
+        let temp_adc = search(
+            0,
+            (1 << 20) - 1,
+            |adc| temperature(adc).0 as i64,
+            (env.temperature_c * 100.0) as i64,
+        );
         let t_fine = temperature(temp_adc).1;
         // The formula is only meaningful (and monotonic) over real pressures.
-        let pres_adc = search(PRES_ADC_LO, PRES_ADC_HI, |adc| pressure(t_fine, adc) as i64, (env.pressure_hpa * 100.0) as i64);
-        let hum_adc = search(HUM_ADC_LO, HUM_ADC_HI, |adc| humidity(t_fine, adc as u16) as i64, (env.humidity_pct * 1000.0) as i64);
+        let pres_adc = search(
+            PRES_ADC_LO,
+            PRES_ADC_HI,
+            |adc| pressure(t_fine, adc) as i64,
+            (env.pressure_hpa * 100.0) as i64,
+        );
+        let hum_adc = search(
+            HUM_ADC_LO,
+            HUM_ADC_HI,
+            |adc| humidity(t_fine, adc as u16) as i64,
+            (env.humidity_pct * 1000.0) as i64,
+        );
         let (gas_range, gas_adc) = gas_raw(env.gas_ohms);
 
         let r = &mut self.regs;
@@ -217,7 +232,11 @@ fn search(lo: u32, hi: u32, f: impl Fn(u32) -> i64, target: i64) -> u32 {
             hi = mid;
         }
     }
-    if (f(lo) - target).abs() <= (f(hi) - target).abs() { lo } else { hi }
+    if (f(lo) - target).abs() <= (f(hi) - target).abs() {
+        lo
+    } else {
+        hi
+    }
 }
 
 // The compensation formulas of the BME680 datasheet (integer versions), which
@@ -255,7 +274,11 @@ fn pressure(t_fine: i32, adc: u32) -> u32 {
     }
     var1 = (c.p9 as i32).wrapping_mul((comp >> 3).wrapping_mul(comp >> 3) >> 13) >> 12;
     var2 = ((comp >> 2) * c.p8 as i32) >> 13;
-    let var3: i32 = ((comp >> 8).wrapping_mul(comp >> 8).wrapping_mul(comp >> 8).wrapping_mul(c.p10 as i32)) >> 17;
+    let var3: i32 = ((comp >> 8)
+        .wrapping_mul(comp >> 8)
+        .wrapping_mul(comp >> 8)
+        .wrapping_mul(c.p10 as i32))
+        >> 17;
     comp += (var1 + var2 + var3 + ((c.p7 as i32) << 7)) >> 4;
     comp as u32
 }
@@ -272,7 +295,9 @@ fn humidity(t_fine: i32, adc: u16) -> u32 {
     let temp_scaled: i64 = (t_fine * 5 + 128) >> 8;
     let var1: i64 = adc as i64 - c.h1 as i64 * 16 - ((temp_scaled * c.h3 as i64 / 100) >> 1);
     let var2: i64 = (c.h2 as i64
-        * (temp_scaled * c.h4 as i64 / 100 + ((temp_scaled * (temp_scaled * c.h5 as i64 / 100)) >> 6) / 100 + (1 << 14)))
+        * (temp_scaled * c.h4 as i64 / 100
+            + ((temp_scaled * (temp_scaled * c.h5 as i64 / 100)) >> 6) / 100
+            + (1 << 14)))
         >> 10;
     let var3: i64 = var1 * var2;
     let var4: i64 = (((c.h6 as i64) << 7) + temp_scaled * c.h7 as i64 / 100) >> 4;

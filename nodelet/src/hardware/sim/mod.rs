@@ -95,7 +95,9 @@ pub fn build(profile: &SimProfile) -> (Hardware, SimHandles) {
         i2c,
         leds: (profile.led_count > 0).then(|| leds.clone() as Arc<dyn LedStrip>),
         buzzer: profile.buzzer.then(|| buzzer.clone() as Arc<dyn Buzzer>),
-        dht22: profile.dht22.then(|| Arc::new(SimDht22 { world: world.clone() }) as Arc<dyn Dht22>),
+        dht22: profile
+            .dht22
+            .then(|| Arc::new(SimDht22 { world: world.clone() }) as Arc<dyn Dht22>),
         bme680,
         system: system.clone(),
     };
@@ -141,7 +143,14 @@ impl Gpio for SimGpio {
         } else {
             s.0 &= !(1 << pin);
         }
-        push_bounded(&mut s.1, PinWrite { pin, high, at: SystemTime::now() });
+        push_bounded(
+            &mut s.1,
+            PinWrite {
+                pin,
+                high,
+                at: SystemTime::now(),
+            },
+        );
         Ok(())
     }
 }
@@ -182,7 +191,11 @@ impl LedStrip for SimLedStrip {
 
     fn write_frame(&self, frame: &[Rgb]) -> DeviceResult<()> {
         if frame.len() != self.len {
-            return Err(DeviceError::Failed(format!("frame of {} LEDs for a strip of {}", frame.len(), self.len)));
+            return Err(DeviceError::Failed(format!(
+                "frame of {} LEDs for a strip of {}",
+                frame.len(),
+                self.len
+            )));
         }
         let mut f = lock(&self.frames);
         f.0 += 1;
@@ -217,7 +230,13 @@ impl SimBuzzer {
     }
 
     fn record(&self, action: BuzzerAction) {
-        push_bounded(&mut lock(&self.events), BuzzerEvent { action, at: SystemTime::now() });
+        push_bounded(
+            &mut lock(&self.events),
+            BuzzerEvent {
+                action,
+                at: SystemTime::now(),
+            },
+        );
     }
 }
 
@@ -320,7 +339,10 @@ mod tests {
 
     #[test]
     fn the_real_bme680_driver_reads_the_simulated_room() {
-        let (hw, sim) = build(&SimProfile { bme680_burn_in: 3, ..SimProfile::default() });
+        let (hw, sim) = build(&SimProfile {
+            bme680_burn_in: 3,
+            ..SimProfile::default()
+        });
         sim.world.set_temperature(Some(23.4));
         sim.world.set_humidity(Some(51.0));
         sim.world.set_pressure(Some(1002.5));

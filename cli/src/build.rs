@@ -202,3 +202,43 @@ fn crate_name(manifest: &Path) -> anyhow::Result<String> {
     }
     bail!("{}: no [package] name", manifest.display())
 }
+
+fn hash_sources(dir: &Path, h: &mut sha2::Sha256) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for p in entries {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if name == "target" || name == "__pycache__" || name.ends_with(".wasm") || name.ends_with(".partial") {
+            continue;
+        }
+        if p.is_dir() {
+            hash_sources(&p, h)?;
+        } else {
+            h.update(name.as_bytes());
+            h.update(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+        }
+    }
+    Ok(())
+}
+
+/// Builds `dir` into `out_dir/NAME-HASH.wasm`, where HASH covers the plugin's
+/// sources and WIT (symlinked deps included); an existing file is reused.
+pub fn build_cached(dir: &Path, out_dir: &Path, componentize_py: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    hash_sources(dir, &mut h)?;
+    let key = hex::encode(&h.finalize()[..8]);
+    let out = out_dir.join(format!("{}-{key}.wasm", plugin_name(dir)?));
+    if !out.exists() {
+        std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+        build_with(dir, Some(&out), componentize_py)?;
+    }
+    Ok(out)
+}

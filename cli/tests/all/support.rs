@@ -7,7 +7,6 @@ use harvester_nodelet::events::{Event, EventKind};
 use harvester_nodelet::hardware::sim::{self, SimHandles, SimProfile};
 use harvester_nodelet::runtime::RestartPolicy;
 use harvester_nodelet::{PluginSpec, Runtime, RuntimeOptions};
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +24,7 @@ pub fn artifacts() -> PathBuf {
     dir
 }
 
-fn plugin_dir(name: &str) -> PathBuf {
+pub fn plugin_dir(name: &str) -> PathBuf {
     let showcase = repo().join("plugins").join(name);
     if showcase.is_dir() {
         showcase
@@ -34,24 +33,7 @@ fn plugin_dir(name: &str) -> PathBuf {
     }
 }
 
-fn hash_sources(dir: &Path, h: &mut Sha256) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name == "target" || name == "__pycache__" || name.ends_with(".wasm") || name.ends_with(".partial") {
-            continue;
-        }
-        if p.is_dir() {
-            hash_sources(&p, h);
-        } else {
-            h.update(name.as_bytes());
-            h.update(std::fs::read(&p).unwrap());
-        }
-    }
-}
-
-fn componentize_py() -> PathBuf {
+pub fn componentize_py() -> PathBuf {
     let venv = repo().join(".venv/bin/componentize-py");
     if std::env::var_os("HARVESTER_COMPONENTIZE_PY").is_none() && venv.exists() {
         venv
@@ -72,16 +54,8 @@ pub fn component(name: &str) -> Arc<Vec<u8>> {
         return b.clone();
     }
     let dir = plugin_dir(name);
-    let mut h = Sha256::new();
-    hash_sources(&dir, &mut h);
-    hash_sources(&repo().join("wit"), &mut h);
-    let key = hex::encode(&h.finalize()[..8]);
-    let out = artifacts().join(format!("{name}-{key}.wasm"));
-    if !out.exists() {
-        let built = harvester::build::build_with(&dir, Some(&out), &componentize_py())
-            .unwrap_or_else(|e| panic!("building plugin {name}: {e:#}"));
-        eprintln!("built {name} in {:.1}s", built.took.as_secs_f64());
-    }
+    let out = harvester::build::build_cached(&dir, &artifacts(), &componentize_py())
+        .unwrap_or_else(|e| panic!("building plugin {name}: {e:#}"));
     let bytes = Arc::new(std::fs::read(&out).unwrap());
     builds.insert(name.to_string(), bytes.clone());
     bytes

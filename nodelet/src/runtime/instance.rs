@@ -40,15 +40,7 @@ pub struct Instance {
 impl Version {
     /// A fresh instance, initialised with the plugin's config.
     pub fn start(&self) -> Result<Instance, CallFailure> {
-        let mut store = Store::new(
-            self.pre.engine(),
-            HostState::new(self.ctx.clone(), self.memory_limit.bytes()),
-        );
-        store.limiter(|s| &mut s.limits);
-        let bindings = call(&mut store, self.call_timeout, "instantiation", |s| {
-            self.pre.instantiate(s)
-        })?;
-        let mut instance = Instance { store, bindings };
+        let mut instance = self.instantiate()?;
         let config: Vec<(String, String)> = self.ctx.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let started = Instant::now();
         let result = instance.call(self.call_timeout, "init", |s, b| {
@@ -67,6 +59,22 @@ impl Version {
                 message: format!("init returned an error: {message}"),
             }),
         }
+    }
+}
+
+impl Version {
+    /// A fresh instance without calling `init` (the cost of a restart, less
+    /// the plugin's own start-up).
+    pub fn instantiate(&self) -> Result<Instance, CallFailure> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(self.ctx.clone(), self.memory_limit.bytes()),
+        );
+        store.limiter(|s| &mut s.limits);
+        let bindings = call(&mut store, self.call_timeout, "instantiation", |s| {
+            self.pre.instantiate(s)
+        })?;
+        Ok(Instance { store, bindings })
     }
 }
 

@@ -233,6 +233,13 @@ impl Runtime {
         }
     }
 
+    /// Compiles (or loads from the cache), checks, links and initialises a
+    /// version without running it: what `apply` does before the swap.
+    pub fn load(&self, spec: &PluginSpec) -> Result<(Arc<Version>, instance::Instance), LoadError> {
+        let _one_at_a_time = lock(&self.loading);
+        self.prepare(spec, Digest::of(&spec.component), 0)
+    }
+
     fn prepare(
         &self,
         spec: &PluginSpec,

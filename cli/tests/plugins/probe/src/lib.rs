@@ -31,7 +31,7 @@ impl Guest for Probe {
         Ok(())
     }
 
-    fn on_command(name: String, _args: Vec<(String, String)>) -> Result<String, String> {
+    fn on_command(name: String, args: Vec<(String, String)>) -> Result<String, String> {
         match name.as_str() {
             "panic" => panic!("probe panicked on request"),
             "spin" => loop {
@@ -42,6 +42,22 @@ impl Guest for Probe {
                 Ok("wrote GPIO17".into())
             }
             "ticks" => Ok(TICKS.load(Ordering::Relaxed).to_string()),
+            // Host-call cost benchmarks: N calls of one cheap import.
+            "config-calls" | "gpio-calls" => {
+                let n: u32 = args
+                    .iter()
+                    .find(|(k, _)| k == "n")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                for _ in 0..n {
+                    if name == "config-calls" {
+                        std::hint::black_box(config::get("VERSION"));
+                    } else {
+                        std::hint::black_box(gpio::read(17).ok());
+                    }
+                }
+                Ok(n.to_string())
+            }
             other => Err(format!("unknown command {other}")),
         }
     }

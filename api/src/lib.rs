@@ -4,6 +4,7 @@
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
 //!   appear in manifests.
+//! - [`resources`]: the `harvester.dev/v1alpha1` kinds `Plugin` and `Node`, multi-document parsing.
 //! - [`standalone`]: the local manifest a nodelet runs in `--standalone` mode.
 //! - [`validation`]: errors that name the field path that was wrong.
 //!
@@ -13,6 +14,7 @@
 pub mod digest;
 pub mod grants;
 pub mod quantity;
+pub mod resources;
 pub mod standalone;
 pub mod validation;
 

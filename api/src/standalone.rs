@@ -78,7 +78,7 @@ fn default_tick_interval() -> DurationSpec {
 
 /// Config values are strings for the plugin, but users write `HIGH_TEMP: 30.0`.
 /// Keep the number exactly as written rather than round-tripping through f64.
-fn config_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+pub(crate) fn config_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
     raw.into_iter()
         .map(|(k, v)| {

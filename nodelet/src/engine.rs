@@ -24,6 +24,7 @@ pub struct PluginEngine {
 
 impl PluginEngine {
     pub fn new() -> anyhow::Result<PluginEngine> {
+        disable_transparent_huge_pages();
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Deadlines per call, without fuel's per-instruction cost.
@@ -79,5 +80,18 @@ impl Drop for PluginEngine {
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Compiled components are mapped from the compile cache; with transparent
+/// huge pages the kernel maps their code in 2 MB pages, so touching a few
+/// functions makes whole megabytes resident. Small boards need the memory
+/// more than the TLB hits.
+#[allow(unsafe_code)]
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only changes this process's paging policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }

@@ -42,6 +42,15 @@ pub struct PluginSpec {
     pub limits: Limits,
 }
 
+impl PluginSpec {
+    fn without_component(&self) -> PluginSpec {
+        PluginSpec {
+            component: Arc::new(Vec::new()),
+            ..self.clone()
+        }
+    }
+}
+
 /// What `apply` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -107,6 +116,8 @@ pub struct RuntimeOptions {
 struct Running {
     tx: Sender<worker::Msg>,
     thread: Option<JoinHandle<()>>,
+    /// The spec without its component bytes (the digest stands for them):
+    /// a Python component is ~18 MB the node must not keep twice.
     spec: PluginSpec,
     digest: Digest,
     generation: u64,
@@ -200,7 +211,7 @@ impl Runtime {
         let digest = Digest::of(&spec.component);
         if let Some(r) = lock(&self.plugins).get(&spec.name)
             && r.digest == digest
-            && r.spec == spec
+            && r.spec == spec.without_component()
         {
             return Ok(Applied::Unchanged {
                 generation: r.generation,
@@ -334,7 +345,7 @@ impl Runtime {
                 .is_ok()
                 && done_rx.recv().is_ok()
             {
-                running.spec = spec;
+                running.spec = spec.without_component();
                 running.digest = digest;
                 running.generation = generation;
                 return Ok(Applied::Swapped { generation, replaced });
@@ -365,7 +376,7 @@ impl Runtime {
             Running {
                 tx,
                 thread: Some(thread),
-                spec,
+                spec: spec.without_component(),
                 digest,
                 generation,
             },

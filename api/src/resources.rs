@@ -1,0 +1,374 @@
+//! The resource kinds of `harvester.dev/v1alpha1`: `Plugin` (run this component
+//! on every matching node) and `Node` (created by nodelets).
+
+use crate::digest::Digest;
+use crate::grants::{Capability, Grants};
+use crate::quantity::DurationSpec;
+use crate::standalone::{Limits, validate_name, validate_timing};
+use crate::validation::ValidationErrors;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub const API_VERSION: &str = "harvester.dev/v1alpha1";
+
+/// Labels on objects, and the selectors that match them.
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    /// Set by the controller.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// Bumped by the controller when the spec changes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+    /// The store revision of the last write; send it back to update only if
+    /// nobody wrote in between (a stale one gets 409 Conflict).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resource_version: u64,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub creation_timestamp: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Run `image` on every node matching `nodeSelector` that has the hardware
+/// its grants need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginSpecV1 {
+    /// An OCI reference (`host/repo:tag`, resolved to a digest at apply) or,
+    /// for development, a path to a `.wasm` file.
+    pub image: String,
+    /// The content digest the image was resolved to, set at apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(default)]
+    pub grants: Grants,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "crate::standalone::config_map")]
+    pub config: BTreeMap<String, String>,
+    #[serde(default = "default_tick")]
+    pub tick_interval: DurationSpec,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_tick() -> DurationSpec {
+    DurationSpec(Duration::from_secs(3))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: ConditionStatus,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Milliseconds since the Unix epoch.
+    pub last_transition_time: u64,
+}
+
+/// One node's view of one plugin, as the node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginOnNode {
+    pub phase: String,
+    /// The Plugin generation this node runs (0 for none yet).
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatusV1 {
+    pub observed_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// Every node the plugin is assigned to.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, PluginOnNode>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Plugin {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PluginSpecV1,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PluginStatusV1>,
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatusV1 {
+    #[serde(default)]
+    pub architecture: String,
+    /// `sim` or `rpi`.
+    #[serde(default)]
+    pub backend: String,
+    /// Devices the node actually found (`gpio`, `leds`, `buzzer`, ...).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default)]
+    pub led_count: usize,
+    /// Where the node serves /metrics and /status.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Milliseconds since the Unix epoch of the last heartbeat the controller saw.
+    #[serde(default)]
+    pub last_heartbeat: u64,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginOnNode>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: NodeStatusV1,
+}
+
+/// The hardware capabilities a plugin's grants need on its node.
+pub fn required_devices(grants: &Grants) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for cap in grants.capabilities() {
+        let device = match cap {
+            Capability::Gpio => "gpio",
+            Capability::I2c => "i2c",
+            Capability::Leds => "leds",
+            Capability::Buzzer => "buzzer",
+            Capability::Dht22 => "dht22",
+            Capability::Bme680 => "bme680",
+            Capability::System | Capability::Net | Capability::Log | Capability::Telemetry | Capability::Config => {
+                continue;
+            }
+        };
+        out.push(device);
+    }
+    out
+}
+
+/// Whether `labels` satisfy every `key: value` of `selector` (empty matches all).
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Parses `a=b,c=d` (the CLI's and the API's label selector syntax).
+pub fn parse_selector(s: &str) -> Result<Labels, String> {
+    let mut out = Labels::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("label selector {part:?}: expected key=value"))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
+    for (k, v) in labels {
+        let ok = |s: &str, max: usize| {
+            s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        };
+        if k.is_empty() || !ok(k, 63) {
+            errors.push(format!("{path}.{k}"), format!("{k:?} is not a valid label key"));
+        }
+        if !ok(v, 63) {
+            errors.push(format!("{path}.{k}"), format!("{v:?} is not a valid label value"));
+        }
+    }
+}
+
+impl Plugin {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        if self.api_version != API_VERSION {
+            errors.push("apiVersion", format!("{:?} is not supported; use {API_VERSION}", self.api_version));
+        }
+        validate_name(&self.metadata.name, "metadata.name", &mut errors);
+        validate_labels(&self.metadata.labels, "metadata.labels", &mut errors);
+        if self.spec.image.trim().is_empty() {
+            errors.push("spec.image", "give an OCI reference (host/repo:tag) or a path to a .wasm file");
+        }
+        validate_labels(&self.spec.node_selector, "spec.nodeSelector", &mut errors);
+        self.spec.grants.validate("spec.grants", &mut errors);
+        validate_timing(self.spec.tick_interval, &self.spec.limits, "spec", &mut errors);
+        errors.into_result()
+    }
+}
+
+impl Node {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        if self.api_version != API_VERSION {
+            errors.push("apiVersion", format!("{:?} is not supported; use {API_VERSION}", self.api_version));
+        }
+        validate_name(&self.metadata.name, "metadata.name", &mut errors);
+        validate_labels(&self.metadata.labels, "metadata.labels", &mut errors);
+        errors.into_result()
+    }
+}
+
+/// Any object of this API, as a manifest document holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    Plugin(Plugin),
+    Node(Node),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Plugin(_) => "Plugin",
+            Object::Node(_) => "Node",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Object::Plugin(p) => &p.metadata.name,
+            Object::Node(n) => &n.metadata.name,
+        }
+    }
+}
+
+/// One document of a manifest that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentError {
+    /// 1-based position in the stream.
+    pub document: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {}", self.document)?;
+        if let (Some(k), Some(n)) = (&self.kind, &self.name) {
+            write!(f, " ({k} {n})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Parses a YAML stream (documents separated by `---`) into validated
+/// objects. Every document is checked; any error rejects the whole stream.
+pub fn parse_documents(text: &str) -> Result<Vec<Object>, Vec<DocumentError>> {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(DocumentError { document: n, kind: None, name: None, message: e.to_string() });
+                // A syntax error ends the stream: later documents can't be trusted.
+                break;
+            }
+        };
+        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .map(str::to_string);
+        let err = |message: String| DocumentError { document: n, kind: kind.clone(), name: name.clone(), message };
+        let parsed = match kind.as_deref() {
+            Some("Plugin") => serde_yaml::from_value::<Plugin>(value.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.validate().map(|_| Object::Plugin(p)).map_err(|e| e.to_string())),
+            Some("Node") => serde_yaml::from_value::<Node>(value.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.validate().map(|_| Object::Node(p)).map_err(|e| e.to_string())),
+            Some(other) => Err(format!("kind {other:?} is not known; use Plugin or Node")),
+            None => Err("missing `kind` (Plugin or Node)".to_string()),
+        };
+        match parsed {
+            Ok(o) => objects.push(o),
+            Err(m) => errors.push(err(m)),
+        }
+    }
+    if errors.is_empty() { Ok(objects) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLUGIN: &str = "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {name: dht22, labels: {app: climate}}\nspec:\n  image: plugins/dht22/dht22.wasm\n  nodeSelector: {role: sensor}\n  grants: {dht22: {pin: 4}, leds: {indices: [1]}}\n  config: {HIGH_TEMP: 30.0}\n";
+
+    #[test]
+    fn a_plugin_document_parses_with_defaults() {
+        let objs = parse_documents(PLUGIN).unwrap();
+        let Object::Plugin(p) = &objs[0] else { panic!() };
+        assert_eq!(p.spec.config["HIGH_TEMP"], "30.0");
+        assert_eq!(p.spec.tick_interval.0, Duration::from_secs(3));
+        assert_eq!(required_devices(&p.spec.grants), vec!["leds", "dht22"]);
+    }
+
+    #[test]
+    fn every_bad_document_is_named() {
+        let text = format!(
+            "{PLUGIN}---\napiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: bad}}\nspec:\n  image: x.wasm\n  grants: {{gpio: {{pins: [1, 2, 41]}}}}\n---\nkind: Gadget\nmetadata: {{name: g}}\n"
+        );
+        let errs = parse_documents(&text).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert_eq!(
+            errs[0].to_string(),
+            "document 2 (Plugin bad): spec.grants.gpio.pins[2]: pin 41 is not a valid BCM GPIO (0-27)"
+        );
+        assert!(errs[1].to_string().starts_with("document 3 (Gadget g): kind \"Gadget\" is not known"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let errs = parse_documents(&PLUGIN.replace("nodeSelector", "nodeSelecter")).unwrap_err();
+        assert!(errs[0].message.contains("unknown field `nodeSelecter`"), "{:?}", errs);
+    }
+
+    #[test]
+    fn selectors_match_subsets() {
+        let labels = parse_selector("role=sensor,board=pi4").unwrap();
+        assert!(selector_matches(&parse_selector("role=sensor").unwrap(), &labels));
+        assert!(selector_matches(&Labels::new(), &labels));
+        assert!(!selector_matches(&parse_selector("role=hub").unwrap(), &labels));
+        assert!(parse_selector("role").is_err());
+    }
+}

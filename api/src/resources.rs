@@ -182,6 +182,11 @@ pub fn required_devices(grants: &Grants) -> Vec<&'static str> {
     out
 }
 
+/// Whether an image names a local `.wasm` file rather than an OCI reference.
+pub fn is_local_path(image: &str) -> bool {
+    image.starts_with('/') || image.starts_with("./") || image.starts_with("../") || image.ends_with(".wasm")
+}
+
 /// Whether `labels` satisfy every `key: value` of `selector` (empty matches all).
 pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -371,4 +376,28 @@ mod tests {
         assert!(!selector_matches(&parse_selector("role=hub").unwrap(), &labels));
         assert!(parse_selector("role").is_err());
     }
+}
+
+/// One plugin a node must run, exactly as the controller decided it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub name: String,
+    pub generation: u64,
+    pub digest: Digest,
+    pub image: String,
+    pub grants: Grants,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub tick_interval: DurationSpec,
+    pub limits: Limits,
+}
+
+/// Everything a node must run: the full desired state for it, so a
+/// reconnecting node never needs a diff.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignments {
+    pub node: String,
+    pub plugins: Vec<Assignment>,
 }

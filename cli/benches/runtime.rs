@@ -45,6 +45,7 @@ fn spec(name: &str, path: &Path, grants: &str) -> PluginSpec {
             memory: MemorySize::mebibytes(64),
             call_timeout: DurationSpec(Duration::from_secs(10)),
         },
+        generation: None,
     }
 }
 

@@ -2,6 +2,9 @@
 //!
 //! - [`build`]: `harvester plugin build DIR`, for Python and Rust plugins.
 //! - [`nodelet`]: `harvester nodelet`, the node agent.
+//! - [`client`] and [`commands`]: `apply`, `get`, `describe`, `delete`, `rollout status`.
 
 pub mod build;
+pub mod client;
+pub mod commands;
 pub mod nodelet;

@@ -1,5 +1,7 @@
 use clap::{Parser, Subcommand};
-use harvester::{build, nodelet};
+use harvester::client::{Client, DEFAULT_SERVER};
+use harvester::{build, commands, nodelet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,18 +9,74 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "harvester", version, about)]
 struct Cli {
+    /// The controller's URL.
+    #[arg(long, global = true, env = "HARVESTER_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controller (the hub): API, store, reconciler.
+    Controller {
+        /// Where the store lives.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+        /// A node without a heartbeat for this long is NotReady.
+        #[arg(long, value_name = "DURATION", default_value = "15s")]
+        node_timeout: harvester_api::DurationSpec,
+    },
     /// Run the node agent.
     Nodelet(nodelet::NodeletArgs),
+    /// Create or update objects from manifests.
+    Apply {
+        /// A file, a directory of .yaml files, or - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List or show objects: get plugins|nodes [NAME].
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// wide, yaml or json.
+        #[arg(short, long, default_value = "")]
+        output: String,
+        /// Only objects with these labels (a=b,c=d).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+    },
+    /// Show one object in detail: describe plugin NAME.
+    Describe { kind: String, name: String },
+    /// Delete objects: delete plugin NAME, or delete -f FILE.
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+    },
+    /// Follow a rollout.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Work with plugin sources.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Wait until every selected node runs the plugin's current generation.
+    Status {
+        /// plugin/NAME
+        target: String,
+        #[arg(long, default_value = "60s")]
+        timeout: harvester_api::DurationSpec,
     },
 }
 
@@ -36,20 +94,17 @@ enum PluginCommand {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HARVESTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,bme680=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    let result = match cli.command {
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || Client::new(&cli.server);
+    match cli.command {
         Command::Plugin {
             command: PluginCommand::Build { dir, output },
-        } => build::build(&dir, output.as_deref()).map(|b| {
+        } => {
+            let b = build::build(&dir, output.as_deref())?;
             println!(
                 "built {} ({} plugin, world {}, {:.1} MB) in {:.1}s",
                 b.output.display(),
@@ -58,13 +113,43 @@ fn main() -> ExitCode {
                 b.size as f64 / 1e6,
                 b.took.as_secs_f64()
             );
-        }),
-        Command::Nodelet(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(nodelet::run(args))),
-    };
+            Ok(())
+        }
+        Command::Nodelet(args) => nodelet::run(args).await,
+        Command::Controller { data, listen, node_timeout } => {
+            harvester_controller::run(
+                harvester_controller::ControllerOptions {
+                    data,
+                    listen,
+                    node_timeout: node_timeout.as_duration(),
+                    resync: std::time::Duration::from_secs(2),
+                },
+                nodelet::shutdown_signal(),
+            )
+            .await
+        }
+        Command::Apply { file } => commands::apply(&client()?, &file).await,
+        Command::Get { kind, name, output, selector } => {
+            commands::get(&client()?, &kind, name.as_deref(), &output, selector.as_deref()).await
+        }
+        Command::Describe { kind, name } => commands::describe(&client()?, &kind, &name).await,
+        Command::Delete { kind, name, file } => {
+            commands::delete(&client()?, kind.as_deref(), name.as_deref(), file.as_deref()).await
+        }
+        Command::Rollout {
+            command: RolloutCommand::Status { target, timeout },
+        } => commands::rollout_status(&client()?, &target, timeout.as_duration()).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -22,8 +22,17 @@ pub enum HardwareChoice {
 pub struct NodeletArgs {
     /// Run the plugins of this local manifest, without a controller, and
     /// follow changes to it and to the component files.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "controller")]
     pub standalone: Option<PathBuf>,
+    /// Follow this controller (one outbound connection).
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// This node's labels, for plugins' node selectors (role=sensor,board=pi4).
+    #[arg(long, value_name = "K=V,...", default_value = "")]
+    pub labels: String,
+    /// How often the node reports to the controller.
+    #[arg(long, value_name = "DURATION", default_value = "3s")]
+    pub heartbeat: harvester_api::DurationSpec,
     /// This node's name.
     #[arg(long, default_value_t = default_name())]
     pub name: String,
@@ -39,6 +48,10 @@ pub struct NodeletArgs {
     /// gas=50000, cpu-temperature=75 (repeatable).
     #[arg(long = "sim", value_name = "KEY=VALUE")]
     pub sim: Vec<String>,
+    /// Which simulated devices this node has (besides GPIO, I2C and system
+    /// facts): any of dht22, bme680, leds, buzzer.
+    #[arg(long, value_name = "LIST", default_value = "dht22,bme680,leds,buzzer")]
+    pub sim_devices: String,
     /// How often the manifest and components are checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s")]
     pub poll: harvester_api::DurationSpec,
@@ -88,23 +101,37 @@ fn apply_sim(handles: &SimHandles, settings: &[String]) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
-    let Some(manifest) = args.standalone.clone() else {
-        bail!("give --standalone FILE: this build runs nodelets from a local manifest");
-    };
+    if args.standalone.is_none() && args.controller.is_none() {
+        bail!("give --controller URL to follow a controller, or --standalone FILE to run a local manifest");
+    }
+    let labels = harvester_api::resources::parse_selector(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
     let on_pi = std::fs::read_to_string("/proc/device-tree/model")
         .map(|m| m.contains("Raspberry Pi"))
         .unwrap_or(false);
     if args.hardware == HardwareChoice::Auto && on_pi {
         tracing::warn!("this is a Raspberry Pi, but this build drives simulated devices only");
     }
-    let (hardware, handles) = sim::build(&SimProfile::default());
+    let devices: Vec<&str> = args.sim_devices.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if let Some(bad) = devices.iter().find(|d| !["dht22", "bme680", "leds", "buzzer"].contains(d)) {
+        bail!("--sim-devices: unknown device {bad:?}; use dht22, bme680, leds, buzzer");
+    }
+    let profile = SimProfile {
+        led_count: if devices.contains(&"leds") { 11 } else { 0 },
+        buzzer: devices.contains(&"buzzer"),
+        dht22: devices.contains(&"dht22"),
+        bme680: devices.contains(&"bme680"),
+        seed: args.name.bytes().map(u64::from).sum(),
+        ..SimProfile::default()
+    };
+    let (hardware, handles) = sim::build(&profile);
     apply_sim(&handles, &args.sim)?;
     tracing::info!(node = args.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
 
     let data = args.data.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(
         RuntimeOptions {
-            data_dir: data,
+            data_dir: data.clone(),
             restart: RestartPolicy {
                 initial_backoff: args.restart_backoff.as_duration(),
                 ..RestartPolicy::default()
@@ -116,17 +143,39 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!("serving /status and /metrics on http://{}", listener.local_addr()?);
+    let listener_addr = listener.local_addr()?;
+    tracing::info!("serving /status and /metrics on http://{listener_addr}");
     let app = harvester_nodelet::server::router(args.name.clone(), runtime.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let result = harvester_nodelet::standalone::run(
-        runtime,
-        manifest,
-        args.poll.as_duration().max(Duration::from_millis(50)),
-        shutdown_signal(),
-    )
-    .await;
+    let address = listener_addr.to_string();
+    let result = match (args.standalone.clone(), args.controller.clone()) {
+        (Some(manifest), _) => {
+            harvester_nodelet::standalone::run(
+                runtime,
+                manifest,
+                args.poll.as_duration().max(Duration::from_millis(50)),
+                shutdown_signal(),
+            )
+            .await
+        }
+        (None, Some(controller)) => {
+            harvester_nodelet::agent::run(
+                runtime,
+                harvester_nodelet::agent::AgentOptions {
+                    controller,
+                    name: args.name.clone(),
+                    labels,
+                    data_dir: data,
+                    heartbeat: args.heartbeat.as_duration(),
+                    address,
+                },
+                shutdown_signal(),
+            )
+            .await
+        }
+        (None, None) => unreachable!("checked above"),
+    };
     server.abort();
     result
 }

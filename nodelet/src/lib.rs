@@ -7,9 +7,11 @@
 //! - [`hardware`]: one trait per device; simulated and (later) Raspberry Pi backends.
 //! - [`engine`]: the one wasmtime configuration; [`cache`]: compiled components on disk.
 //! - [`events`], [`report`], [`metrics`]: status, events, log lines and Prometheus metrics.
+//! - [`agent`]: the link to the controller: watch, converge, report, run from disk when offline.
 //! - [`standalone`]: `harvester nodelet --standalone FILE`, with file watching.
 //! - [`server`]: the node's local HTTP endpoints (`/status`, `/metrics`, commands).
 
+pub mod agent;
 pub mod bindings;
 pub mod cache;
 pub mod capabilities;
@@ -24,3 +26,11 @@ pub mod server;
 pub mod standalone;
 
 pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -52,6 +52,7 @@ pub async fn sync(runtime: &Arc<Runtime>, manifest: &StandaloneManifest) -> usiz
             config: p.config.clone(),
             tick_interval: p.tick_interval,
             limits: p.limits,
+            generation: None,
         };
         let rt = runtime.clone();
         match tokio::task::spawn_blocking(move || rt.apply(spec)).await {

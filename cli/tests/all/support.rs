@@ -184,6 +184,7 @@ pub fn spec(name: &str, plugin: &str, grants_yaml: &str, config: &[(&str, &str)]
             memory: MemorySize::mebibytes(64),
             call_timeout: DurationSpec(Duration::from_millis(1000)),
         },
+        generation: None,
     }
 }
 

@@ -40,6 +40,9 @@ pub struct PluginSpec {
     pub config: BTreeMap<String, String>,
     pub tick_interval: DurationSpec,
     pub limits: Limits,
+    /// The controller's generation for this version; standalone nodes
+    /// number versions themselves when it is `None`.
+    pub generation: Option<u64>,
 }
 
 impl PluginSpec {
@@ -220,7 +223,7 @@ impl Runtime {
         let generation = {
             let mut g = lock(&self.generations);
             let n = g.entry(spec.name.clone()).or_insert(0);
-            *n += 1;
+            *n = spec.generation.unwrap_or(*n + 1).max(*n);
             *n
         };
         self.report.update(&spec.name, &spec.source, |s| {

@@ -1,0 +1,173 @@
+//! Server-side apply: create or update an object from a manifest document,
+//! bumping `generation` only when the spec changes, resolving the image to a
+//! digest once, here, so every node runs identical bytes.
+
+use crate::store::{Kind, Store, StoreError, Write};
+use harvester_api::Digest;
+use harvester_api::resources::{Node, Object, Plugin, is_local_path};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    pub kind: &'static str,
+    pub name: String,
+    pub action: Action,
+    pub generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn new_uid(kind: &str, name: &str) -> String {
+    let seed = format!("{kind}/{name}/{}/{:?}", now_ms(), std::thread::current().id());
+    let d = Digest::of(seed.as_bytes()).hex();
+    format!("{}-{}-{}-{}-{}", &d[0..8], &d[8..12], &d[12..16], &d[16..20], &d[20..32])
+}
+
+/// Pins `plugin.spec.digest`: trusts an uploaded blob, or reads a local file
+/// the controller can see.
+pub async fn resolve(store: &Store, plugin: &mut Plugin) -> Result<(), StoreError> {
+    let image = plugin.spec.image.clone();
+    if let Some(d) = &plugin.spec.digest {
+        if !store.has_blob(d)? {
+            return Err(StoreError::Invalid(format!(
+                "Plugin {}: spec.digest {d}: no component with that digest was uploaded (harvester apply uploads local files)",
+                plugin.metadata.name
+            )));
+        }
+        return Ok(());
+    }
+    if !is_local_path(&image) {
+        return Err(StoreError::Invalid(format!(
+            "Plugin {}: spec.image {image:?}: OCI registry images are not supported by this controller yet; use a path to a .wasm file",
+            plugin.metadata.name
+        )));
+    }
+    let bytes = tokio::fs::read(Path::new(&image)).await.map_err(|e| {
+        StoreError::Invalid(format!("Plugin {}: spec.image {image:?}: cannot read: {e}", plugin.metadata.name))
+    })?;
+    let digest = Digest::of(&bytes);
+    store.put_blob(&digest, &bytes).await?;
+    plugin.spec.digest = Some(digest);
+    Ok(())
+}
+
+/// Creates or updates one object. `expected_rv` (from the object's
+/// metadata.resourceVersion) makes the write conditional.
+pub async fn apply(store: &Store, object: Object) -> Result<Applied, StoreError> {
+    match object {
+        Object::Plugin(mut p) => {
+            resolve(store, &mut p).await?;
+            let name = p.metadata.name.clone();
+            let sent_rv = p.metadata.resource_version;
+            let incoming = p.clone();
+            let mut action = Action::Unchanged;
+            let (stored, event) = store
+                .write(Kind::Plugin, &name, |current| {
+                    let Some(current) = current else {
+                        let mut new = incoming.clone();
+                        new.metadata.uid = new_uid("Plugin", &name);
+                        new.metadata.generation = 1;
+                        new.metadata.creation_timestamp = now_ms();
+                        new.status = None;
+                        return Ok(Write::Put(serde_json::to_value(new)?));
+                    };
+                    let current: Plugin = serde_json::from_value(current.clone())?;
+                    if sent_rv != 0 && sent_rv != current.metadata.resource_version {
+                        return Err(StoreError::Conflict {
+                            kind: "Plugin",
+                            name: name.clone(),
+                            sent: sent_rv,
+                            current: current.metadata.resource_version,
+                        });
+                    }
+                    let spec_changed = current.spec != incoming.spec;
+                    if !spec_changed && current.metadata.labels == incoming.metadata.labels {
+                        return Ok(Write::Keep);
+                    }
+                    let mut next = current.clone();
+                    next.metadata.labels = incoming.metadata.labels.clone();
+                    if spec_changed {
+                        next.spec = incoming.spec.clone();
+                        next.metadata.generation += 1;
+                    }
+                    Ok(Write::Put(serde_json::to_value(next)?))
+                })
+                .await?;
+            if let Some(ev) = &event {
+                action = if ev.event == crate::store::EventType::Added { Action::Created } else { Action::Configured };
+            }
+            let stored: Plugin = serde_json::from_value(stored.unwrap_or_default())?;
+            Ok(Applied {
+                kind: "Plugin",
+                name,
+                action,
+                generation: stored.metadata.generation,
+                digest: stored.spec.digest,
+            })
+        }
+        Object::Node(n) => {
+            let name = n.metadata.name.clone();
+            let (stored, event) = store.write(Kind::Node, &name, |current| node_update(current, &n, false)).await?;
+            let stored: Node = serde_json::from_value(stored.unwrap_or_default())?;
+            Ok(Applied {
+                kind: "Node",
+                name,
+                action: match event.map(|e| e.event) {
+                    Some(crate::store::EventType::Added) => Action::Created,
+                    Some(_) => Action::Configured,
+                    None => Action::Unchanged,
+                },
+                generation: stored.metadata.generation,
+                digest: None,
+            })
+        }
+    }
+}
+
+/// Labels come from whoever applies the Node; status only from the node
+/// itself (`with_status`).
+pub fn node_update(current: Option<&serde_json::Value>, incoming: &Node, with_status: bool) -> Result<Write, StoreError> {
+    let Some(current) = current else {
+        let mut new = incoming.clone();
+        new.metadata.uid = new_uid("Node", &new.metadata.name);
+        new.metadata.generation = 1;
+        new.metadata.creation_timestamp = now_ms();
+        if !with_status {
+            new.status = Default::default();
+        }
+        return Ok(Write::Put(serde_json::to_value(new)?));
+    };
+    let current: Node = serde_json::from_value(current.clone())?;
+    let mut next = current.clone();
+    next.metadata.labels = incoming.metadata.labels.clone();
+    if with_status {
+        let conditions = next.status.conditions.clone();
+        let heartbeat = next.status.last_heartbeat;
+        next.status = incoming.status.clone();
+        // Readiness and heartbeats are the controller's to judge.
+        next.status.conditions = conditions;
+        next.status.last_heartbeat = heartbeat.max(incoming.status.last_heartbeat);
+    }
+    if next == current {
+        return Ok(Write::Keep);
+    }
+    Ok(Write::Put(serde_json::to_value(next)?))
+}

@@ -1,0 +1,299 @@
+//! The level-triggered reconciler. From the whole desired state (Plugins)
+//! and the whole observed state (Nodes, heartbeats) it computes, every time
+//! anything changes and periodically:
+//!
+//! - each node's assignments (label selector, and the hardware the node
+//!   reports: a plugin that needs the buzzer goes only where there is one);
+//! - each Plugin's status: per-node phase, observedGeneration, and Ready /
+//!   Progressing / Degraded conditions with reasons;
+//! - each Node's Ready condition from its heartbeat lease.
+//!
+//! It keeps no state that matters across restarts: killed at any point, it
+//! recomputes the same answer from the store.
+
+use crate::apply::now_ms;
+use crate::store::{Kind, Store, StoreError, Write};
+use harvester_api::resources::{
+    Assignment, Assignments, Condition, ConditionStatus, Node, Plugin, PluginOnNode, PluginStatusV1,
+    required_devices, selector_matches,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+pub struct Reconciler {
+    store: Arc<Store>,
+    leases: Mutex<HashMap<String, Instant>>,
+    assignments: Mutex<HashMap<String, watch::Sender<Assignments>>>,
+    node_timeout: Duration,
+    period: Duration,
+    poke: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which nodes `plugin` belongs on.
+pub fn places(plugin: &Plugin, node: &Node) -> bool {
+    selector_matches(&plugin.spec.node_selector, &node.metadata.labels)
+        && required_devices(&plugin.spec.grants)
+            .iter()
+            .all(|d| node.status.devices.iter().any(|have| have == d))
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        kind: kind.to_string(),
+        status: if ok { ConditionStatus::True } else { ConditionStatus::False },
+        reason: reason.to_string(),
+        message,
+        last_transition_time: 0,
+    }
+}
+
+/// Keeps transition times of conditions whose status did not change.
+fn merge_times(new: &mut [Condition], old: &[Condition], now: u64) {
+    for c in new.iter_mut() {
+        c.last_transition_time = old
+            .iter()
+            .find(|o| o.kind == c.kind && o.status == c.status)
+            .map_or(now, |o| o.last_transition_time);
+    }
+}
+
+impl Reconciler {
+    pub fn new(store: Arc<Store>, node_timeout: Duration, period: Duration) -> Reconciler {
+        Reconciler {
+            store,
+            leases: Mutex::new(HashMap::new()),
+            assignments: Mutex::new(HashMap::new()),
+            node_timeout,
+            period,
+            poke: Notify::new(),
+        }
+    }
+
+    pub fn heartbeat(&self, node: &str) {
+        let first = lock(&self.leases).insert(node.to_string(), Instant::now()).is_none();
+        if first {
+            self.poke.notify_one();
+        }
+    }
+
+    /// Milliseconds since the epoch of the node's last heartbeat, if any.
+    pub fn last_heartbeat_ms(&self, node: &str) -> Option<u64> {
+        let at = *lock(&self.leases).get(node)?;
+        Some(now_ms().saturating_sub(at.elapsed().as_millis() as u64))
+    }
+
+    /// The node's assignments, kept current.
+    pub fn watch_assignments(&self, node: &str) -> watch::Receiver<Assignments> {
+        let mut all = lock(&self.assignments);
+        let tx = all.entry(node.to_string()).or_insert_with(|| {
+            watch::channel(Assignments {
+                node: node.to_string(),
+                plugins: Vec::new(),
+            })
+            .0
+        });
+        let rx = tx.subscribe();
+        drop(all);
+        self.poke.notify_one();
+        rx
+    }
+
+    /// Reconciles on every store change, on pokes, and every `period`.
+    pub async fn run(self: Arc<Self>) {
+        let mut changes = self.store.subscribe();
+        loop {
+            let started = Instant::now();
+            if let Err(e) = self.reconcile().await {
+                tracing::error!("reconcile failed: {e}");
+            }
+            tracing::trace!(ms = started.elapsed().as_millis() as u64, "reconciled");
+            tokio::select! {
+                r = changes.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
+                        return;
+                    }
+                    // Coalesce a burst of changes into one pass.
+                    while changes.try_recv().is_ok() {}
+                }
+                _ = self.poke.notified() => {}
+                _ = tokio::time::sleep(self.period) => {}
+            }
+        }
+    }
+
+    pub async fn reconcile(&self) -> Result<(), StoreError> {
+        let plugins: Vec<Plugin> = self
+            .store
+            .list(Kind::Plugin)?
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()?;
+        let nodes: Vec<Node> = self
+            .store
+            .list(Kind::Node)?
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()?;
+        let now = now_ms();
+
+        // Readiness from heartbeat leases.
+        let mut ready = BTreeMap::new();
+        for node in &nodes {
+            let lease = lock(&self.leases).get(&node.metadata.name).copied();
+            let (ok, reason, message) = match lease {
+                Some(at) if at.elapsed() <= self.node_timeout => (true, "HeartbeatReceived", String::new()),
+                Some(at) => (
+                    false,
+                    "HeartbeatTimeout",
+                    format!("no heartbeat for {}s", at.elapsed().as_secs()),
+                ),
+                None => (false, "NoHeartbeat", "no heartbeat since the controller started".to_string()),
+            };
+            ready.insert(node.metadata.name.clone(), ok);
+            let mut conditions = vec![condition("Ready", ok, reason, message)];
+            merge_times(&mut conditions, &node.status.conditions, now);
+            if conditions != node.status.conditions {
+                let name = node.metadata.name.clone();
+                if !ok {
+                    tracing::warn!(node = name, reason, "node not ready");
+                }
+                self.store
+                    .write(Kind::Node, &name, |cur| {
+                        let Some(cur) = cur else { return Ok(Write::Keep) };
+                        let mut n: Node = serde_json::from_value(cur.clone())?;
+                        n.status.conditions = conditions.clone();
+                        Ok(Write::Put(serde_json::to_value(n)?))
+                    })
+                    .await?;
+            }
+        }
+
+        // Placement. A NotReady node keeps its assignments: no flapping.
+        let mut per_node: BTreeMap<String, Vec<Assignment>> = BTreeMap::new();
+        let mut per_plugin: BTreeMap<String, Vec<&Node>> = BTreeMap::new();
+        for plugin in &plugins {
+            let Some(digest) = plugin.spec.digest else { continue };
+            for node in nodes.iter().filter(|n| places(plugin, n)) {
+                per_node.entry(node.metadata.name.clone()).or_default().push(Assignment {
+                    name: plugin.metadata.name.clone(),
+                    generation: plugin.metadata.generation,
+                    digest,
+                    image: plugin.spec.image.clone(),
+                    grants: plugin.spec.grants.clone(),
+                    config: plugin.spec.config.clone(),
+                    tick_interval: plugin.spec.tick_interval,
+                    limits: plugin.spec.limits,
+                });
+                per_plugin.entry(plugin.metadata.name.clone()).or_default().push(node);
+            }
+        }
+        {
+            let mut senders = lock(&self.assignments);
+            for node in &nodes {
+                let name = &node.metadata.name;
+                let next = Assignments {
+                    node: name.clone(),
+                    plugins: per_node.remove(name).unwrap_or_default(),
+                };
+                let tx = senders
+                    .entry(name.clone())
+                    .or_insert_with(|| watch::channel(Assignments::default()).0);
+                tx.send_if_modified(|cur| {
+                    if *cur == next {
+                        false
+                    } else {
+                        *cur = next.clone();
+                        true
+                    }
+                });
+            }
+        }
+
+        // Plugin status from what the nodes report.
+        for plugin in &plugins {
+            let name = &plugin.metadata.name;
+            let generation = plugin.metadata.generation;
+            let placed = per_plugin.remove(name).unwrap_or_default();
+            let mut on_nodes = BTreeMap::new();
+            for node in &placed {
+                let reported = node.status.plugins.get(name).cloned().unwrap_or(PluginOnNode {
+                    phase: "Pending".into(),
+                    generation: 0,
+                    digest: None,
+                    restarts: 0,
+                    message: String::new(),
+                });
+                on_nodes.insert(node.metadata.name.clone(), reported);
+            }
+            let current = |p: &PluginOnNode| p.generation == generation && p.phase == "Running";
+            let done = on_nodes.values().filter(|p| current(p)).count();
+            let failing: Vec<String> = on_nodes
+                .iter()
+                .filter(|(_, p)| {
+                    // Crashing, or refusing the new version while the old runs on.
+                    matches!(p.phase.as_str(), "Failed" | "CrashLoopBackOff")
+                        || (p.generation < generation && !p.message.is_empty())
+                })
+                .map(|(n, p)| format!("{n}: {} {}", p.phase, p.message).trim().to_string())
+                .collect();
+            let unready: Vec<&String> = on_nodes.keys().filter(|n| !ready.get(*n).copied().unwrap_or(false)).collect();
+            let total = on_nodes.len();
+            let mut conditions = vec![
+                if total == 0 {
+                    condition("Ready", false, "NoMatchingNodes", "no node matches the selector and has the hardware the grants need".into())
+                } else if done == total {
+                    condition("Ready", true, "AllNodesRunning", format!("{done}/{total} nodes run generation {generation}"))
+                } else {
+                    condition("Ready", false, "RollingOut", format!("{done}/{total} nodes run generation {generation}"))
+                },
+                if done < total && failing.is_empty() {
+                    condition("Progressing", true, "RollingOut", format!("{done}/{total} nodes run generation {generation}"))
+                } else {
+                    condition("Progressing", false, if done == total { "Complete" } else { "Stalled" }, String::new())
+                },
+                if !failing.is_empty() {
+                    condition("Degraded", true, "PluginFailing", failing.join("; "))
+                } else if !unready.is_empty() {
+                    condition(
+                        "Degraded",
+                        true,
+                        "NodeNotReady",
+                        format!("not ready: {}", unready.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                    )
+                } else {
+                    condition("Degraded", false, "AsExpected", String::new())
+                },
+            ];
+            let old = plugin.status.clone().unwrap_or_default();
+            merge_times(&mut conditions, &old.conditions, now);
+            let status = PluginStatusV1 {
+                observed_generation: generation,
+                digest: plugin.spec.digest,
+                nodes: on_nodes,
+                conditions,
+            };
+            if plugin.status.as_ref() == Some(&status) {
+                continue;
+            }
+            self.store
+                .write(Kind::Plugin, name, |cur| {
+                    let Some(cur) = cur else { return Ok(Write::Keep) };
+                    let mut p: Plugin = serde_json::from_value(cur.clone())?;
+                    if p.metadata.generation != generation {
+                        // The spec moved on meanwhile; the next pass handles it.
+                        return Ok(Write::Keep);
+                    }
+                    p.status = Some(status.clone());
+                    Ok(Write::Put(serde_json::to_value(p)?))
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! The controller's HTTP API (`/api/v1alpha1/...`), JSON in and out, YAML
+//! accepted for apply. Request bodies are size-limited; malformed input gets
+//! 400 with the parser's line and column; a stale update gets 409.
+
+use crate::apply::{self, node_update};
+use crate::reconciler::Reconciler;
+use crate::store::{Kind, Store, StoreError, Write};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use harvester_api::Digest;
+use harvester_api::resources::{Node, NodeStatusV1, Object, Plugin, parse_documents, parse_selector, selector_matches};
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Manifests are small; components are not.
+const MANIFEST_LIMIT: usize = 1 << 20;
+const BLOB_LIMIT: usize = 64 << 20;
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Api {
+    pub store: Arc<Store>,
+    pub reconciler: Arc<Reconciler>,
+}
+
+pub struct ApiError(StatusCode, serde_json::Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let (code, reason) = match &e {
+            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            StoreError::Gone { .. } => (StatusCode::GONE, "Expired"),
+            StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            StoreError::Sled(_) | StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{e}");
+        }
+        ApiError(code, json!({"reason": reason, "message": e.to_string()}))
+    }
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, json!({"reason": "BadRequest", "message": message}))
+}
+
+fn kind_of(plural: &str) -> Result<Kind, ApiError> {
+    match plural {
+        "plugins" => Ok(Kind::Plugin),
+        "nodes" => Ok(Kind::Node),
+        other => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            json!({"reason": "NotFound", "message": format!("no resource type {other:?}; use plugins or nodes")}),
+        )),
+    }
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1alpha1/apply", post(apply_docs))
+        .route("/api/v1alpha1/watch", get(watch))
+        .route(
+            "/api/v1alpha1/blobs/{digest}",
+            put(put_blob).get(get_blob).layer(DefaultBodyLimit::max(BLOB_LIMIT)),
+        )
+        .route("/api/v1alpha1/{kind}", get(list))
+        .route("/api/v1alpha1/{kind}/{name}", get(get_one).put(update).delete(delete))
+        .route("/api/v1alpha1/nodes/{name}/register", put(register))
+        .route("/api/v1alpha1/nodes/{name}/status", put(node_status))
+        .route("/api/v1alpha1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/api/v1alpha1/nodes/{name}/assignments", get(assignments))
+        .layer(DefaultBodyLimit::max(MANIFEST_LIMIT))
+        .with_state(api)
+}
+
+async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, ApiError> {
+    let objects = match parse_documents(&body) {
+        Ok(o) => o,
+        Err(errors) => {
+            let syntax = errors.iter().any(|e| e.kind.is_none() && e.message.contains("line"));
+            let code = if syntax { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+            return Ok((code, Json(json!({"reason": "Invalid", "errors": errors}))).into_response());
+        }
+    };
+    if objects.is_empty() {
+        return Err(bad_request("the manifest holds no documents".into()));
+    }
+    let mut results = Vec::new();
+    for (i, object) in objects.into_iter().enumerate() {
+        let (kind, name) = (object.kind(), object.name().to_string());
+        match apply::apply(&api.store, object).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                let partial: Vec<_> = results.iter().map(|r| json!(r)).collect();
+                let ApiError(code, body) = e.into();
+                return Ok((
+                    code,
+                    Json(json!({
+                        "reason": body["reason"],
+                        "message": format!("document {} ({kind} {name}): {}", i + 1, body["message"].as_str().unwrap_or_default()),
+                        "applied": partial,
+                    })),
+                )
+                    .into_response());
+            }
+        }
+    }
+    Ok(Json(json!({"results": results})).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(rename = "labelSelector")]
+    label_selector: Option<String>,
+}
+
+fn with_heartbeat(api: &Api, kind: Kind, mut obj: serde_json::Value) -> serde_json::Value {
+    if kind == Kind::Node
+        && let Some(name) = obj["metadata"]["name"].as_str()
+        && let Some(at) = api.reconciler.last_heartbeat_ms(name)
+    {
+        obj["status"]["lastHeartbeat"] = json!(at);
+    }
+    obj
+}
+
+async fn list(State(api): State<Api>, Path(kind): Path<String>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let selector = parse_selector(q.label_selector.as_deref().unwrap_or("")).map_err(bad_request)?;
+    let rv = api.store.resource_version();
+    let items: Vec<serde_json::Value> = api
+        .store
+        .list(kind)?
+        .into_iter()
+        .filter(|o| {
+            let labels = serde_json::from_value(o["metadata"]["labels"].clone()).unwrap_or_default();
+            selector_matches(&selector, &labels)
+        })
+        .map(|o| with_heartbeat(&api, kind, o))
+        .collect();
+    Ok(Json(json!({"resourceVersion": rv, "items": items})).into_response())
+}
+
+async fn get_one(State(api): State<Api>, Path((kind, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    match api.store.get(kind, &name)? {
+        Some(o) => Ok(Json(with_heartbeat(&api, kind, o)).into_response()),
+        None => Err(StoreError::NotFound { kind: kind.as_str(), name }.into()),
+    }
+}
+
+/// A whole-object update with optimistic concurrency: the object's
+/// metadata.resourceVersion must be the stored one.
+async fn update(State(api): State<Api>, Path((kind, name)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid JSON: {e}")))?;
+    if value["metadata"]["name"].as_str() != Some(name.as_str()) {
+        return Err(bad_request(format!("metadata.name must be {name:?}, as in the URL")));
+    }
+    if value["metadata"]["resourceVersion"].as_u64().unwrap_or(0) == 0 {
+        return Err(bad_request("metadata.resourceVersion is required for an update; use apply to create or overwrite".into()));
+    }
+    let object = match kind {
+        Kind::Plugin => {
+            let mut p: Plugin = serde_json::from_value(value).map_err(|e| bad_request(e.to_string()))?;
+            p.status = None;
+            p.validate().map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"reason": "Invalid", "message": e.to_string()})))?;
+            Object::Plugin(p)
+        }
+        Kind::Node => {
+            let n: Node = serde_json::from_value(value).map_err(|e| bad_request(e.to_string()))?;
+            let sent = n.metadata.resource_version;
+            let current = api.store.get(Kind::Node, &name)?.ok_or(StoreError::NotFound { kind: "Node", name: name.clone() })?;
+            let now = current["metadata"]["resourceVersion"].as_u64().unwrap_or(0);
+            if now != sent {
+                return Err(StoreError::Conflict { kind: "Node", name, sent, current: now }.into());
+            }
+            Object::Node(n)
+        }
+    };
+    let result = apply::apply(&api.store, object).await?;
+    Ok(Json(json!(result)).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<u64>,
+}
+
+async fn delete(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let expected = q.resource_version;
+    api.store
+        .write(kind, &name, |cur| {
+            if let (Some(sent), Some(cur)) = (expected, cur) {
+                let now = cur["metadata"]["resourceVersion"].as_u64().unwrap_or(0);
+                if now != sent {
+                    return Err(StoreError::Conflict { kind: kind.as_str(), name: name.clone(), sent, current: now });
+                }
+            }
+            Ok(Write::Delete)
+        })
+        .await?;
+    Ok(Json(json!({"kind": kind.as_str(), "name": name, "action": "deleted"})).into_response())
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: u64,
+}
+
+fn ndjson_line(v: &impl serde::Serialize) -> Result<Bytes, Infallible> {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    Ok(Bytes::from(line))
+}
+
+/// Every change after `resourceVersion`, then live ones, one JSON per line.
+async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+    // Subscribe before reading the backlog so nothing falls in between.
+    let mut live = api.store.subscribe();
+    let backlog = api.store.events_since(q.resource_version)?;
+    let mut last = backlog.last().map_or(q.resource_version, |e| e.resource_version);
+    let stream = async_stream(move |tx| async move {
+        for ev in backlog {
+            if tx.send(ndjson_line(&ev)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::time::timeout(KEEPALIVE, live.recv()).await;
+            let line = match next {
+                Err(_) => Ok(Bytes::from_static(b"{}\n")),
+                Ok(Ok(ev)) if ev.resource_version <= last => continue,
+                Ok(Ok(ev)) => {
+                    last = ev.resource_version;
+                    ndjson_line(&ev)
+                }
+                // Fell behind the live buffer: end the stream; the client
+                // resumes from its last resourceVersion and loses nothing.
+                Ok(Err(_)) => return,
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+/// A stream fed by a task; the task stops when the client goes away.
+fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+async fn put_blob(State(api): State<Api>, Path(digest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let digest: Digest = digest.parse().map_err(bad_request)?;
+    api.store.put_blob(&digest, &body).await?;
+    Ok((StatusCode::CREATED, Json(json!({"digest": digest}))).into_response())
+}
+
+async fn get_blob(State(api): State<Api>, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let digest: Digest = digest.parse().map_err(bad_request)?;
+    match api.store.get_blob(&digest)? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/wasm")], Body::from(bytes.to_vec())).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, json!({"reason": "NotFound", "message": format!("no blob {digest}")}))),
+    }
+}
+
+/// A nodelet creates or refreshes its Node: labels and status.
+async fn register(State(api): State<Api>, Path(name): Path<String>, Json(node): Json<Node>) -> Result<Response, ApiError> {
+    if node.metadata.name != name {
+        return Err(bad_request(format!("metadata.name must be {name:?}, as in the URL")));
+    }
+    node.validate().map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"reason": "Invalid", "message": e.to_string()})))?;
+    api.store.write(Kind::Node, &name, |cur| node_update(cur, &node, true)).await?;
+    api.reconciler.heartbeat(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The status subresource: written by the node itself.
+async fn node_status(State(api): State<Api>, Path(name): Path<String>, Json(status): Json<NodeStatusV1>) -> Result<Response, ApiError> {
+    api.store
+        .write(Kind::Node, &name, |cur| {
+            let Some(cur) = cur else {
+                return Err(StoreError::NotFound { kind: "Node", name: name.clone() });
+            };
+            let node: Node = serde_json::from_value(cur.clone())?;
+            let incoming = Node { status: status.clone(), ..node };
+            node_update(Some(cur), &incoming, true)
+        })
+        .await?;
+    api.reconciler.heartbeat(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    if api.store.get(Kind::Node, &name)?.is_none() {
+        return Err(StoreError::NotFound { kind: "Node", name }.into());
+    }
+    api.reconciler.heartbeat(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The node's one outbound watch: its full assignments now and after every
+/// change, one JSON per line, with keepalives.
+async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let mut rx = api.reconciler.watch_assignments(&name);
+    let stream = async_stream(move |tx| async move {
+        let first = rx.borrow_and_update().clone();
+        if tx.send(ndjson_line(&first)).await.is_err() {
+            return;
+        }
+        loop {
+            let line = match tokio::time::timeout(KEEPALIVE, rx.changed()).await {
+                Err(_) => Ok(Bytes::from_static(b"{}\n")),
+                Ok(Ok(())) => ndjson_line(&rx.borrow_and_update().clone()),
+                Ok(Err(_)) => return,
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}

@@ -1,0 +1,274 @@
+//! Desired state in sled: one tree per kind, an ordered event log for
+//! watches, and content-addressed blobs. Every write bumps one global
+//! resource version, is flushed to disk before it is acknowledged, and is
+//! published to live watchers after the flush.
+
+use harvester_api::Digest;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::path::Path;
+use tokio::sync::broadcast;
+
+/// Events kept for watches that resume; older ones must list again.
+pub const EVENT_HISTORY: u64 = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Plugin,
+    Node,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Plugin => "Plugin",
+            Kind::Node => "Node",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, as watchers receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchEvent {
+    pub resource_version: u64,
+    #[serde(rename = "type")]
+    pub event: EventType,
+    pub kind: Kind,
+    pub object: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name} was changed by someone else (you sent resourceVersion {sent}, it is now {current}): get it again and retry")]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        sent: u64,
+        current: u64,
+    },
+    #[error("{kind} {name} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("resourceVersion {requested} is too old (the oldest kept is {oldest}): list again and watch from the list's resourceVersion")]
+    Gone { requested: u64, oldest: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored object is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// What a write function decides.
+pub enum Write {
+    /// Store this object (the store sets its resourceVersion).
+    Put(serde_json::Value),
+    /// Leave it as it is: no write, no event.
+    Keep,
+    Delete,
+}
+
+pub struct Store {
+    db: sled::Db,
+    plugins: sled::Tree,
+    nodes: sled::Tree,
+    events: sled::Tree,
+    blobs: sled::Tree,
+    meta: sled::Tree,
+    live: broadcast::Sender<WatchEvent>,
+}
+
+const RV_KEY: &[u8] = b"resourceVersion";
+
+fn rv_bytes(rv: u64) -> [u8; 8] {
+    rv.to_be_bytes()
+}
+
+fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Store {
+            plugins: db.open_tree("plugins")?,
+            nodes: db.open_tree("nodes")?,
+            events: db.open_tree("events")?,
+            blobs: db.open_tree("blobs")?,
+            meta: db.open_tree("meta")?,
+            db,
+            live: broadcast::channel(8192).0,
+        })
+    }
+
+    fn tree(&self, kind: Kind) -> &sled::Tree {
+        match kind {
+            Kind::Plugin => &self.plugins,
+            Kind::Node => &self.nodes,
+        }
+    }
+
+    /// The store's current revision.
+    pub fn resource_version(&self) -> u64 {
+        self.meta
+            .get(RV_KEY)
+            .ok()
+            .flatten()
+            .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0)
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.tree(kind).get(name.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list(&self, kind: Kind) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.tree(kind)
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Reads the object, lets `f` decide, and writes the result with a new
+    /// resource version and an event, in one transaction, flushed before it
+    /// returns. Returns the stored object (None when deleted or kept absent).
+    pub async fn write(
+        &self,
+        kind: Kind,
+        name: &str,
+        f: impl Fn(Option<&serde_json::Value>) -> Result<Write, StoreError>,
+    ) -> Result<(Option<serde_json::Value>, Option<WatchEvent>), StoreError> {
+        let tree = self.tree(kind);
+        let result = (tree, &self.events, &self.meta).transaction(|(objects, events, meta)| {
+            let current: Option<serde_json::Value> = match objects.get(name.as_bytes())? {
+                Some(v) => match serde_json::from_slice(&v) {
+                    Ok(v) => Some(v),
+                    Err(e) => return abort(StoreError::Corrupt(e)),
+                },
+                None => None,
+            };
+            let decision = match f(current.as_ref()) {
+                Ok(d) => d,
+                Err(e) => return abort(e),
+            };
+            let (event, stored) = match decision {
+                Write::Keep => return Ok((current, None)),
+                Write::Delete => {
+                    let Some(old) = current else {
+                        return abort(StoreError::NotFound {
+                            kind: kind.as_str(),
+                            name: name.to_string(),
+                        });
+                    };
+                    (EventType::Deleted, old)
+                }
+                Write::Put(obj) => (
+                    if current.is_some() { EventType::Modified } else { EventType::Added },
+                    obj,
+                ),
+            };
+            let rv = meta
+                .get(RV_KEY)?
+                .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+                .unwrap_or(0)
+                + 1;
+            meta.insert(RV_KEY, &rv_bytes(rv))?;
+            let mut stored = stored;
+            stored["metadata"]["resourceVersion"] = serde_json::json!(rv);
+            let bytes = serde_json::to_vec(&stored).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+            if event == EventType::Deleted {
+                objects.remove(name.as_bytes())?;
+            } else {
+                objects.insert(name.as_bytes(), bytes)?;
+            }
+            let ev = WatchEvent {
+                resource_version: rv,
+                event,
+                kind,
+                object: stored.clone(),
+            };
+            let ev_bytes = serde_json::to_vec(&ev).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+            events.insert(&rv_bytes(rv), ev_bytes)?;
+            Ok(((event != EventType::Deleted).then_some(stored), Some(ev)))
+        });
+        let (stored, event) = match result {
+            Ok(r) => r,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        if let Some(ev) = &event {
+            // Durable before anyone hears of it.
+            self.db.flush_async().await?;
+            if ev.resource_version.is_multiple_of(1000) {
+                self.compact(ev.resource_version)?;
+            }
+            let _ = self.live.send(ev.clone());
+        }
+        Ok((stored, event))
+    }
+
+    fn compact(&self, now: u64) -> Result<(), StoreError> {
+        let keep_from = now.saturating_sub(EVENT_HISTORY);
+        for key in self.events.range(..rv_bytes(keep_from)).keys() {
+            self.events.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.live.subscribe()
+    }
+
+    /// Stored events after `rv`, oldest first; `Gone` if some were compacted.
+    pub fn events_since(&self, rv: u64) -> Result<Vec<WatchEvent>, StoreError> {
+        let oldest = self
+            .events
+            .first()?
+            .map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(self.resource_version() + 1);
+        if rv + 1 < oldest && rv < self.resource_version() {
+            return Err(StoreError::Gone { requested: rv, oldest });
+        }
+        self.events
+            .range(rv_bytes(rv + 1)..)
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Stores a component under its digest after checking the bytes match.
+    pub async fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let actual = Digest::of(bytes);
+        if &actual != digest {
+            return Err(StoreError::Invalid(format!("the uploaded bytes have digest {actual}, not {digest}")));
+        }
+        if !self.blobs.contains_key(digest.hex())? {
+            self.blobs.insert(digest.hex(), bytes)?;
+            self.db.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(self.blobs.contains_key(digest.hex())?)
+    }
+
+    pub fn get_blob(&self, digest: &Digest) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.blobs.get(digest.hex())?)
+    }
+}

@@ -55,7 +55,11 @@ pub struct PluginSpecV1 {
     pub node_selector: Labels,
     #[serde(default)]
     pub grants: Grants,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "crate::standalone::config_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::standalone::config_map"
+    )]
     pub config: BTreeMap<String, String>,
     #[serde(default = "default_tick")]
     pub tick_interval: DurationSpec,
@@ -206,9 +210,8 @@ pub fn parse_selector(s: &str) -> Result<Labels, String> {
 
 fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
     for (k, v) in labels {
-        let ok = |s: &str, max: usize| {
-            s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        };
+        let ok =
+            |s: &str, max: usize| s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         if k.is_empty() || !ok(k, 63) {
             errors.push(format!("{path}.{k}"), format!("{k:?} is not a valid label key"));
         }
@@ -222,12 +225,18 @@ impl Plugin {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         if self.api_version != API_VERSION {
-            errors.push("apiVersion", format!("{:?} is not supported; use {API_VERSION}", self.api_version));
+            errors.push(
+                "apiVersion",
+                format!("{:?} is not supported; use {API_VERSION}", self.api_version),
+            );
         }
         validate_name(&self.metadata.name, "metadata.name", &mut errors);
         validate_labels(&self.metadata.labels, "metadata.labels", &mut errors);
         if self.spec.image.trim().is_empty() {
-            errors.push("spec.image", "give an OCI reference (host/repo:tag) or a path to a .wasm file");
+            errors.push(
+                "spec.image",
+                "give an OCI reference (host/repo:tag) or a path to a .wasm file",
+            );
         }
         validate_labels(&self.spec.node_selector, "spec.nodeSelector", &mut errors);
         self.spec.grants.validate("spec.grants", &mut errors);
@@ -240,7 +249,10 @@ impl Node {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         if self.api_version != API_VERSION {
-            errors.push("apiVersion", format!("{:?} is not supported; use {API_VERSION}", self.api_version));
+            errors.push(
+                "apiVersion",
+                format!("{:?} is not supported; use {API_VERSION}", self.api_version),
+            );
         }
         validate_name(&self.metadata.name, "metadata.name", &mut errors);
         validate_labels(&self.metadata.labels, "metadata.labels", &mut errors);
@@ -303,7 +315,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, Vec<DocumentError>> {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                errors.push(DocumentError { document: n, kind: None, name: None, message: e.to_string() });
+                errors.push(DocumentError {
+                    document: n,
+                    kind: None,
+                    name: None,
+                    message: e.to_string(),
+                });
                 // A syntax error ends the stream: later documents can't be trusted.
                 break;
             }
@@ -314,7 +331,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, Vec<DocumentError>> {
             .and_then(|m| m.get("name"))
             .and_then(|n| n.as_str())
             .map(str::to_string);
-        let err = |message: String| DocumentError { document: n, kind: kind.clone(), name: name.clone(), message };
+        let err = |message: String| DocumentError {
+            document: n,
+            kind: kind.clone(),
+            name: name.clone(),
+            message,
+        };
         let parsed = match kind.as_deref() {
             Some("Plugin") => serde_yaml::from_value::<Plugin>(value.clone())
                 .map_err(|e| e.to_string())
@@ -359,7 +381,11 @@ mod tests {
             errs[0].to_string(),
             "document 2 (Plugin bad): spec.grants.gpio.pins[2]: pin 41 is not a valid BCM GPIO (0-27)"
         );
-        assert!(errs[1].to_string().starts_with("document 3 (Gadget g): kind \"Gadget\" is not known"));
+        assert!(
+            errs[1]
+                .to_string()
+                .starts_with("document 3 (Gadget g): kind \"Gadget\" is not known")
+        );
     }
 
     #[test]

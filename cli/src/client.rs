@@ -18,7 +18,9 @@ impl Client {
         }
         Ok(Client {
             base: format!("{}/api/v1alpha1", server.trim_end_matches('/')),
-            http: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build()?,
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()?,
         })
     }
 
@@ -39,22 +41,38 @@ impl Client {
                     format!("{s}: {}", e["message"].as_str().unwrap_or_default())
                 })
                 .collect();
-            bail!("the manifest was rejected, nothing was applied:\n  {}", lines.join("\n  "));
+            bail!(
+                "the manifest was rejected, nothing was applied:\n  {}",
+                lines.join("\n  ")
+            );
         }
         bail!("{} ({status})", body["message"].as_str().unwrap_or("request failed"))
     }
 
     fn connect_err(&self) -> String {
-        format!("cannot reach the controller at {}", self.base.trim_end_matches("/api/v1alpha1"))
+        format!(
+            "cannot reach the controller at {}",
+            self.base.trim_end_matches("/api/v1alpha1")
+        )
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.http.get(format!("{}/{path}", self.base)).send().await.with_context(|| self.connect_err())?;
+        let resp = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.connect_err())?;
         self.check(resp).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.http.delete(format!("{}/{path}", self.base)).send().await.with_context(|| self.connect_err())?;
+        let resp = self
+            .http
+            .delete(format!("{}/{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.connect_err())?;
         self.check(resp).await
     }
 

@@ -25,10 +25,18 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
         files.sort();
         return files
             .into_iter()
-            .map(|f| Ok((f.clone(), std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?)))
+            .map(|f| {
+                Ok((
+                    f.clone(),
+                    std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                ))
+            })
             .collect();
     }
-    Ok(vec![(path.to_path_buf(), std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)])
+    Ok(vec![(
+        path.to_path_buf(),
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )])
 }
 
 /// Uploads local components and pins their digests, so the controller
@@ -47,13 +55,22 @@ async fn pin_local_images(client: &Client, file: &Path, text: &str) -> anyhow::R
             continue;
         }
         let is_plugin = value.get("kind").and_then(|k| k.as_str()) == Some("Plugin");
-        let image = value.get("spec").and_then(|s| s.get("image")).and_then(|i| i.as_str()).map(str::to_string);
+        let image = value
+            .get("spec")
+            .and_then(|s| s.get("image"))
+            .and_then(|i| i.as_str())
+            .map(str::to_string);
         if let (true, Some(image)) = (is_plugin, image)
             && is_local_path(&image)
         {
             let path = base.join(&image);
             let bytes = std::fs::read(&path).with_context(|| {
-                format!("{} document {}: spec.image {image:?}: cannot read {}", file.display(), i + 1, path.display())
+                format!(
+                    "{} document {}: spec.image {image:?}: cannot read {}",
+                    file.display(),
+                    i + 1,
+                    path.display()
+                )
             })?;
             let digest = Digest::of(&bytes);
             client.put_blob(&digest.to_string(), bytes).await?;
@@ -74,7 +91,11 @@ pub async fn apply(client: &Client, path: &Path) -> anyhow::Result<()> {
     let result = client.apply(stream).await?;
     for r in result["results"].as_array().cloned().unwrap_or_default() {
         let kind = r["kind"].as_str().unwrap_or_default().to_lowercase();
-        let mut line = format!("{kind}/{} {}", r["name"].as_str().unwrap_or_default(), r["action"].as_str().unwrap_or_default());
+        let mut line = format!(
+            "{kind}/{} {}",
+            r["name"].as_str().unwrap_or_default(),
+            r["action"].as_str().unwrap_or_default()
+        );
         if kind == "plugin" {
             line.push_str(&format!(" (generation {}", r["generation"]));
             if let Some(d) = r["digest"].as_str() {
@@ -113,21 +134,34 @@ fn age(ms: u64) -> String {
 }
 
 fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }
 
 fn labels(v: &Value) -> String {
     let s: Vec<String> = v
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     if s.is_empty() { "<none>".into() } else { s.join(",") }
 }
 
 fn print_table(rows: Vec<Vec<String>>) {
-    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     for r in rows {
-        let cells: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", cells.join("   ").trim_end());
     }
 }
@@ -159,7 +193,11 @@ fn plugin_row(p: &Value, wide: bool) -> Vec<String> {
 
 fn node_row(n: &Value, wide: bool) -> Vec<String> {
     let ready = condition(n, "Ready").map_or("Unknown".to_string(), |c| {
-        if c["status"] == "True" { "Ready".into() } else { "NotReady".into() }
+        if c["status"] == "True" {
+            "Ready".into()
+        } else {
+            "NotReady".into()
+        }
     });
     let plugins = n["status"]["plugins"].as_object().map_or(0, |m| m.len());
     let mut row = vec![
@@ -183,22 +221,41 @@ fn node_row(n: &Value, wide: bool) -> Vec<String> {
     row
 }
 
-pub async fn get(client: &Client, kind: &str, name: Option<&str>, output: &str, selector: Option<&str>) -> anyhow::Result<()> {
+pub async fn get(
+    client: &Client,
+    kind: &str,
+    name: Option<&str>,
+    output: &str,
+    selector: Option<&str>,
+) -> anyhow::Result<()> {
     let plural = plural(kind)?;
     let items: Vec<Value> = match name {
         Some(n) => vec![client.get(&format!("{plural}/{n}")).await?],
         None => {
-            let q = selector.map(|s| format!("?labelSelector={}", urlencode(s))).unwrap_or_default();
-            client.get(&format!("{plural}{q}")).await?["items"].as_array().cloned().unwrap_or_default()
+            let q = selector
+                .map(|s| format!("?labelSelector={}", urlencode(s)))
+                .unwrap_or_default();
+            client.get(&format!("{plural}{q}")).await?["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
         }
     };
     match output {
         "json" => {
-            let v = if name.is_some() { items[0].clone() } else { serde_json::json!({"items": items}) };
+            let v = if name.is_some() {
+                items[0].clone()
+            } else {
+                serde_json::json!({"items": items})
+            };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         "yaml" => {
-            let v = if name.is_some() { items[0].clone() } else { serde_json::json!({"items": items}) };
+            let v = if name.is_some() {
+                items[0].clone()
+            } else {
+                serde_json::json!({"items": items})
+            };
             print!("{}", serde_yaml::to_string(&v)?);
         }
         "" | "wide" => {
@@ -228,7 +285,11 @@ pub async fn get(client: &Client, kind: &str, name: Option<&str>, output: &str, 
             }
             let mut rows = vec![header];
             for i in &items {
-                rows.push(if plural == "plugins" { plugin_row(i, wide) } else { node_row(i, wide) });
+                rows.push(if plural == "plugins" {
+                    plugin_row(i, wide)
+                } else {
+                    node_row(i, wide)
+                });
             }
             print_table(rows);
         }
@@ -251,7 +312,10 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
     let obj = client.get(&format!("{plural}/{name}")).await?;
     println!("Name:          {name}");
     println!("Labels:        {}", labels(&obj["metadata"]["labels"]));
-    println!("Created:       {} ago", age(obj["metadata"]["creationTimestamp"].as_u64().unwrap_or(0)));
+    println!(
+        "Created:       {} ago",
+        age(obj["metadata"]["creationTimestamp"].as_u64().unwrap_or(0))
+    );
     if plural == "plugins" {
         println!("Generation:    {}", obj["metadata"]["generation"]);
         println!("Image:         {}", obj["spec"]["image"].as_str().unwrap_or_default());
@@ -259,10 +323,17 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
         println!("Node selector: {}", labels(&obj["spec"]["nodeSelector"]));
         println!("Grants:        {}", serde_json::to_string(&obj["spec"]["grants"])?);
         println!("Config:        {}", labels(&obj["spec"]["config"]));
-        println!("Tick:          {}", obj["spec"]["tickInterval"].as_str().unwrap_or_default());
+        println!(
+            "Tick:          {}",
+            obj["spec"]["tickInterval"].as_str().unwrap_or_default()
+        );
         println!("Limits:        {}", serde_json::to_string(&obj["spec"]["limits"])?);
         println!("Nodes:");
-        let mut rows = vec![["NODE", "PHASE", "GENERATION", "RESTARTS", "MESSAGE"].map(String::from).to_vec()];
+        let mut rows = vec![
+            ["NODE", "PHASE", "GENERATION", "RESTARTS", "MESSAGE"]
+                .map(String::from)
+                .to_vec(),
+        ];
         for (n, s) in obj["status"]["nodes"].as_object().cloned().unwrap_or_default() {
             rows.push(vec![
                 format!("  {n}"),
@@ -277,12 +348,21 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
     } else {
         let s = &obj["status"];
         println!("Architecture:  {}", s["architecture"].as_str().unwrap_or_default());
-        println!("Hardware:      {} ({})", s["backend"].as_str().unwrap_or_default(), labels(&Value::Null).replace("<none>", &s["devices"].to_string()));
+        println!(
+            "Hardware:      {} ({})",
+            s["backend"].as_str().unwrap_or_default(),
+            labels(&Value::Null).replace("<none>", &s["devices"].to_string())
+        );
         println!("Address:       {}", s["address"].as_str().unwrap_or_default());
         println!("Heartbeat:     {} ago", age(s["lastHeartbeat"].as_u64().unwrap_or(0)));
         println!("Plugins:");
         for (p, st) in s["plugins"].as_object().cloned().unwrap_or_default() {
-            println!("  {p}: {} generation {} {}", st["phase"].as_str().unwrap_or_default(), st["generation"], st["message"].as_str().unwrap_or_default());
+            println!(
+                "  {p}: {} generation {} {}",
+                st["phase"].as_str().unwrap_or_default(),
+                st["generation"],
+                st["message"].as_str().unwrap_or_default()
+            );
         }
     }
     println!("Conditions:");
@@ -299,12 +379,18 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
     Ok(())
 }
 
-pub async fn delete(client: &Client, kind: Option<&str>, name: Option<&str>, file: Option<&Path>) -> anyhow::Result<()> {
+pub async fn delete(
+    client: &Client,
+    kind: Option<&str>,
+    name: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     if let Some(file) = file {
         for (_, text) in read_manifests(file)? {
-            let objects = harvester_api::resources::parse_documents(&text)
-                .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+            let objects = harvester_api::resources::parse_documents(&text).map_err(|errs| {
+                anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+            })?;
             for o in objects {
                 targets.push((plural(&o.kind().to_lowercase())?, o.name().to_string()));
             }
@@ -341,19 +427,28 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
             .filter(|n| n["generation"].as_u64() == Some(generation) && n["phase"] == "Running")
             .count();
         if observed == generation && !nodes.is_empty() && done == nodes.len() {
-            println!("plugin/{name}: generation {generation} runs on {done}/{} nodes", nodes.len());
+            println!(
+                "plugin/{name}: generation {generation} runs on {done}/{} nodes",
+                nodes.len()
+            );
             return Ok(());
         }
         if let Some(c) = condition(&p, "Degraded")
             && c["status"] == "True"
             && c["reason"] == "PluginFailing"
         {
-            bail!("plugin/{name} generation {generation} is failing: {}", c["message"].as_str().unwrap_or_default());
+            bail!(
+                "plugin/{name} generation {generation} is failing: {}",
+                c["message"].as_str().unwrap_or_default()
+            );
         }
         let line = if nodes.is_empty() {
             format!("Waiting for plugin/{name}: no node matches it yet")
         } else {
-            format!("Waiting for plugin/{name}: {done} of {} nodes run generation {generation}", nodes.len())
+            format!(
+                "Waiting for plugin/{name}: {done} of {} nodes run generation {generation}",
+                nodes.len()
+            )
         };
         if line != last {
             println!("{line}");

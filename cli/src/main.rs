@@ -95,7 +95,10 @@ enum PluginCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HARVESTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,bme680=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -116,7 +119,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Nodelet(args) => nodelet::run(args).await,
-        Command::Controller { data, listen, node_timeout } => {
+        Command::Controller {
+            data,
+            listen,
+            node_timeout,
+        } => {
             harvester_controller::run(
                 harvester_controller::ControllerOptions {
                     data,
@@ -129,9 +136,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Apply { file } => commands::apply(&client()?, &file).await,
-        Command::Get { kind, name, output, selector } => {
-            commands::get(&client()?, &kind, name.as_deref(), &output, selector.as_deref()).await
-        }
+        Command::Get {
+            kind,
+            name,
+            output,
+            selector,
+        } => commands::get(&client()?, &kind, name.as_deref(), &output, selector.as_deref()).await,
         Command::Describe { kind, name } => commands::describe(&client()?, &kind, &name).await,
         Command::Delete { kind, name, file } => {
             commands::delete(&client()?, kind.as_deref(), name.as_deref(), file.as_deref()).await

@@ -104,15 +104,24 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
     if args.standalone.is_none() && args.controller.is_none() {
         bail!("give --controller URL to follow a controller, or --standalone FILE to run a local manifest");
     }
-    let labels = harvester_api::resources::parse_selector(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let labels =
+        harvester_api::resources::parse_selector(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
     let on_pi = std::fs::read_to_string("/proc/device-tree/model")
         .map(|m| m.contains("Raspberry Pi"))
         .unwrap_or(false);
     if args.hardware == HardwareChoice::Auto && on_pi {
         tracing::warn!("this is a Raspberry Pi, but this build drives simulated devices only");
     }
-    let devices: Vec<&str> = args.sim_devices.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
-    if let Some(bad) = devices.iter().find(|d| !["dht22", "bme680", "leds", "buzzer"].contains(d)) {
+    let devices: Vec<&str> = args
+        .sim_devices
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if let Some(bad) = devices
+        .iter()
+        .find(|d| !["dht22", "bme680", "leds", "buzzer"].contains(d))
+    {
         bail!("--sim-devices: unknown device {bad:?}; use dht22, bme680, leds, buzzer");
     }
     let profile = SimProfile {

@@ -38,7 +38,14 @@ pub fn now_ms() -> u64 {
 fn new_uid(kind: &str, name: &str) -> String {
     let seed = format!("{kind}/{name}/{}/{:?}", now_ms(), std::thread::current().id());
     let d = Digest::of(seed.as_bytes()).hex();
-    format!("{}-{}-{}-{}-{}", &d[0..8], &d[8..12], &d[12..16], &d[16..20], &d[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &d[0..8],
+        &d[8..12],
+        &d[12..16],
+        &d[16..20],
+        &d[20..32]
+    )
 }
 
 /// Pins `plugin.spec.digest`: trusts an uploaded blob, or reads a local file
@@ -61,7 +68,10 @@ pub async fn resolve(store: &Store, plugin: &mut Plugin) -> Result<(), StoreErro
         )));
     }
     let bytes = tokio::fs::read(Path::new(&image)).await.map_err(|e| {
-        StoreError::Invalid(format!("Plugin {}: spec.image {image:?}: cannot read: {e}", plugin.metadata.name))
+        StoreError::Invalid(format!(
+            "Plugin {}: spec.image {image:?}: cannot read: {e}",
+            plugin.metadata.name
+        ))
     })?;
     let digest = Digest::of(&bytes);
     store.put_blob(&digest, &bytes).await?;
@@ -112,7 +122,11 @@ pub async fn apply(store: &Store, object: Object) -> Result<Applied, StoreError>
                 })
                 .await?;
             if let Some(ev) = &event {
-                action = if ev.event == crate::store::EventType::Added { Action::Created } else { Action::Configured };
+                action = if ev.event == crate::store::EventType::Added {
+                    Action::Created
+                } else {
+                    Action::Configured
+                };
             }
             let stored: Plugin = serde_json::from_value(stored.unwrap_or_default())?;
             Ok(Applied {
@@ -125,7 +139,9 @@ pub async fn apply(store: &Store, object: Object) -> Result<Applied, StoreError>
         }
         Object::Node(n) => {
             let name = n.metadata.name.clone();
-            let (stored, event) = store.write(Kind::Node, &name, |current| node_update(current, &n, false)).await?;
+            let (stored, event) = store
+                .write(Kind::Node, &name, |current| node_update(current, &n, false))
+                .await?;
             let stored: Node = serde_json::from_value(stored.unwrap_or_default())?;
             Ok(Applied {
                 kind: "Node",
@@ -144,7 +160,11 @@ pub async fn apply(store: &Store, object: Object) -> Result<Applied, StoreError>
 
 /// Labels come from whoever applies the Node; status only from the node
 /// itself (`with_status`).
-pub fn node_update(current: Option<&serde_json::Value>, incoming: &Node, with_status: bool) -> Result<Write, StoreError> {
+pub fn node_update(
+    current: Option<&serde_json::Value>,
+    incoming: &Node,
+    with_status: bool,
+) -> Result<Write, StoreError> {
     let Some(current) = current else {
         let mut new = incoming.clone();
         new.metadata.uid = new_uid("Node", &new.metadata.name);

@@ -26,14 +26,21 @@ pub struct ControllerOptions {
 }
 
 /// Opens the store, starts the reconciler and serves the API until `shutdown`.
-pub async fn run(options: ControllerOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    options: ControllerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", options.data.display()))?;
     let store = Arc::new(
         store::Store::open(&options.data.join("store"))
             .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", options.data.display()))?,
     );
-    let reconciler = Arc::new(reconciler::Reconciler::new(store.clone(), options.node_timeout, options.resync));
+    let reconciler = Arc::new(reconciler::Reconciler::new(
+        store.clone(),
+        options.node_timeout,
+        options.resync,
+    ));
     let worker = tokio::spawn(reconciler.clone().run());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

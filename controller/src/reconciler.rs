@@ -14,8 +14,8 @@
 use crate::apply::now_ms;
 use crate::store::{Kind, Store, StoreError, Write};
 use harvester_api::resources::{
-    Assignment, Assignments, Condition, ConditionStatus, Node, Plugin, PluginOnNode, PluginStatusV1,
-    required_devices, selector_matches,
+    Assignment, Assignments, Condition, ConditionStatus, Node, Plugin, PluginOnNode, PluginStatusV1, required_devices,
+    selector_matches,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,7 +46,11 @@ pub fn places(plugin: &Plugin, node: &Node) -> bool {
 fn condition(kind: &str, ok: bool, reason: &str, message: String) -> Condition {
     Condition {
         kind: kind.to_string(),
-        status: if ok { ConditionStatus::True } else { ConditionStatus::False },
+        status: if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
         reason: reason.to_string(),
         message,
         last_transition_time: 0,
@@ -153,7 +157,11 @@ impl Reconciler {
                     "HeartbeatTimeout",
                     format!("no heartbeat for {}s", at.elapsed().as_secs()),
                 ),
-                None => (false, "NoHeartbeat", "no heartbeat since the controller started".to_string()),
+                None => (
+                    false,
+                    "NoHeartbeat",
+                    "no heartbeat since the controller started".to_string(),
+                ),
             };
             ready.insert(node.metadata.name.clone(), ok);
             let mut conditions = vec![condition("Ready", ok, reason, message)];
@@ -180,16 +188,19 @@ impl Reconciler {
         for plugin in &plugins {
             let Some(digest) = plugin.spec.digest else { continue };
             for node in nodes.iter().filter(|n| places(plugin, n)) {
-                per_node.entry(node.metadata.name.clone()).or_default().push(Assignment {
-                    name: plugin.metadata.name.clone(),
-                    generation: plugin.metadata.generation,
-                    digest,
-                    image: plugin.spec.image.clone(),
-                    grants: plugin.spec.grants.clone(),
-                    config: plugin.spec.config.clone(),
-                    tick_interval: plugin.spec.tick_interval,
-                    limits: plugin.spec.limits,
-                });
+                per_node
+                    .entry(node.metadata.name.clone())
+                    .or_default()
+                    .push(Assignment {
+                        name: plugin.metadata.name.clone(),
+                        generation: plugin.metadata.generation,
+                        digest,
+                        image: plugin.spec.image.clone(),
+                        grants: plugin.spec.grants.clone(),
+                        config: plugin.spec.config.clone(),
+                        tick_interval: plugin.spec.tick_interval,
+                        limits: plugin.spec.limits,
+                    });
                 per_plugin.entry(plugin.metadata.name.clone()).or_default().push(node);
             }
         }
@@ -242,20 +253,48 @@ impl Reconciler {
                 })
                 .map(|(n, p)| format!("{n}: {} {}", p.phase, p.message).trim().to_string())
                 .collect();
-            let unready: Vec<&String> = on_nodes.keys().filter(|n| !ready.get(*n).copied().unwrap_or(false)).collect();
+            let unready: Vec<&String> = on_nodes
+                .keys()
+                .filter(|n| !ready.get(*n).copied().unwrap_or(false))
+                .collect();
             let total = on_nodes.len();
             let mut conditions = vec![
                 if total == 0 {
-                    condition("Ready", false, "NoMatchingNodes", "no node matches the selector and has the hardware the grants need".into())
+                    condition(
+                        "Ready",
+                        false,
+                        "NoMatchingNodes",
+                        "no node matches the selector and has the hardware the grants need".into(),
+                    )
                 } else if done == total {
-                    condition("Ready", true, "AllNodesRunning", format!("{done}/{total} nodes run generation {generation}"))
+                    condition(
+                        "Ready",
+                        true,
+                        "AllNodesRunning",
+                        format!("{done}/{total} nodes run generation {generation}"),
+                    )
                 } else {
-                    condition("Ready", false, "RollingOut", format!("{done}/{total} nodes run generation {generation}"))
+                    condition(
+                        "Ready",
+                        false,
+                        "RollingOut",
+                        format!("{done}/{total} nodes run generation {generation}"),
+                    )
                 },
                 if done < total && failing.is_empty() {
-                    condition("Progressing", true, "RollingOut", format!("{done}/{total} nodes run generation {generation}"))
+                    condition(
+                        "Progressing",
+                        true,
+                        "RollingOut",
+                        format!("{done}/{total} nodes run generation {generation}"),
+                    )
                 } else {
-                    condition("Progressing", false, if done == total { "Complete" } else { "Stalled" }, String::new())
+                    condition(
+                        "Progressing",
+                        false,
+                        if done == total { "Complete" } else { "Stalled" },
+                        String::new(),
+                    )
                 },
                 if !failing.is_empty() {
                     condition("Degraded", true, "PluginFailing", failing.join("; "))
@@ -264,7 +303,10 @@ impl Reconciler {
                         "Degraded",
                         true,
                         "NodeNotReady",
-                        format!("not ready: {}", unready.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "not ready: {}",
+                            unready.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
                     )
                 } else {
                     condition("Degraded", false, "AsExpected", String::new())
@@ -295,5 +337,43 @@ impl Reconciler {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harvester_api::resources::parse_documents;
+
+    fn plugin(yaml_spec: &str) -> Plugin {
+        let text = format!(
+            "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: p}}\nspec:\n  image: p.wasm\n{yaml_spec}"
+        );
+        match parse_documents(&text).unwrap().remove(0) {
+            harvester_api::resources::Object::Plugin(p) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    fn node(labels: &[(&str, &str)], devices: &[&str]) -> Node {
+        let mut n: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "harvester.dev/v1alpha1", "kind": "Node", "metadata": {"name": "n"}
+        }))
+        .unwrap();
+        n.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        n.status.devices = devices.iter().map(|d| d.to_string()).collect();
+        n
+    }
+
+    #[test]
+    fn placement_needs_the_labels_and_the_hardware() {
+        let sensor = node(&[("role", "sensor")], &["gpio", "leds", "dht22"]);
+        let hub = node(&[("role", "hub")], &["gpio", "leds", "buzzer"]);
+        let p = plugin("  nodeSelector: {role: sensor}\n  grants: {dht22: {pin: 4}, leds: {indices: [1]}}\n");
+        assert!(places(&p, &sensor) && !places(&p, &hub));
+        let buzz = plugin("  grants: {buzzer: {}}\n");
+        assert!(!places(&buzz, &sensor) && places(&buzz, &hub));
+        let anywhere = plugin("  grants: {system: {}, net: {hosts: [127.0.0.1]}}\n");
+        assert!(places(&anywhere, &sensor) && places(&anywhere, &hub));
     }
 }

@@ -55,7 +55,10 @@ impl From<StoreError> for ApiError {
 }
 
 fn bad_request(message: String) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, json!({"reason": "BadRequest", "message": message}))
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        json!({"reason": "BadRequest", "message": message}),
+    )
 }
 
 fn kind_of(plural: &str) -> Result<Kind, ApiError> {
@@ -93,7 +96,11 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
         Ok(o) => o,
         Err(errors) => {
             let syntax = errors.iter().any(|e| e.kind.is_none() && e.message.contains("line"));
-            let code = if syntax { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+            let code = if syntax {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
             return Ok((code, Json(json!({"reason": "Invalid", "errors": errors}))).into_response());
         }
     };
@@ -139,7 +146,11 @@ fn with_heartbeat(api: &Api, kind: Kind, mut obj: serde_json::Value) -> serde_js
     obj
 }
 
-async fn list(State(api): State<Api>, Path(kind): Path<String>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list(
+    State(api): State<Api>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
     let selector = parse_selector(q.label_selector.as_deref().unwrap_or("")).map_err(bad_request)?;
     let rv = api.store.resource_version();
@@ -160,35 +171,60 @@ async fn get_one(State(api): State<Api>, Path((kind, name)): Path<(String, Strin
     let kind = kind_of(&kind)?;
     match api.store.get(kind, &name)? {
         Some(o) => Ok(Json(with_heartbeat(&api, kind, o)).into_response()),
-        None => Err(StoreError::NotFound { kind: kind.as_str(), name }.into()),
+        None => Err(StoreError::NotFound {
+            kind: kind.as_str(),
+            name,
+        }
+        .into()),
     }
 }
 
 /// A whole-object update with optimistic concurrency: the object's
 /// metadata.resourceVersion must be the stored one.
-async fn update(State(api): State<Api>, Path((kind, name)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
+async fn update(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid JSON: {e}")))?;
     if value["metadata"]["name"].as_str() != Some(name.as_str()) {
         return Err(bad_request(format!("metadata.name must be {name:?}, as in the URL")));
     }
     if value["metadata"]["resourceVersion"].as_u64().unwrap_or(0) == 0 {
-        return Err(bad_request("metadata.resourceVersion is required for an update; use apply to create or overwrite".into()));
+        return Err(bad_request(
+            "metadata.resourceVersion is required for an update; use apply to create or overwrite".into(),
+        ));
     }
     let object = match kind {
         Kind::Plugin => {
             let mut p: Plugin = serde_json::from_value(value).map_err(|e| bad_request(e.to_string()))?;
             p.status = None;
-            p.validate().map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"reason": "Invalid", "message": e.to_string()})))?;
+            p.validate().map_err(|e| {
+                ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"reason": "Invalid", "message": e.to_string()}),
+                )
+            })?;
             Object::Plugin(p)
         }
         Kind::Node => {
             let n: Node = serde_json::from_value(value).map_err(|e| bad_request(e.to_string()))?;
             let sent = n.metadata.resource_version;
-            let current = api.store.get(Kind::Node, &name)?.ok_or(StoreError::NotFound { kind: "Node", name: name.clone() })?;
+            let current = api.store.get(Kind::Node, &name)?.ok_or(StoreError::NotFound {
+                kind: "Node",
+                name: name.clone(),
+            })?;
             let now = current["metadata"]["resourceVersion"].as_u64().unwrap_or(0);
             if now != sent {
-                return Err(StoreError::Conflict { kind: "Node", name, sent, current: now }.into());
+                return Err(StoreError::Conflict {
+                    kind: "Node",
+                    name,
+                    sent,
+                    current: now,
+                }
+                .into());
             }
             Object::Node(n)
         }
@@ -215,7 +251,12 @@ async fn delete(
             if let (Some(sent), Some(cur)) = (expected, cur) {
                 let now = cur["metadata"]["resourceVersion"].as_u64().unwrap_or(0);
                 if now != sent {
-                    return Err(StoreError::Conflict { kind: kind.as_str(), name: name.clone(), sent, current: now });
+                    return Err(StoreError::Conflict {
+                        kind: kind.as_str(),
+                        name: name.clone(),
+                        sent,
+                        current: now,
+                    });
                 }
             }
             Ok(Write::Delete)
@@ -266,7 +307,11 @@ async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Re
             }
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// A stream fed by a task; the task stops when the client goes away.
@@ -290,30 +335,54 @@ async fn get_blob(State(api): State<Api>, Path(digest): Path<String>) -> Result<
     let digest: Digest = digest.parse().map_err(bad_request)?;
     match api.store.get_blob(&digest)? {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/wasm")], Body::from(bytes.to_vec())).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, json!({"reason": "NotFound", "message": format!("no blob {digest}")}))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            json!({"reason": "NotFound", "message": format!("no blob {digest}")}),
+        )),
     }
 }
 
 /// A nodelet creates or refreshes its Node: labels and status.
-async fn register(State(api): State<Api>, Path(name): Path<String>, Json(node): Json<Node>) -> Result<Response, ApiError> {
+async fn register(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(node): Json<Node>,
+) -> Result<Response, ApiError> {
     if node.metadata.name != name {
         return Err(bad_request(format!("metadata.name must be {name:?}, as in the URL")));
     }
-    node.validate().map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"reason": "Invalid", "message": e.to_string()})))?;
-    api.store.write(Kind::Node, &name, |cur| node_update(cur, &node, true)).await?;
+    node.validate().map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"reason": "Invalid", "message": e.to_string()}),
+        )
+    })?;
+    api.store
+        .write(Kind::Node, &name, |cur| node_update(cur, &node, true))
+        .await?;
     api.reconciler.heartbeat(&name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The status subresource: written by the node itself.
-async fn node_status(State(api): State<Api>, Path(name): Path<String>, Json(status): Json<NodeStatusV1>) -> Result<Response, ApiError> {
+async fn node_status(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(status): Json<NodeStatusV1>,
+) -> Result<Response, ApiError> {
     api.store
         .write(Kind::Node, &name, |cur| {
             let Some(cur) = cur else {
-                return Err(StoreError::NotFound { kind: "Node", name: name.clone() });
+                return Err(StoreError::NotFound {
+                    kind: "Node",
+                    name: name.clone(),
+                });
             };
             let node: Node = serde_json::from_value(cur.clone())?;
-            let incoming = Node { status: status.clone(), ..node };
+            let incoming = Node {
+                status: status.clone(),
+                ..node
+            };
             node_update(Some(cur), &incoming, true)
         })
         .await?;
@@ -349,5 +418,9 @@ async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result
             }
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -49,7 +49,9 @@ pub struct WatchEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{kind} {name} was changed by someone else (you sent resourceVersion {sent}, it is now {current}): get it again and retry")]
+    #[error(
+        "{kind} {name} was changed by someone else (you sent resourceVersion {sent}, it is now {current}): get it again and retry"
+    )]
     Conflict {
         kind: &'static str,
         name: String,
@@ -58,7 +60,9 @@ pub enum StoreError {
     },
     #[error("{kind} {name} not found")]
     NotFound { kind: &'static str, name: String },
-    #[error("resourceVersion {requested} is too old (the oldest kept is {oldest}): list again and watch from the list's resourceVersion")]
+    #[error(
+        "resourceVersion {requested} is too old (the oldest kept is {oldest}): list again and watch from the list's resourceVersion"
+    )]
     Gone { requested: u64, oldest: u64 },
     #[error("{0}")]
     Invalid(String),
@@ -85,6 +89,7 @@ pub struct Store {
     blobs: sled::Tree,
     meta: sled::Tree,
     live: broadcast::Sender<WatchEvent>,
+    history: u64,
 }
 
 const RV_KEY: &[u8] = b"resourceVersion";
@@ -99,6 +104,11 @@ fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_history(path, EVENT_HISTORY)
+    }
+
+    /// A store that keeps `history` events for resuming watches.
+    pub fn open_with_history(path: &Path, history: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(path).open()?;
         Ok(Store {
             plugins: db.open_tree("plugins")?,
@@ -108,6 +118,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             db,
             live: broadcast::channel(8192).0,
+            history: history.max(1),
         })
     }
 
@@ -177,7 +188,11 @@ impl Store {
                     (EventType::Deleted, old)
                 }
                 Write::Put(obj) => (
-                    if current.is_some() { EventType::Modified } else { EventType::Added },
+                    if current.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    },
                     obj,
                 ),
             };
@@ -213,7 +228,7 @@ impl Store {
         if let Some(ev) = &event {
             // Durable before anyone hears of it.
             self.db.flush_async().await?;
-            if ev.resource_version.is_multiple_of(1000) {
+            if ev.resource_version.is_multiple_of((self.history / 10).max(1)) {
                 self.compact(ev.resource_version)?;
             }
             let _ = self.live.send(ev.clone());
@@ -222,7 +237,7 @@ impl Store {
     }
 
     fn compact(&self, now: u64) -> Result<(), StoreError> {
-        let keep_from = now.saturating_sub(EVENT_HISTORY);
+        let keep_from = now.saturating_sub(self.history);
         for key in self.events.range(..rv_bytes(keep_from)).keys() {
             self.events.remove(key?)?;
         }
@@ -255,7 +270,9 @@ impl Store {
     pub async fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
         let actual = Digest::of(bytes);
         if &actual != digest {
-            return Err(StoreError::Invalid(format!("the uploaded bytes have digest {actual}, not {digest}")));
+            return Err(StoreError::Invalid(format!(
+                "the uploaded bytes have digest {actual}, not {digest}"
+            )));
         }
         if !self.blobs.contains_key(digest.hex())? {
             self.blobs.insert(digest.hex(), bytes)?;
@@ -270,5 +287,87 @@ impl Store {
 
     pub fn get_blob(&self, digest: &Digest) -> Result<Option<sled::IVec>, StoreError> {
         Ok(self.blobs.get(digest.hex())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn put(store: &Store, name: &str, v: u64) -> WatchEvent {
+        let obj = json!({"metadata": {"name": name}, "v": v});
+        store
+            .write(Kind::Plugin, name, |_| Ok(Write::Put(obj.clone())))
+            .await
+            .unwrap()
+            .1
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopening_and_revisions_are_contiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..5 {
+                assert_eq!(put(&store, &format!("p{i}"), i).await.resource_version, i + 1);
+            }
+            store.write(Kind::Plugin, "p0", |_| Ok(Write::Delete)).await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.resource_version(), 6);
+        assert_eq!(store.list(Kind::Plugin).unwrap().len(), 4);
+        assert_eq!(
+            store.get(Kind::Plugin, "p3").unwrap().unwrap()["metadata"]["resourceVersion"],
+            4
+        );
+        let events = store.events_since(3).unwrap();
+        let rvs: Vec<u64> = events.iter().map(|e| e.resource_version).collect();
+        assert_eq!(rvs, vec![4, 5, 6]);
+        assert_eq!(events[2].event, EventType::Deleted);
+        let err = store
+            .write(Kind::Plugin, "nope", |_| Ok(Write::Delete))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_too_old_resource_version_gets_a_resync_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_history(dir.path(), 10).unwrap();
+        for i in 0..40 {
+            put(&store, "same", i).await;
+        }
+        let err = store.events_since(1).unwrap_err();
+        assert!(matches!(err, StoreError::Gone { .. }));
+        assert!(
+            err.to_string()
+                .contains("list again and watch from the list's resourceVersion"),
+            "{err}"
+        );
+        assert_eq!(store.events_since(35).unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, "p", 1).await;
+        let err = store
+            .write(Kind::Plugin, "p", |_| {
+                Err(StoreError::Conflict {
+                    kind: "Plugin",
+                    name: "p".into(),
+                    sent: 0,
+                    current: 1,
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }));
+        assert_eq!(store.resource_version(), 1);
+        assert_eq!(store.get(Kind::Plugin, "p").unwrap().unwrap()["v"], 1);
     }
 }

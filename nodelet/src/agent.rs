@@ -96,7 +96,10 @@ impl Agent {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(a.name.clone(), (a.generation, format!("{e:#}")));
             } else {
-                self.load_errors.lock().unwrap_or_else(|e| e.into_inner()).remove(&a.name);
+                self.load_errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&a.name);
             }
         }
         let wanted: Vec<&str> = assignments.plugins.iter().map(|a| a.name.as_str()).collect();
@@ -163,7 +166,9 @@ impl Agent {
         for s in self.runtime.status() {
             let message = match (s.phase, errors.get(&s.name)) {
                 (_, Some((_, e))) => e.clone(),
-                (Phase::Failed | Phase::CrashLoopBackOff | Phase::Restarting, _) => s.last_error.clone().unwrap_or_default(),
+                (Phase::Failed | Phase::CrashLoopBackOff | Phase::Restarting, _) => {
+                    s.last_error.clone().unwrap_or_default()
+                }
                 _ => String::new(),
             };
             out.insert(
@@ -188,7 +193,11 @@ impl Agent {
             .send()
             .await?;
         if !resp.status().is_success() {
-            anyhow::bail!("registering: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+            anyhow::bail!(
+                "registering: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -253,7 +262,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         runtime,
-        http: reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?,
         opts,
         load_errors: Mutex::new(BTreeMap::new()),
         report_now: tokio::sync::Notify::new(),
@@ -303,7 +314,10 @@ pub async fn run(
                     if started.elapsed() > Duration::from_secs(10) {
                         backoff = Duration::from_millis(250);
                     }
-                    tracing::warn!(controller = agent.opts.controller, "watch ended: {e:#}; retrying in {backoff:?}");
+                    tracing::warn!(
+                        controller = agent.opts.controller,
+                        "watch ended: {e:#}; retrying in {backoff:?}"
+                    );
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cache;
+mod fleet;
 mod hot_swap;
 mod process;
 mod sandbox;

@@ -8,7 +8,10 @@ use harvester_nodelet::hardware::sim::{self, SimHandles, SimProfile};
 use harvester_nodelet::runtime::RestartPolicy;
 use harvester_nodelet::{PluginSpec, Runtime, RuntimeOptions};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast::Receiver;
@@ -199,4 +202,48 @@ pub fn with_limits(mut s: PluginSpec, memory_mib: u64, timeout_ms: u64) -> Plugi
         call_timeout: DurationSpec(Duration::from_millis(timeout_ms)),
     };
     s
+}
+
+/// Kills the process by pid when the test ends, however it ends.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.1 request to 127.0.0.1.
+pub fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    http_body(method, port, path, "")
+}
+
+/// A minimal HTTP/1.1 request with a JSON body to 127.0.0.1.
+pub fn http_body(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn status(port: u16) -> Option<serde_json::Value> {
+    let (code, body) = http("GET", port, "/status")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }

@@ -1,0 +1,415 @@
+//! The control plane, end to end: a real controller and real nodelets as
+//! processes on loopback, driven with the real CLI.
+
+use crate::support::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    port: u16,
+    controller: Option<Proc>,
+    nodes: Vec<(String, u16, Proc)>,
+    probe: PathBuf,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe.wasm");
+        std::fs::write(&probe, component("probe").as_slice()).unwrap();
+        let mut f = Fleet {
+            port: free_port(),
+            dir,
+            controller: None,
+            nodes: Vec::new(),
+            probe,
+        };
+        f.start_controller();
+        f
+    }
+
+    fn start_controller(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["controller", "--data"])
+            .arg(self.dir.path().join("controller"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--node-timeout", "3s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.controller = Some(Proc(child));
+        let port = self.port;
+        wait_until(T, "controller up", || {
+            http("GET", port, "/healthz").is_some_and(|r| r.0 == 200)
+        });
+    }
+
+    fn kill_controller(&mut self) {
+        // Drop kills with SIGKILL and reaps.
+        self.controller = None;
+    }
+
+    fn start_node(&mut self, name: &str, labels: &str, devices: &str) -> u16 {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["nodelet", "--name", name, "--labels", labels, "--sim-devices", devices])
+            .args(["--controller", &format!("http://127.0.0.1:{}", self.port)])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--heartbeat",
+                "500ms",
+                "--data",
+            ])
+            .arg(self.dir.path().join(name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes.retain(|n| n.0 != name);
+        self.nodes.push((name.to_string(), port, Proc(child)));
+        wait_until(T, "nodelet up", || status(port).is_some());
+        port
+    }
+
+    fn kill_node(&mut self, name: &str) {
+        self.nodes.retain(|n| n.0 != name);
+    }
+
+    fn node_port(&self, name: &str) -> u16 {
+        self.nodes.iter().find(|n| n.0 == name).unwrap().1
+    }
+
+    fn node_pid(&self, name: &str) -> u32 {
+        self.nodes.iter().find(|n| n.0 == name).unwrap().2.0.id()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(args)
+            .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", self.port))
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "harvester {args:?} failed: {stderr}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A Plugin manifest running the probe component.
+    fn plugin_yaml(&self, name: &str, selector: &str, grants: &str, version: &str) -> String {
+        format!(
+            "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {}\n  nodeSelector: {{{selector}}}\n  grants: {grants}\n  config: {{VERSION: \"{version}\"}}\n  tickInterval: 100ms\n",
+            self.probe.display()
+        )
+    }
+
+    fn apply(&self, yaml: &str) -> String {
+        let file = self.dir.path().join("manifest.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        self.cli_ok(&["apply", "-f", file.to_str().unwrap()])
+    }
+
+    fn plugin(&self, name: &str) -> Value {
+        serde_json::from_str(&self.cli_ok(&["get", "plugin", name, "-o", "json"])).unwrap()
+    }
+}
+
+/// (generation, phase) of `plugin` as the node itself reports it.
+fn on_node(port: u16, plugin: &str) -> Option<(u64, String)> {
+    let s = status(port)?;
+    s["plugins"].as_array()?.iter().find(|p| p["name"] == plugin).map(|p| {
+        (
+            p["generation"].as_u64().unwrap_or(0),
+            p["phase"].as_str().unwrap_or_default().to_string(),
+        )
+    })
+}
+
+fn runs(port: u16, plugin: &str, generation: u64) -> bool {
+    on_node(port, plugin) == Some((generation, "Running".to_string()))
+}
+
+#[test]
+fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
+    let mut fleet = Fleet::new();
+    let pi4 = fleet.start_node("pi4", "role=sensor,board=pi4", "dht22,bme680,leds,buzzer");
+    let hub = fleet.start_node("hub", "role=hub", "leds");
+    wait_until(T, "both nodes ready", || {
+        fleet.cli_ok(&["get", "nodes"]).matches(" Ready ").count() == 2
+    });
+
+    // Selected by label: only the sensor node.
+    let out = fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1"));
+    assert!(out.contains("plugin/probe created (generation 1, sha256:"), "{out}");
+    fleet.cli_ok(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
+    assert!(runs(pi4, "probe", 1));
+    assert_eq!(on_node(hub, "probe"), None);
+
+    // Selected by hardware: the buzzer grant fits only the node with a buzzer.
+    fleet.apply(&fleet.plugin_yaml("alarm", "", "{gpio: {pins: [27]}, buzzer: {}}", "1"));
+    wait_until(T, "alarm on pi4", || runs(pi4, "alarm", 1));
+    let alarm = fleet.plugin("alarm");
+    assert_eq!(
+        alarm["status"]["nodes"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["pi4"]
+    );
+    assert_eq!(on_node(hub, "alarm"), None);
+
+    // A config change is a new generation, swapped in on the node; same process.
+    let pid = fleet.node_pid("pi4");
+    let out = fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "2"));
+    assert!(out.contains("plugin/probe configured (generation 2"), "{out}");
+    let out = fleet.cli_ok(&["rollout", "status", "plugin/probe"]);
+    assert!(out.contains("generation 2 runs on 1/1 nodes"), "{out}");
+    assert!(runs(pi4, "probe", 2));
+    assert_eq!(fleet.node_pid("pi4"), pid);
+    // Re-applying the same manifest changes nothing.
+    let out = fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "2"));
+    assert!(out.contains("plugin/probe unchanged (generation 2"), "{out}");
+
+    // Status and conditions as `get` and `describe` show them.
+    let table = fleet.cli_ok(&["get", "plugins", "-o", "wide"]);
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("probe") && l.contains(" True ") && l.contains("1/1")),
+        "{table}"
+    );
+    let describe = fleet.cli_ok(&["describe", "plugin", "probe"]);
+    assert!(
+        describe.contains("AllNodesRunning") && describe.contains("pi4"),
+        "{describe}"
+    );
+    let labelled = fleet.cli_ok(&["get", "nodes", "-l", "role=hub", "-o", "json"]);
+    let v: Value = serde_json::from_str(&labelled).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+
+    // Delete: it stops on the node.
+    let out = fleet.cli_ok(&["delete", "plugin", "probe"]);
+    assert!(out.contains("plugin/probe deleted"));
+    wait_until(T, "probe stopped", || on_node(pi4, "probe").is_none());
+    assert!(runs(pi4, "alarm", 1), "other plugins are untouched");
+    let missing = fleet.cli(&["get", "plugin", "probe"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("Plugin probe not found"));
+}
+
+#[test]
+fn invalid_manifests_are_rejected_whole_naming_the_document() {
+    let fleet = Fleet::new();
+    let good = fleet.plugin_yaml("good", "", "{gpio: {pins: [17]}}", "1");
+    let bad = fleet.plugin_yaml("bad", "", "{gpio: {pins: [4, 41]}}", "1");
+    let file = fleet.dir.path().join("two.yaml");
+    std::fs::write(&file, format!("{good}---\n{bad}")).unwrap();
+    let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("document 2 (Plugin bad): spec.grants.gpio.pins[1]: pin 41 is not a valid BCM GPIO (0-27)"),
+        "{stderr}"
+    );
+    assert!(
+        !fleet.cli(&["get", "plugin", "good"]).status.success(),
+        "nothing was applied"
+    );
+
+    // Malformed YAML: 400 with the parser's line and column.
+    let (code, body) = http_body(
+        "POST",
+        fleet.port,
+        "/api/v1alpha1/apply",
+        "kind: Plugin\nmetadata: {name: [\n",
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("line"), "{body}");
+    // Unknown fields are rejected, not ignored.
+    let typo = good.replace("nodeSelector", "nodeSelecter");
+    std::fs::write(&file, typo).unwrap();
+    let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `nodeSelecter`"));
+}
+
+#[test]
+fn a_stale_update_gets_409_and_changes_nothing() {
+    let fleet = Fleet::new();
+    fleet.apply(&fleet.plugin_yaml("p", "", "{gpio: {pins: [17]}}", "1"));
+    let old = fleet.plugin("p");
+    fleet.apply(&fleet.plugin_yaml("p", "", "{gpio: {pins: [17]}}", "2"));
+    let mut stale = old.clone();
+    stale["spec"]["config"]["VERSION"] = "3".into();
+    let (code, body) = http_body("PUT", fleet.port, "/api/v1alpha1/plugins/p", &stale.to_string()).unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("was changed by someone else"), "{body}");
+    let now = fleet.plugin("p");
+    assert_eq!(now["spec"]["config"]["VERSION"], "2");
+    assert_eq!(now["metadata"]["generation"], 2);
+
+    // With the current resourceVersion the same update goes through.
+    let mut fresh = now.clone();
+    fresh["spec"]["config"]["VERSION"] = "3".into();
+    let (code, body) = http_body("PUT", fleet.port, "/api/v1alpha1/plugins/p", &fresh.to_string()).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(fleet.plugin("p")["metadata"]["generation"], 3);
+}
+
+/// Reads NDJSON watch events from a raw connection until `done` says so.
+fn read_events(port: u16, from: u64, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /api/v1alpha1/watch?resourceVersion={from} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    for line in BufReader::new(s).lines() {
+        let line = line.unwrap();
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v.get("resourceVersion").is_some()
+        {
+            let stop = done(&v);
+            events.push(v);
+            if stop {
+                break;
+            }
+        }
+    }
+    // The connection drops here, mid-stream.
+    events
+}
+
+#[test]
+fn a_watch_resumed_after_a_dropped_connection_misses_no_event() {
+    let fleet = Fleet::new();
+    for i in 0..3 {
+        fleet.apply(&fleet.plugin_yaml(&format!("w{i}"), "", "{gpio: {pins: [17]}}", "1"));
+    }
+    let added = |name: &'static str| move |e: &Value| e["type"] == "ADDED" && e["object"]["metadata"]["name"] == name;
+    let first = read_events(fleet.port, 0, added("w1"));
+    let last = first.last().unwrap()["resourceVersion"].as_u64().unwrap();
+    // Changes made while nobody watches.
+    for i in 3..6 {
+        fleet.apply(&fleet.plugin_yaml(&format!("w{i}"), "", "{gpio: {pins: [17]}}", "1"));
+    }
+    let rest = read_events(fleet.port, last, added("w5"));
+    let rvs: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .map(|e| e["resourceVersion"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (rvs[0]..rvs[0] + rvs.len() as u64).collect();
+    assert_eq!(rvs, expected, "every revision exactly once, in order");
+    let created: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .filter(|e| e["type"] == "ADDED")
+        .filter_map(|e| e["object"]["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(created, ["w0", "w1", "w2", "w3", "w4", "w5"]);
+}
+
+fn count_running(port: u16) -> usize {
+    status(port).map_or(0, |s| {
+        s["plugins"]
+            .as_array()
+            .map_or(0, |ps| ps.iter().filter(|p| p["phase"] == "Running").count())
+    })
+}
+
+#[test]
+fn everything_converges_after_sigkill_of_the_controller_and_the_nodelets() {
+    let mut fleet = Fleet::new();
+    let mut pi4 = fleet.start_node("pi4", "role=sensor", "leds");
+
+    // A stream of applies, the controller killed in the middle of it.
+    let mut acknowledged = Vec::new();
+    for i in 0..12 {
+        if i == 8 {
+            fleet.kill_controller();
+        }
+        let file = fleet.dir.path().join(format!("k{i}.yaml"));
+        std::fs::write(
+            &file,
+            fleet.plugin_yaml(&format!("k{i}"), "", "{gpio: {pins: [17]}}", "1"),
+        )
+        .unwrap();
+        if fleet.cli(&["apply", "-f", file.to_str().unwrap()]).status.success() {
+            acknowledged.push(format!("k{i}"));
+        }
+    }
+    assert_eq!(acknowledged.len(), 8);
+
+    // The node keeps running what it had while the controller is down, and
+    // after its own SIGKILL and restart it runs it again from disk.
+    wait_until(T, "node ran its assignments before the kill", || {
+        count_running(pi4) >= 1
+    });
+    let before = count_running(pi4);
+    fleet.kill_node("pi4");
+    pi4 = fleet.start_node("pi4", "role=sensor", "leds");
+    wait_until(T, "node runs its last assignments offline", || {
+        count_running(pi4) >= before
+    });
+
+    fleet.start_controller();
+    for name in &acknowledged {
+        assert!(
+            fleet.cli(&["get", "plugin", name]).status.success(),
+            "{name} was acknowledged but is gone"
+        );
+    }
+    wait_until(T, "node converges on every acknowledged plugin", || {
+        count_running(pi4) == acknowledged.len()
+    });
+    for name in &acknowledged {
+        fleet.cli_ok(&["rollout", "status", &format!("plugin/{name}"), "--timeout", "30s"]);
+    }
+    let port = fleet.node_port("pi4");
+    assert_eq!(port, pi4);
+}
+
+#[test]
+fn a_node_that_stops_reporting_is_marked_not_ready_and_keeps_its_plugins() {
+    let mut fleet = Fleet::new();
+    fleet.start_node("edge", "role=sensor", "leds");
+    fleet.apply(&fleet.plugin_yaml("p", "role: sensor", "{gpio: {pins: [17]}}", "1"));
+    fleet.cli_ok(&["rollout", "status", "plugin/p"]);
+    fleet.kill_node("edge");
+    wait_until(T, "edge NotReady", || {
+        fleet.cli_ok(&["get", "nodes"]).contains("NotReady")
+    });
+    let p = fleet.plugin("p");
+    assert!(
+        p["status"]["nodes"]["edge"].is_object(),
+        "the assignment stays put: {p}"
+    );
+    let degraded = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("NodeNotReady"))
+    );
+    // Back again: Ready, and the plugin is still there.
+    let port = fleet.start_node("edge", "role=sensor", "leds");
+    wait_until(T, "edge Ready again", || {
+        !fleet.cli_ok(&["get", "nodes"]).contains("NotReady")
+    });
+    wait_until(T, "plugin running", || runs(port, "p", 1));
+}

@@ -365,6 +365,26 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
             );
         }
     }
+    print_conditions(&obj);
+    if plural == "plugins" {
+        println!("Events:");
+        let events = client.get(&format!("plugins/{name}/events")).await?;
+        let items = events["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            println!("  <none since the controller started>");
+        }
+        for e in items {
+            println!(
+                "  {:>5} ago  {}",
+                age(e["time"].as_u64().unwrap_or(0)),
+                e["message"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_conditions(obj: &Value) {
     println!("Conditions:");
     for c in obj["status"]["conditions"].as_array().cloned().unwrap_or_default() {
         println!(
@@ -376,7 +396,6 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
             c["message"].as_str().unwrap_or_default()
         );
     }
-    Ok(())
 }
 
 pub async fn delete(

@@ -17,7 +17,7 @@ use harvester_api::resources::{
     Assignment, Assignments, Condition, ConditionStatus, Node, Plugin, PluginOnNode, PluginStatusV1, required_devices,
     selector_matches,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -29,7 +29,12 @@ pub struct Reconciler {
     node_timeout: Duration,
     period: Duration,
     poke: Notify,
+    /// Recent human-readable events per Plugin, newest last (kept in memory,
+    /// like Kubernetes events: for `describe`, not for history).
+    events: Mutex<HashMap<String, VecDeque<(u64, String)>>>,
 }
+
+const EVENTS_PER_OBJECT: usize = 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -76,6 +81,7 @@ impl Reconciler {
             node_timeout,
             period,
             poke: Notify::new(),
+            events: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,6 +96,24 @@ impl Reconciler {
     pub fn last_heartbeat_ms(&self, node: &str) -> Option<u64> {
         let at = *lock(&self.leases).get(node)?;
         Some(now_ms().saturating_sub(at.elapsed().as_millis() as u64))
+    }
+
+    fn record(&self, plugin: &str, message: String) {
+        tracing::info!(plugin, "{message}");
+        let mut all = lock(&self.events);
+        let q = all.entry(plugin.to_string()).or_default();
+        if q.len() == EVENTS_PER_OBJECT {
+            q.pop_front();
+        }
+        q.push_back((now_ms(), message));
+    }
+
+    /// Recent events of a plugin, oldest first: (milliseconds since the epoch, message).
+    pub fn events_of(&self, plugin: &str) -> Vec<(u64, String)> {
+        lock(&self.events)
+            .get(plugin)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The node's assignments, kept current.
@@ -127,6 +151,55 @@ impl Reconciler {
                 }
                 _ = self.poke.notified() => {}
                 _ = tokio::time::sleep(self.period) => {}
+            }
+        }
+    }
+
+    /// Turns status differences into events a person can read.
+    fn note_changes(&self, plugin: &str, old: &PluginStatusV1, new: &PluginStatusV1) {
+        if old.observed_generation != new.observed_generation {
+            self.record(
+                plugin,
+                format!(
+                    "generation {} to roll out ({})",
+                    new.observed_generation,
+                    new.digest.map(|d| d.short()).unwrap_or_default()
+                ),
+            );
+        }
+        for (node, state) in &new.nodes {
+            match old.nodes.get(node) {
+                None => self.record(plugin, format!("assigned to {node}")),
+                Some(before) if before.phase != state.phase || before.generation != state.generation => {
+                    let mut m = format!("{node}: {} generation {}", state.phase, state.generation);
+                    if !state.message.is_empty() {
+                        m.push_str(&format!(": {}", state.message));
+                    }
+                    self.record(plugin, m);
+                }
+                _ => {}
+            }
+        }
+        for node in old.nodes.keys().filter(|n| !new.nodes.contains_key(*n)) {
+            self.record(plugin, format!("no longer assigned to {node}"));
+        }
+        for c in &new.conditions {
+            let before = old.conditions.iter().find(|o| o.kind == c.kind);
+            if before.is_none_or(|b| b.status != c.status) {
+                self.record(
+                    plugin,
+                    format!(
+                        "{} is {:?} ({}){}",
+                        c.kind,
+                        c.status,
+                        c.reason,
+                        if c.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", c.message)
+                        }
+                    ),
+                );
             }
         }
     }
@@ -323,6 +396,7 @@ impl Reconciler {
             if plugin.status.as_ref() == Some(&status) {
                 continue;
             }
+            self.note_changes(name, &old, &status);
             self.store
                 .write(Kind::Plugin, name, |cur| {
                     let Some(cur) = cur else { return Ok(Write::Keep) };

@@ -83,6 +83,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/api/v1alpha1/{kind}", get(list))
         .route("/api/v1alpha1/{kind}/{name}", get(get_one).put(update).delete(delete))
+        .route("/api/v1alpha1/plugins/{name}/events", get(plugin_events))
         .route("/api/v1alpha1/nodes/{name}/register", put(register))
         .route("/api/v1alpha1/nodes/{name}/status", put(node_status))
         .route("/api/v1alpha1/nodes/{name}/heartbeat", post(heartbeat))
@@ -340,6 +341,16 @@ async fn get_blob(State(api): State<Api>, Path(digest): Path<String>) -> Result<
             json!({"reason": "NotFound", "message": format!("no blob {digest}")}),
         )),
     }
+}
+
+async fn plugin_events(State(api): State<Api>, Path(name): Path<String>) -> Json<serde_json::Value> {
+    let items: Vec<_> = api
+        .reconciler
+        .events_of(&name)
+        .into_iter()
+        .map(|(at, message)| json!({"time": at, "message": message}))
+        .collect();
+    Json(json!({"items": items}))
 }
 
 /// A nodelet creates or refreshes its Node: labels and status.

@@ -90,6 +90,10 @@ pub struct Store {
     meta: sled::Tree,
     live: broadcast::Sender<WatchEvent>,
     history: u64,
+    /// One writer at a time: every write bumps the one revision counter, so
+    /// concurrent transactions would only conflict and retry, and events must
+    /// reach watchers in revision order.
+    writer: tokio::sync::Mutex<()>,
 }
 
 const RV_KEY: &[u8] = b"resourceVersion";
@@ -119,6 +123,7 @@ impl Store {
             db,
             live: broadcast::channel(8192).0,
             history: history.max(1),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -163,6 +168,7 @@ impl Store {
         name: &str,
         f: impl Fn(Option<&serde_json::Value>) -> Result<Write, StoreError>,
     ) -> Result<(Option<serde_json::Value>, Option<WatchEvent>), StoreError> {
+        let _one_writer = self.writer.lock().await;
         let tree = self.tree(kind);
         let result = (tree, &self.events, &self.meta).transaction(|(objects, events, meta)| {
             let current: Option<serde_json::Value> = match objects.get(name.as_bytes())? {
@@ -226,8 +232,12 @@ impl Store {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
         if let Some(ev) = &event {
-            // Durable before anyone hears of it.
-            self.db.flush_async().await?;
+            // Durable before anyone hears of it. (A blocking flush on a
+            // blocking thread: sled's flush_async can stall under load.)
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| StoreError::Invalid(format!("flush task failed: {e}")))??;
             if ev.resource_version.is_multiple_of((self.history / 10).max(1)) {
                 self.compact(ev.resource_version)?;
             }
@@ -275,8 +285,12 @@ impl Store {
             )));
         }
         if !self.blobs.contains_key(digest.hex())? {
+            let _one_writer = self.writer.lock().await;
             self.blobs.insert(digest.hex(), bytes)?;
-            self.db.flush_async().await?;
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| StoreError::Invalid(format!("flush task failed: {e}")))??;
         }
         Ok(())
     }
@@ -348,6 +362,34 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.events_since(35).unwrap().len(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_all_complete_in_revision_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let mut live = store.subscribe();
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..30 {
+                        put(&store, &format!("w{w}-{i}"), i).await;
+                    }
+                })
+            })
+            .collect();
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("writers stalled");
+        assert_eq!(store.resource_version(), 240);
+        let rvs: Vec<u64> = (0..240).map(|_| live.try_recv().unwrap().resource_version).collect();
+        assert_eq!(rvs, (1..=240).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -245,7 +245,7 @@ impl Reconciler {
                     tracing::warn!(node = name, reason, "node not ready");
                 }
                 self.store
-                    .write(Kind::Node, &name, |cur| {
+                    .write_observed(Kind::Node, &name, |cur| {
                         let Some(cur) = cur else { return Ok(Write::Keep) };
                         let mut n: Node = serde_json::from_value(cur.clone())?;
                         n.status.conditions = conditions.clone();
@@ -398,7 +398,7 @@ impl Reconciler {
             }
             self.note_changes(name, &old, &status);
             self.store
-                .write(Kind::Plugin, name, |cur| {
+                .write_observed(Kind::Plugin, name, |cur| {
                     let Some(cur) = cur else { return Ok(Write::Keep) };
                     let mut p: Plugin = serde_json::from_value(cur.clone())?;
                     if p.metadata.generation != generation {

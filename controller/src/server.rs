@@ -382,7 +382,7 @@ async fn node_status(
     Json(status): Json<NodeStatusV1>,
 ) -> Result<Response, ApiError> {
     api.store
-        .write(Kind::Node, &name, |cur| {
+        .write_observed(Kind::Node, &name, |cur| {
             let Some(cur) = cur else {
                 return Err(StoreError::NotFound {
                     kind: "Node",

@@ -168,6 +168,28 @@ impl Store {
         name: &str,
         f: impl Fn(Option<&serde_json::Value>) -> Result<Write, StoreError>,
     ) -> Result<(Option<serde_json::Value>, Option<WatchEvent>), StoreError> {
+        self.write_inner(kind, name, f, true).await
+    }
+
+    /// A write of observed state (node reports, computed status), which the
+    /// system recomputes after a crash: it is not flushed on its own but
+    /// rides on sled's periodic flush (every 500 ms) and the next durable write.
+    pub async fn write_observed(
+        &self,
+        kind: Kind,
+        name: &str,
+        f: impl Fn(Option<&serde_json::Value>) -> Result<Write, StoreError>,
+    ) -> Result<(Option<serde_json::Value>, Option<WatchEvent>), StoreError> {
+        self.write_inner(kind, name, f, false).await
+    }
+
+    async fn write_inner(
+        &self,
+        kind: Kind,
+        name: &str,
+        f: impl Fn(Option<&serde_json::Value>) -> Result<Write, StoreError>,
+        durable: bool,
+    ) -> Result<(Option<serde_json::Value>, Option<WatchEvent>), StoreError> {
         let _one_writer = self.writer.lock().await;
         let tree = self.tree(kind);
         let result = (tree, &self.events, &self.meta).transaction(|(objects, events, meta)| {
@@ -231,13 +253,15 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
-        if let Some(ev) = &event {
+        if event.is_some() && durable {
             // Durable before anyone hears of it. (A blocking flush on a
             // blocking thread: sled's flush_async can stall under load.)
             let db = self.db.clone();
             tokio::task::spawn_blocking(move || db.flush())
                 .await
                 .map_err(|e| StoreError::Invalid(format!("flush task failed: {e}")))??;
+        }
+        if let Some(ev) = &event {
             if ev.resource_version.is_multiple_of((self.history / 10).max(1)) {
                 self.compact(ev.resource_version)?;
             }

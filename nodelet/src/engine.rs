@@ -68,9 +68,11 @@ impl PluginEngine {
         &self.compat_hash
     }
 
-    /// Epoch ticks for a deadline, rounded up, at least one.
+    /// Epoch ticks for a deadline. The epoch may be about to advance when
+    /// the deadline is set, so one tick is added: a call gets at least its
+    /// timeout and at most one period more.
     pub fn deadline_ticks(timeout: Duration) -> u64 {
-        (timeout.as_nanos().div_ceil(EPOCH_PERIOD.as_nanos()) as u64).max(1)
+        (timeout.as_nanos().div_ceil(EPOCH_PERIOD.as_nanos()) as u64).max(1) + 1
     }
 }
 

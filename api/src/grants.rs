@@ -430,3 +430,35 @@ mod tests {
         assert_eq!(Capability::Leds.interface(), "harvester:plugin/leds@0.1.0");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A pin list is valid exactly when every pin is a BCM GPIO and none
+        /// repeats; every bad entry is reported at its own index.
+        #[test]
+        fn gpio_pin_validation_matches_the_rule(pins in proptest::collection::vec(0u8..40, 1..8)) {
+            let g = Grants { gpio: Some(GpioGrant { pins: pins.clone() }), ..Grants::default() };
+            let mut errs = ValidationErrors::default();
+            g.validate("spec.grants", &mut errs);
+            let mut seen = BTreeSet::new();
+            let mut expected = Vec::new();
+            for (i, p) in pins.iter().enumerate() {
+                if *p > MAX_BCM_PIN {
+                    expected.push(format!("spec.grants.gpio.pins[{i}]"));
+                }
+                if !seen.insert(*p) {
+                    expected.push(format!("spec.grants.gpio.pins[{i}]"));
+                }
+            }
+            let got: Vec<String> = errs.0.iter().map(|e| e.path.clone()).collect();
+            prop_assert_eq!(got, expected);
+            for p in 0u8..40 {
+                prop_assert_eq!(g.allows_gpio_pin(p), pins.contains(&p));
+            }
+        }
+    }
+}

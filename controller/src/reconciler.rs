@@ -419,7 +419,7 @@ mod tests {
     use super::*;
     use harvester_api::resources::parse_documents;
 
-    fn plugin(yaml_spec: &str) -> Plugin {
+    pub(super) fn plugin(yaml_spec: &str) -> Plugin {
         let text = format!(
             "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: p}}\nspec:\n  image: p.wasm\n{yaml_spec}"
         );
@@ -429,7 +429,7 @@ mod tests {
         }
     }
 
-    fn node(labels: &[(&str, &str)], devices: &[&str]) -> Node {
+    pub(super) fn node(labels: &[(&str, &str)], devices: &[&str]) -> Node {
         let mut n: Node = serde_json::from_value(serde_json::json!({
             "apiVersion": "harvester.dev/v1alpha1", "kind": "Node", "metadata": {"name": "n"}
         }))
@@ -449,5 +449,56 @@ mod tests {
         assert!(!places(&buzz, &sensor) && places(&buzz, &hub));
         let anywhere = plugin("  grants: {system: {}, net: {hosts: [127.0.0.1]}}\n");
         assert!(places(&anywhere, &sensor) && places(&anywhere, &hub));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use harvester_api::Grants;
+    use proptest::prelude::*;
+
+    const DEVICES: [&str; 5] = ["gpio", "leds", "buzzer", "dht22", "bme680"];
+
+    fn grants_needing(needs: &[bool]) -> Grants {
+        let mut g = Grants::default();
+        if needs[0] {
+            g.gpio = Some(harvester_api::grants::GpioGrant { pins: vec![17] });
+        }
+        if needs[1] {
+            g.leds = Some(harvester_api::grants::LedsGrant { indices: vec![1] });
+        }
+        if needs[2] {
+            g.buzzer = Some(Default::default());
+        }
+        if needs[3] {
+            g.dht22 = Some(harvester_api::grants::Dht22Grant { pin: 4 });
+        }
+        if needs[4] {
+            g.bme680 = Some(Default::default());
+        }
+        g
+    }
+
+    proptest! {
+        /// A plugin lands on a node exactly when the node's labels include
+        /// the selector and the node has every device the grants need.
+        #[test]
+        fn placement_is_selector_and_hardware(
+            selector in proptest::collection::btree_map("[a-c]", "[x-z]", 0..3),
+            labels in proptest::collection::btree_map("[a-d]", "[x-z]", 0..4),
+            needs in proptest::collection::vec(any::<bool>(), 5),
+            has in proptest::collection::vec(any::<bool>(), 5),
+        ) {
+            let mut plugin = tests::plugin("  grants: {}\n");
+            plugin.spec.node_selector = selector.clone();
+            plugin.spec.grants = grants_needing(&needs);
+            let devices: Vec<&str> = DEVICES.iter().zip(&has).filter(|(_, h)| **h).map(|(d, _)| *d).collect();
+            let labels_vec: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let node = tests::node(&labels_vec, &devices);
+            let selector_ok = selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+            let hardware_ok = needs.iter().zip(&has).all(|(need, have)| !need || *have);
+            prop_assert_eq!(places(&plugin, &node), selector_ok && hardware_ok);
+        }
     }
 }

@@ -221,17 +221,22 @@ fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
     }
 }
 
+/// What every object must get right: the API version, its name, its labels.
+fn validate_header(api_version: &str, meta: &ObjectMeta, errors: &mut ValidationErrors) {
+    if api_version != API_VERSION {
+        errors.push(
+            "apiVersion",
+            format!("{api_version:?} is not supported; use {API_VERSION}"),
+        );
+    }
+    validate_name(&meta.name, "metadata.name", errors);
+    validate_labels(&meta.labels, "metadata.labels", errors);
+}
+
 impl Plugin {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
-        if self.api_version != API_VERSION {
-            errors.push(
-                "apiVersion",
-                format!("{:?} is not supported; use {API_VERSION}", self.api_version),
-            );
-        }
-        validate_name(&self.metadata.name, "metadata.name", &mut errors);
-        validate_labels(&self.metadata.labels, "metadata.labels", &mut errors);
+        validate_header(&self.api_version, &self.metadata, &mut errors);
         if self.spec.image.trim().is_empty() {
             errors.push(
                 "spec.image",
@@ -248,14 +253,7 @@ impl Plugin {
 impl Node {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
-        if self.api_version != API_VERSION {
-            errors.push(
-                "apiVersion",
-                format!("{:?} is not supported; use {API_VERSION}", self.api_version),
-            );
-        }
-        validate_name(&self.metadata.name, "metadata.name", &mut errors);
-        validate_labels(&self.metadata.labels, "metadata.labels", &mut errors);
+        validate_header(&self.api_version, &self.metadata, &mut errors);
         errors.into_result()
     }
 }

@@ -82,6 +82,21 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> boo
     t.elapsed()
 }
 
+/// Starts a controller process on a free port; returns it and its API base URL.
+async fn controller(http: &reqwest::Client, data: &Path, extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["controller", "--data", data.to_str().unwrap(), "--listen", &listen];
+    args.extend_from_slice(extra);
+    let ctl = spawn(&args);
+    let base = format!("http://127.0.0.1:{port}/api/v1alpha1");
+    wait_for("controller", Duration::from_secs(30), async || {
+        http.get(format!("{base}/plugins")).send().await.is_ok()
+    })
+    .await;
+    (ctl, base)
+}
+
 #[tokio::main]
 async fn main() {
     let venv = repo().join(".venv/bin/componentize-py");
@@ -107,19 +122,7 @@ async fn main() {
     };
 
     // 1. Apply latency and throughput.
-    let port = free_port();
-    let ctl = spawn(&[
-        "controller",
-        "--data",
-        dir.path().join("c1").to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let base = format!("http://127.0.0.1:{port}/api/v1alpha1");
-    wait_for("controller", Duration::from_secs(30), async || {
-        http.get(format!("{base}/plugins")).send().await.is_ok()
-    })
-    .await;
+    let (ctl, base) = controller(&http, &dir.path().join("c1"), &[]).await;
     http.put(format!("{base}/blobs/{digest}"))
         .body(bytes.clone())
         .send()
@@ -187,20 +190,8 @@ async fn main() {
     drop(ctl);
 
     // 2. Apply-to-running on two real nodelets.
-    let port = free_port();
-    let _ctl = spawn(&[
-        "controller",
-        "--data",
-        dir.path().join("c2").to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let base = format!("http://127.0.0.1:{port}/api/v1alpha1");
-    let server = format!("http://127.0.0.1:{port}");
-    wait_for("controller", Duration::from_secs(30), async || {
-        http.get(format!("{base}/plugins")).send().await.is_ok()
-    })
-    .await;
+    let (_ctl, base) = controller(&http, &dir.path().join("c2"), &[]).await;
+    let server = base.trim_end_matches("/api/v1alpha1").to_string();
     let mut node_ports = Vec::new();
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
@@ -276,21 +267,7 @@ async fn main() {
     drop(nodes);
 
     // 3. 1,000 simulated nodes, 100 plugins.
-    let port = free_port();
-    let ctl = spawn(&[
-        "controller",
-        "--data",
-        dir.path().join("c3").to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--node-timeout",
-        "120s",
-    ]);
-    let base = format!("http://127.0.0.1:{port}/api/v1alpha1");
-    wait_for("controller", Duration::from_secs(30), async || {
-        http.get(format!("{base}/plugins")).send().await.is_ok()
-    })
-    .await;
+    let (ctl, base) = controller(&http, &dir.path().join("c3"), &["--node-timeout", "120s"]).await;
     http.put(format!("{base}/blobs/{digest}"))
         .body(bytes.clone())
         .send()

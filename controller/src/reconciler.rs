@@ -225,10 +225,12 @@ impl Reconciler {
             let lease = lock(&self.leases).get(&node.metadata.name).copied();
             let (ok, reason, message) = match lease {
                 Some(at) if at.elapsed() <= self.node_timeout => (true, "HeartbeatReceived", String::new()),
-                Some(at) => (
+                // A stable message: a changing one would rewrite the Node on
+                // every pass.
+                Some(_) => (
                     false,
                     "HeartbeatTimeout",
-                    format!("no heartbeat for {}s", at.elapsed().as_secs()),
+                    format!("no heartbeat for more than {}s", self.node_timeout.as_secs()),
                 ),
                 None => (
                     false,

@@ -285,9 +285,13 @@ pub async fn run(
         let agent = agent.clone();
         let mut events = agent.runtime.subscribe();
         tokio::spawn(async move {
+            // One interval for the whole loop: telemetry arrives far more
+            // often than heartbeats and must not keep postponing them.
+            let mut beat = tokio::time::interval(agent.opts.heartbeat);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(agent.opts.heartbeat) => {}
+                    _ = beat.tick() => {}
                     _ = agent.report_now.notified() => {}
                     ev = events.recv() => {
                         if let Ok(ev) = ev && matches!(ev.kind, EventKind::Telemetry { .. } | EventKind::Log { .. }) {

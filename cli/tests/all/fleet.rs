@@ -386,6 +386,10 @@ fn a_node_that_stops_reporting_is_marked_not_ready_and_keeps_its_plugins() {
     fleet.start_node("edge", "role=sensor", "leds");
     fleet.apply(&fleet.plugin_yaml("p", "role: sensor", "{gpio: {pins: [17]}}", "1"));
     fleet.cli_ok(&["rollout", "status", "plugin/p"]);
+    // Its plugin emits telemetry every 100 ms; heartbeats must go on regardless.
+    std::thread::sleep(Duration::from_secs(4));
+    let nodes = fleet.cli_ok(&["get", "nodes"]);
+    assert!(nodes.contains(" Ready ") && !nodes.contains("NotReady"), "{nodes}");
     fleet.kill_node("edge");
     wait_until(T, "edge NotReady", || {
         fleet.cli_ok(&["get", "nodes"]).contains("NotReady")

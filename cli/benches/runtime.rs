@@ -254,7 +254,7 @@ fn nodelet_rss(plugins: &[(&str, &PathBuf, &str)]) -> (u64, u64) {
     let manifest = dir.path().join("node.yaml");
     std::fs::write(&manifest, yaml).unwrap();
     let data = dir.path().join("data");
-    let run = |warm_only: bool| {
+    let run = || {
         let port = free_port();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["nodelet", "--standalone"])
@@ -286,10 +286,9 @@ fn nodelet_rss(plugins: &[(&str, &PathBuf, &str)]) -> (u64, u64) {
         let result = (proc_kb(pid, "VmRSS:") * 1024, proc_kb(pid, "VmHWM:") * 1024);
         let _ = child.kill();
         let _ = child.wait();
-        let _ = warm_only;
         result
     };
     // First run compiles into the cache; the second is a node restart.
-    run(true);
-    run(false)
+    run();
+    run()
 }

@@ -308,11 +308,15 @@ async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Re
             }
         }
     });
-    Ok((
+    Ok(ndjson_response(stream))
+}
+
+fn ndjson_response(stream: impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static) -> Response {
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 /// A stream fed by a task; the task stops when the client goes away.
@@ -429,9 +433,5 @@ async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result
             }
         }
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(ndjson_response(stream))
 }

@@ -109,7 +109,6 @@ impl Agent {
                 let _ = tokio::task::spawn_blocking(move || rt.remove(&name)).await;
             }
         }
-        crate::cache::release_freed_memory();
         self.report_now.notify_one();
     }
 

@@ -110,7 +110,6 @@ impl CompileCache {
         std::fs::write(&tmp, &compiled).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         drop(compiled);
-        release_freed_memory();
         let component = deserialize(engine, &path).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         Ok((component, CacheOutcome::Compiled, started.elapsed()))
     }
@@ -118,7 +117,7 @@ impl CompileCache {
 
 /// Cranelift frees hundreds of MB after a Python compile, and each load
 /// frees an ~18 MB component buffer, but glibc keeps freed memory of its
-/// arenas; hand it back so a small board's node shrinks to its running size.
+/// arenas; `Runtime::apply` hands it back after every load.
 #[allow(unsafe_code)]
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

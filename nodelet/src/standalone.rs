@@ -66,7 +66,6 @@ pub async fn sync(runtime: &Arc<Runtime>, manifest: &StandaloneManifest) -> usiz
             }
         }
     }
-    crate::cache::release_freed_memory();
     let wanted: Vec<&str> = manifest.plugins.iter().map(|p| p.name.as_str()).collect();
     for name in runtime.plugin_names() {
         if !wanted.contains(&name.as_str()) {

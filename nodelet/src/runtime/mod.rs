@@ -232,7 +232,7 @@ impl Runtime {
                 s.phase = Phase::Loading;
             }
         });
-        match self.prepare(&spec, digest, generation) {
+        let result = match self.prepare(&spec, digest, generation) {
             Ok((version, instance)) => self.install(spec, digest, version, instance),
             Err(e) => {
                 self.report.emit(
@@ -244,7 +244,11 @@ impl Runtime {
                 );
                 Err(e)
             }
-        }
+        };
+        // The component bytes and the compiler's scratch memory are freed by
+        // now; give them back so a small board shrinks to its running size.
+        crate::cache::release_freed_memory();
+        result
     }
 
     /// Compiles (or loads from the cache), checks, links and initialises a
@@ -338,25 +342,28 @@ impl Runtime {
         if let Some(running) = plugins.get_mut(&spec.name) {
             let (done_tx, done_rx) = mpsc::channel();
             let replaced = running.generation;
-            if running
-                .tx
-                .send(worker::Msg::Swap {
-                    version,
-                    instance,
-                    done: done_tx,
-                })
-                .is_ok()
-                && done_rx.recv().is_ok()
-            {
-                running.spec = spec.without_component();
-                running.digest = digest;
-                running.generation = generation;
-                return Ok(Applied::Swapped { generation, replaced });
-            }
-            // The worker is gone (it panicked): fall through and start anew.
-            let name = spec.name.clone();
-            let (version, instance) = self.prepare(&spec, digest, generation)?;
-            plugins.remove(&name);
+            let swap = worker::Msg::Swap {
+                version: version.clone(),
+                instance,
+                done: done_tx,
+            };
+            // A worker that is gone (it panicked) is replaced by a new one
+            // running this version; nothing is compiled again.
+            let instance = match running.tx.send(swap) {
+                Ok(()) if done_rx.recv().is_ok() => {
+                    running.spec = spec.without_component();
+                    running.digest = digest;
+                    running.generation = generation;
+                    return Ok(Applied::Swapped { generation, replaced });
+                }
+                Err(mpsc::SendError(worker::Msg::Swap { instance, .. })) => instance,
+                _ => version.start().map_err(|f| LoadError::Init {
+                    plugin: spec.name.clone(),
+                    source_ref: spec.source.clone(),
+                    message: f.message,
+                })?,
+            };
+            plugins.remove(&spec.name);
             return self.spawn(&mut plugins, spec, digest, version, instance);
         }
         self.spawn(&mut plugins, spec, digest, version, instance)

@@ -14,7 +14,8 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     if path == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
-        return Ok(vec![(PathBuf::from("."), s)]);
+        // Named for messages; relative images resolve against the working directory.
+        return Ok(vec![(PathBuf::from("<stdin>"), s)]);
     }
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)

@@ -8,3 +8,4 @@ pub mod build;
 pub mod client;
 pub mod commands;
 pub mod nodelet;
+pub mod oci;

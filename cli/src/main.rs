@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use harvester::client::{Client, DEFAULT_SERVER};
-use harvester::{build, commands, nodelet};
+use harvester::{build, commands, nodelet, oci};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +62,43 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Create a cosign-compatible key pair: PREFIX.key (encrypted with
+    /// COSIGN_PASSWORD or a prompted password) and PREFIX.pub.
+    Keygen {
+        #[arg(long, value_name = "PREFIX", default_value = "cosign")]
+        output_key_prefix: PathBuf,
+    },
+    /// Push a component to an OCI registry as a wasm artifact, and sign it.
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Where: host/repository:tag.
+        target: String,
+        /// Sign the pushed digest with this private key.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Reach this registry over plain HTTP (loopback registries always are).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+    },
+    /// Sign an image already in a registry (adds to its signatures).
+    Sign {
+        /// host/repository:tag or host/repository@sha256:...
+        target: String,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+    },
+    /// Check an image is signed, for its repository, by one of the keys.
+    Verify {
+        target: String,
+        /// A public key to trust (repeat for several).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+    },
     /// Work with plugin sources.
     Plugin {
         #[command(subcommand)]
@@ -93,8 +130,11 @@ enum PluginCommand {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HARVESTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,bme680=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HARVESTER_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,wasmtime=warn,cranelift=warn,bme680=warn,oci_client=warn,sigstore=error",
+        )
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -119,6 +159,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Nodelet(args) => nodelet::run(args).await,
+        Command::Keygen { output_key_prefix } => oci::keygen(&output_key_prefix),
+        Command::Push {
+            file,
+            target,
+            key,
+            insecure_registry,
+        } => oci::push(&file, &target, key.as_deref(), &insecure_registry).await,
+        Command::Sign {
+            target,
+            key,
+            insecure_registry,
+        } => oci::sign(&target, &key, &insecure_registry).await,
+        Command::Verify {
+            target,
+            keys,
+            insecure_registry,
+        } => oci::verify(&target, &keys, &insecure_registry).await,
         Command::Controller {
             data,
             listen,

@@ -1,0 +1,160 @@
+//! `harvester keygen | push | sign | verify`: signed plugins in an OCI
+//! registry, compatible with cosign's key-based signatures.
+
+use anyhow::{Context, bail};
+use harvester_api::Digest;
+use harvester_registry::{
+    Credentials, PullError, Registry, RegistryOptions, SigningKey, TrustedKey, generate_key_pair, parse_reference,
+    progress_bar,
+};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+pub fn registry(insecure: &[String]) -> anyhow::Result<Registry> {
+    Ok(Registry::new(RegistryOptions {
+        insecure: insecure.to_vec(),
+        credentials: Credentials::from_environment()?,
+    }))
+}
+
+/// The key password, as cosign takes it: `COSIGN_PASSWORD`, else a prompt
+/// on a terminal.
+fn password(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Ok(p) = std::env::var("COSIGN_PASSWORD") {
+        return Ok(Zeroizing::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("set COSIGN_PASSWORD to the key's password (no terminal to ask on)");
+    }
+    let p = Zeroizing::new(rpassword::prompt_password("Enter password for private key: ")?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("Enter password for private key again: ")?);
+        if *again != *p {
+            bail!("the passwords differ");
+        }
+    }
+    Ok(p)
+}
+
+/// Writes `PREFIX.key` (encrypted, mode 0600) and `PREFIX.pub`, never over
+/// existing files.
+pub fn keygen(prefix: &Path) -> anyhow::Result<()> {
+    let key = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    for p in [&key, &public] {
+        if p.exists() {
+            bail!("{} exists: refusing to overwrite a key", p.display());
+        }
+    }
+    let pw = password(true)?;
+    let (private_pem, public_pem) = generate_key_pair(pw.as_bytes())?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .with_context(|| format!("creating {}", key.display()))?;
+        f.write_all(private_pem.as_bytes())?;
+    }
+    std::fs::write(&public, public_pem).with_context(|| format!("writing {}", public.display()))?;
+    let fp = TrustedKey::load(&public)?.fingerprint;
+    println!(
+        "Private key written to {} (encrypted with the password)\nPublic key written to {} (fingerprint {fp})",
+        key.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+fn signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pw = password(false)?;
+    SigningKey::load(path, pw.as_bytes())
+}
+
+pub async fn push(file: &Path, target: &str, key: Option<&Path>, insecure: &[String]) -> anyhow::Result<()> {
+    let reference = parse_reference(target)?;
+    if reference.digest().is_some() {
+        bail!("{target}: push to a tag (host/repository:tag); the digest is computed from the content");
+    }
+    // Decrypt first: a wrong password should not leave an unsigned push behind.
+    let key = key.map(signing_key).transpose()?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let title = file.file_name().and_then(|n| n.to_str()).unwrap_or("plugin.wasm");
+    let registry = registry(insecure)?;
+    let started = std::time::Instant::now();
+    let pushed = registry
+        .push(&reference, &bytes, title, &progress_bar(&format!("pushing {title}")))
+        .await?;
+    println!(
+        "pushed {} ({:.1} MB) in {:.2}s",
+        pushed.reference,
+        pushed.size as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(key) = key {
+        let n = registry.sign(&reference, &pushed.digest, &key).await?;
+        println!(
+            "signed {} with key {} ({n} signature(s))",
+            pushed.reference, key.fingerprint
+        );
+    }
+    Ok(())
+}
+
+pub async fn sign(target: &str, key: &Path, insecure: &[String]) -> anyhow::Result<()> {
+    let reference = parse_reference(target)?;
+    let key = signing_key(key)?;
+    let registry = registry(insecure)?;
+    let digest = resolve(&registry, target).await?;
+    let n = registry.sign(&reference, &digest, &key).await?;
+    println!(
+        "signed {}@{digest} with key {} ({n} signature(s))",
+        harvester_registry::repository(&reference),
+        key.fingerprint
+    );
+    Ok(())
+}
+
+async fn resolve(registry: &Registry, target: &str) -> anyhow::Result<Digest> {
+    let reference = parse_reference(target)?;
+    match registry.resolve(&reference).await {
+        Ok((digest, _)) => Ok(digest),
+        Err(PullError::Refused(r)) => bail!("{r}"),
+        Err(PullError::Registry(e)) => Err(e),
+    }
+}
+
+pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        bail!("name at least one public key with --key");
+    }
+    let keys: Vec<TrustedKey> = keys
+        .iter()
+        .map(|k| TrustedKey::load(k))
+        .collect::<anyhow::Result<_>>()?;
+    let reference = parse_reference(target)?;
+    let registry = registry(insecure)?;
+    let digest = resolve(&registry, target).await?;
+    match registry.verify(&reference, &digest, &keys).await {
+        Ok(v) => {
+            let by = keys
+                .iter()
+                .find(|k| k.fingerprint == v.key)
+                .map(|k| k.path.display().to_string())
+                .unwrap_or_default();
+            println!(
+                "Verified {}@{digest}\n  signed for {} by key {} ({by})",
+                harvester_registry::repository(&reference),
+                harvester_registry::repository(&reference),
+                v.key
+            );
+            Ok(())
+        }
+        Err(PullError::Refused(r)) => bail!("verification failed: {r}"),
+        Err(PullError::Registry(e)) => Err(e),
+    }
+}

@@ -1,0 +1,543 @@
+//! Talking to OCI registries: push a component, resolve a tag, pull by
+//! digest into the local store, read and add cosign signatures.
+//!
+//! Plain HTTP is used only for loopback registries and hosts named with
+//! `--insecure-registry`; everything else is HTTPS.
+
+use crate::artifact::{self, ComponentLayer};
+use crate::auth::Credentials;
+use crate::signing::{self, Refusal, SignatureLayer, SigningKey, TrustedKey, Verified};
+use crate::store::BlobStore;
+use futures::StreamExt;
+use harvester_api::Digest;
+use indicatif::ProgressBar;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Hosts (`host` or `host:port`) reached over plain HTTP although they
+    /// are not loopback.
+    pub insecure: Vec<String>,
+    pub credentials: Credentials,
+}
+
+/// Why a pull did not produce a component.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The artifact itself is unacceptable: final for this digest.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The registry could not be reached or answered an error: worth retrying.
+    #[error("{0:#}")]
+    Registry(anyhow::Error),
+}
+
+/// A parsed `host/repository[:tag][@digest]`, with a friendly error.
+pub fn parse_reference(s: &str) -> anyhow::Result<Reference> {
+    s.parse::<Reference>()
+        .map_err(|e| anyhow::anyhow!("{s:?} is not an OCI reference (host/repository:tag or @sha256:...): {e}"))
+}
+
+/// `registry/repository`, the identity a signature names.
+pub fn repository(reference: &Reference) -> String {
+    format!("{}/{}", reference.registry(), reference.repository())
+}
+
+/// `registry/repository@digest`.
+pub fn pinned(reference: &Reference, digest: &Digest) -> Reference {
+    Reference::with_digest(
+        reference.registry().to_string(),
+        reference.repository().to_string(),
+        digest.to_string(),
+    )
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        registry.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        _ => false,
+    }
+}
+
+/// What `push` produced.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// `registry/repository@sha256:...` of the manifest.
+    pub reference: String,
+    pub digest: Digest,
+    pub layer_digest: Digest,
+    pub size: u64,
+}
+
+pub struct Registry {
+    opts: RegistryOptions,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl Registry {
+    pub fn new(opts: RegistryOptions) -> Registry {
+        Registry {
+            opts,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `registry` is reached over plain HTTP.
+    pub fn is_plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry)
+            || self
+                .opts
+                .insecure
+                .iter()
+                .any(|h| h == registry || registry.split(':').next() == Some(h.as_str()))
+    }
+
+    fn client(&self, reference: &Reference) -> (Client, RegistryAuth) {
+        let registry = reference.resolve_registry().to_string();
+        let auth = self.opts.credentials.for_registry(reference.registry());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let client = clients
+            .entry(registry.clone())
+            .or_insert_with(|| {
+                let protocol = if self.is_plain_http(&registry) {
+                    ClientProtocol::Http
+                } else {
+                    ClientProtocol::Https
+                };
+                Client::new(ClientConfig {
+                    protocol,
+                    ..ClientConfig::default()
+                })
+            })
+            .clone();
+        (client, auth)
+    }
+
+    fn context(reference: &Reference, what: &str, e: OciDistributionError) -> anyhow::Error {
+        anyhow::anyhow!("{what} {reference}: {e}")
+    }
+
+    /// Uploads `component` as a wasm artifact at `target` (a tag), returning
+    /// the manifest digest everything should refer to from now on.
+    pub async fn push(
+        &self,
+        target: &Reference,
+        component: &[u8],
+        title: &str,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Pushed> {
+        artifact::check_component(component).map_err(|e| anyhow::anyhow!("{title}: {e}"))?;
+        let (client, auth) = self.client(target);
+        client
+            .auth(target, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| Self::context(target, "authenticating to push", e))?;
+        let created = httpdate_now();
+        let built = artifact::build(component, title, &created);
+        let layer = built.layer_digest.to_string();
+
+        progress.set_length(component.len() as u64);
+        let exists = client.blob_exists(target, &layer).await.unwrap_or(false);
+        if !exists {
+            let chunks: Vec<bytes::Bytes> = bytes::Bytes::copy_from_slice(component)
+                .chunks(1 << 20)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect();
+            let pb = progress.clone();
+            let stream = futures::stream::iter(chunks).map(move |c| {
+                pb.inc(c.len() as u64);
+                Ok(c)
+            });
+            client
+                .push_blob_stream(target, stream, &layer, Some(component.len() as u64))
+                .await
+                .map_err(|e| Self::context(target, "uploading the component to", e))?;
+        }
+        progress.set_position(component.len() as u64);
+        let config_digest = Digest::of(&built.config).to_string();
+        if !client.blob_exists(target, &config_digest).await.unwrap_or(false) {
+            client
+                .push_blob(target, built.config.clone(), &config_digest)
+                .await
+                .map_err(|e| Self::context(target, "uploading the config to", e))?;
+        }
+        let digest = Digest::of(&built.manifest);
+        client
+            .push_manifest_raw(
+                target,
+                built.manifest,
+                artifact::MANIFEST_MEDIA_TYPE.parse().expect("a valid header value"),
+            )
+            .await
+            .map_err(|e| Self::context(target, "pushing the manifest to", e))?;
+        progress.finish_and_clear();
+        Ok(Pushed {
+            reference: pinned(target, &digest).whole(),
+            digest,
+            layer_digest: built.layer_digest,
+            size: component.len() as u64,
+        })
+    }
+
+    /// The raw manifest at `reference`, checked against the digest in the
+    /// reference if it has one.
+    async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), OciDistributionError> {
+        let (client, auth) = self.client(reference);
+        client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
+        let (bytes, _) = client
+            .pull_manifest_raw(
+                reference,
+                &auth,
+                &[artifact::MANIFEST_MEDIA_TYPE, artifact::DOCKER_MANIFEST_MEDIA_TYPE],
+            )
+            .await?;
+        let digest = Digest::of(&bytes);
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Resolves a tag (or checks a digest) to the manifest digest of a wasm
+    /// component artifact.
+    pub async fn resolve(&self, reference: &Reference) -> Result<(Digest, ComponentLayer), PullError> {
+        let (bytes, digest) = self.manifest(reference).await.map_err(|e| {
+            if is_not_found(&e) {
+                PullError::Registry(anyhow::anyhow!("{reference}: no such image in the registry"))
+            } else {
+                PullError::Registry(Self::context(reference, "reading", e))
+            }
+        })?;
+        if let Some(want) = reference.digest()
+            && want != digest.to_string()
+        {
+            let expected: Digest = want
+                .parse()
+                .map_err(|e: String| PullError::Registry(anyhow::anyhow!(e)))?;
+            return Err(Refusal::DigestMismatch {
+                what: format!("manifest of {reference}"),
+                expected,
+                actual: digest,
+            }
+            .into());
+        }
+        let layer = artifact::component_layer(&bytes).map_err(|problem| Refusal::NotAComponent {
+            image: reference.whole(),
+            problem,
+        })?;
+        Ok((digest, layer))
+    }
+
+    /// Every cosign signature layer of `digest` in `reference`'s repository.
+    /// An empty list means unsigned; an error means the registry could not
+    /// say.
+    pub async fn signatures(&self, reference: &Reference, digest: &Digest) -> anyhow::Result<Vec<SignatureLayer>> {
+        let sig_ref = Reference::with_tag(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            signing::signature_tag(digest),
+        );
+        let bytes = match self.manifest(&sig_ref).await {
+            Ok((bytes, _)) => bytes,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Self::context(&sig_ref, "reading signatures", e)),
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let mut out = Vec::new();
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            if layer["mediaType"].as_str() != Some(signing::SIGNATURE_LAYER_MEDIA_TYPE) {
+                continue;
+            }
+            let Some(signature) = layer["annotations"][signing::SIGNATURE_ANNOTATION].as_str() else {
+                continue;
+            };
+            let Some(d) = layer["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else {
+                continue;
+            };
+            let payload = self
+                .blob(&sig_ref, &d, &ProgressBar::hidden())
+                .await
+                .map_err(|e| match e {
+                    PullError::Refused(r) => anyhow::anyhow!("{r}"),
+                    PullError::Registry(e) => e,
+                })?;
+            out.push(SignatureLayer {
+                payload,
+                signature: signature.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks `reference@digest` is signed, for this repository, by one of
+    /// `keys`.
+    pub async fn verify(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        keys: &[TrustedKey],
+    ) -> Result<Verified, PullError> {
+        let sigs = self.signatures(reference, digest).await.map_err(PullError::Registry)?;
+        Ok(signing::verify(&repository(reference), digest, &sigs, keys)?)
+    }
+
+    /// Adds a signature of `reference@digest` by `key`, keeping every
+    /// signature already there. Returns how many signatures it now has.
+    pub async fn sign(&self, reference: &Reference, digest: &Digest, key: &SigningKey) -> anyhow::Result<usize> {
+        let repo = repository(reference);
+        let mut layers = self.signatures(reference, digest).await?;
+        let (payload, signature) = key.sign(&repo, digest)?;
+        // ECDSA signatures differ every time; one per key is enough.
+        let own = TrustedKey::from_signing_key(key)?;
+        if layers
+            .iter()
+            .any(|l| signing::verify(&repo, digest, std::slice::from_ref(l), std::slice::from_ref(&own)).is_ok())
+        {
+            return Ok(layers.len());
+        }
+        layers.push(SignatureLayer { payload, signature });
+
+        let sig_ref = Reference::with_tag(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            signing::signature_tag(digest),
+        );
+        let (client, auth) = self.client(&sig_ref);
+        client
+            .auth(&sig_ref, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| Self::context(&sig_ref, "authenticating to push", e))?;
+        let mut descriptors = Vec::new();
+        for l in &layers {
+            let d = Digest::of(&l.payload);
+            if !client.blob_exists(&sig_ref, &d.to_string()).await.unwrap_or(false) {
+                client
+                    .push_blob(&sig_ref, l.payload.clone(), &d.to_string())
+                    .await
+                    .map_err(|e| Self::context(&sig_ref, "uploading a signature to", e))?;
+            }
+            descriptors.push(serde_json::json!({
+                "mediaType": signing::SIGNATURE_LAYER_MEDIA_TYPE,
+                "digest": d.to_string(),
+                "size": l.payload.len(),
+                "annotations": { signing::SIGNATURE_ANNOTATION: l.signature },
+            }));
+        }
+        // cosign's own config for signature images: the layer diff ids.
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "",
+            "config": {},
+            "created": "0001-01-01T00:00:00Z",
+            "history": [{"created": "0001-01-01T00:00:00Z"}],
+            "os": "",
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": layers.iter().map(|l| Digest::of(&l.payload).to_string()).collect::<Vec<_>>(),
+            },
+        }))?;
+        let config_digest = Digest::of(&config).to_string();
+        client
+            .push_blob(&sig_ref, config.clone(), &config_digest)
+            .await
+            .map_err(|e| Self::context(&sig_ref, "uploading the signature config to", e))?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": artifact::MANIFEST_MEDIA_TYPE,
+            "config": {
+                "mediaType": signing::SIGNATURE_CONFIG_MEDIA_TYPE,
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": descriptors,
+        }))?;
+        client
+            .push_manifest_raw(
+                &sig_ref,
+                manifest,
+                artifact::MANIFEST_MEDIA_TYPE.parse().expect("a valid header value"),
+            )
+            .await
+            .map_err(|e| Self::context(&sig_ref, "pushing signatures to", e))?;
+        Ok(layers.len())
+    }
+
+    /// Downloads one blob and checks it against its digest.
+    async fn blob(&self, reference: &Reference, digest: &Digest, progress: &ProgressBar) -> Result<Vec<u8>, PullError> {
+        let (client, auth) = self.client(reference);
+        client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
+        let desc = OciDescriptor {
+            digest: digest.to_string(),
+            ..OciDescriptor::default()
+        };
+        let mut stream = client
+            .pull_blob_stream(reference, &desc)
+            .await
+            .map_err(|e| PullError::Registry(Self::context(reference, &format!("downloading {digest} from"), e)))?;
+        if let Some(len) = stream.content_length {
+            progress.set_length(len);
+        }
+        let mut bytes = Vec::with_capacity(stream.content_length.unwrap_or(0) as usize);
+        let mut failed = None;
+        while let Some(chunk) = stream.stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    progress.inc(c.len() as u64);
+                    bytes.extend_from_slice(&c);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        progress.finish_and_clear();
+        let actual = Digest::of(&bytes);
+        let complete = stream.content_length.is_none_or(|l| l == bytes.len() as u64);
+        if &actual != digest && (failed.is_none() || complete) {
+            // Everything arrived, and it is not what was asked for.
+            return Err(Refusal::DigestMismatch {
+                what: format!("blob of {}", repository(reference)),
+                expected: *digest,
+                actual,
+            }
+            .into());
+        }
+        if let Some(e) = failed {
+            return Err(PullError::Registry(anyhow::anyhow!(
+                "downloading {digest} from {reference}: {e}"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The component of `reference@digest`: its manifest and layer from
+    /// `store` when present and intact, else from the registry, checked and
+    /// kept. Signatures are not checked here: call `verify` first.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        store: &BlobStore,
+        progress: &ProgressBar,
+    ) -> Result<Vec<u8>, PullError> {
+        let at = pinned(reference, digest);
+        let io = |e: std::io::Error| PullError::Registry(anyhow::anyhow!("local store: {e}"));
+        let manifest = match store.get(digest).map_err(io)? {
+            Some(m) => m,
+            None => {
+                let (bytes, actual) = self.manifest(&at).await.map_err(|e| match e {
+                    OciDistributionError::DigestError(DigestError::VerificationError { actual, .. }) => {
+                        PullError::Refused(Refusal::DigestMismatch {
+                            what: format!("manifest of {at}"),
+                            expected: *digest,
+                            actual: actual.parse().unwrap_or(*digest),
+                        })
+                    }
+                    e => PullError::Registry(Self::context(&at, "reading", e)),
+                })?;
+                if &actual != digest {
+                    return Err(Refusal::DigestMismatch {
+                        what: format!("manifest of {at}"),
+                        expected: *digest,
+                        actual,
+                    }
+                    .into());
+                }
+                store.put(digest, &bytes).map_err(io)?;
+                bytes
+            }
+        };
+        let layer = artifact::component_layer(&manifest).map_err(|problem| Refusal::NotAComponent {
+            image: at.whole(),
+            problem,
+        })?;
+        if let Some(bytes) = store.get(&layer.digest).map_err(io)? {
+            return Ok(bytes);
+        }
+        let bytes = self.blob(&at, &layer.digest, progress).await?;
+        artifact::check_component(&bytes).map_err(|problem| Refusal::NotAComponent {
+            image: at.whole(),
+            problem,
+        })?;
+        store.put(&layer.digest, &bytes).map_err(io)?;
+        Ok(bytes)
+    }
+}
+
+impl TrustedKey {
+    /// The public half of a signing key, to recognise its own signatures.
+    pub fn from_signing_key(key: &SigningKey) -> anyhow::Result<TrustedKey> {
+        TrustedKey::from_pem(std::path::Path::new("<signing key>"), key.public_pem().as_bytes())
+    }
+}
+
+/// Now, as RFC 3339 in UTC (the OCI `created` annotation's format).
+fn httpdate_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_or_named_hosts() {
+        let r = Registry::new(RegistryOptions {
+            insecure: vec!["lab.local:5000".into(), "10.0.0.9".into()],
+            ..RegistryOptions::default()
+        });
+        assert!(r.is_plain_http("127.0.0.1:5000"));
+        assert!(r.is_plain_http("localhost:5000"));
+        assert!(r.is_plain_http("[::1]:5000"));
+        assert!(r.is_plain_http("lab.local:5000"));
+        assert!(r.is_plain_http("10.0.0.9:5000"));
+        assert!(!r.is_plain_http("lab.local:5001"));
+        assert!(!r.is_plain_http("ghcr.io"));
+        assert!(!r.is_plain_http("127.0.0.1.example.com:5000"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = httpdate_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+}

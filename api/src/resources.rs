@@ -102,6 +102,12 @@ pub struct PluginOnNode {
     pub digest: Option<Digest>,
     #[serde(default)]
     pub restarts: u32,
+    /// Why the node is not running the assigned version as asked
+    /// (`SignatureInvalid`, `DigestMismatch`, `PullFailed`...), or
+    /// `Unsigned` when it runs one without a valid signature because it was
+    /// started with --allow-unsigned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
@@ -147,6 +153,12 @@ pub struct NodeStatusV1 {
     /// Where the node serves /metrics and /status.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    /// Fingerprints of the public keys this node accepts signatures from.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// The node runs components without a valid signature (development only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
     /// Milliseconds since the Unix epoch of the last heartbeat the controller saw.
     #[serde(default)]
     pub last_heartbeat: u64,

@@ -208,6 +208,8 @@ async fn main() {
             &format!("127.0.0.1:{p}"),
             "--data",
             dir.path().join(name).to_str().unwrap(),
+            // The component is uploaded through the controller, unsigned.
+            "--allow-unsigned",
         ]));
         node_ports.push(p);
     }

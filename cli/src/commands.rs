@@ -331,16 +331,19 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
         println!("Limits:        {}", serde_json::to_string(&obj["spec"]["limits"])?);
         println!("Nodes:");
         let mut rows = vec![
-            ["NODE", "PHASE", "GENERATION", "RESTARTS", "MESSAGE"]
+            ["NODE", "PHASE", "GENERATION", "DIGEST", "RESTARTS", "REASON", "MESSAGE"]
                 .map(String::from)
                 .to_vec(),
         ];
         for (n, s) in obj["status"]["nodes"].as_object().cloned().unwrap_or_default() {
+            let digest = s["digest"].as_str().unwrap_or("-");
             rows.push(vec![
                 format!("  {n}"),
                 s["phase"].as_str().unwrap_or_default().into(),
                 s["generation"].to_string(),
+                digest[..digest.len().min(19)].to_string(),
                 s["restarts"].to_string(),
+                s["reason"].as_str().unwrap_or("").into(),
                 s["message"].as_str().unwrap_or_default().into(),
             ]);
         }
@@ -355,6 +358,23 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
             labels(&Value::Null).replace("<none>", &s["devices"].to_string())
         );
         println!("Address:       {}", s["address"].as_str().unwrap_or_default());
+        let keys: Vec<&str> = s["trustedKeys"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "Trusts:        {}{}",
+            if keys.is_empty() {
+                "no key".to_string()
+            } else {
+                format!("keys {}", keys.join(", "))
+            },
+            if s["allowUnsigned"] == true {
+                "; RUNS UNSIGNED COMPONENTS (--allow-unsigned)"
+            } else {
+                ""
+            }
+        );
         println!("Heartbeat:     {} ago", age(s["lastHeartbeat"].as_u64().unwrap_or(0)));
         println!("Plugins:");
         for (p, st) in s["plugins"].as_object().cloned().unwrap_or_default() {
@@ -455,7 +475,9 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
         }
         if let Some(c) = condition(&p, "Degraded")
             && c["status"] == "True"
-            && c["reason"] == "PluginFailing"
+            // Waiting helps with a node down or a registry away, not with these.
+            && c["reason"] != "NodeNotReady"
+            && c["reason"] != "PullFailed"
         {
             bail!(
                 "plugin/{name} generation {generation} is failing: {}",

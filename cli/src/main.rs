@@ -28,9 +28,13 @@ enum Command {
         /// A node without a heartbeat for this long is NotReady.
         #[arg(long, value_name = "DURATION", default_value = "15s")]
         node_timeout: harvester_api::DurationSpec,
+        /// Reach this registry over plain HTTP when resolving tags
+        /// (loopback registries always are).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
     },
     /// Run the node agent.
-    Nodelet(nodelet::NodeletArgs),
+    Nodelet(Box<nodelet::NodeletArgs>),
     /// Create or update objects from manifests.
     Apply {
         /// A file, a directory of .yaml files, or - for stdin.
@@ -158,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Nodelet(args) => nodelet::run(args).await,
+        Command::Nodelet(args) => nodelet::run(*args).await,
         Command::Keygen { output_key_prefix } => oci::keygen(&output_key_prefix),
         Command::Push {
             file,
@@ -180,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             listen,
             node_timeout,
+            insecure_registry,
         } => {
             harvester_controller::run(
                 harvester_controller::ControllerOptions {
@@ -187,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     node_timeout: node_timeout.as_duration(),
                     resync: std::time::Duration::from_secs(2),
+                    registry: oci::registry(&insecure_registry)?.options().clone(),
                 },
                 nodelet::shutdown_signal(),
             )

@@ -58,6 +58,17 @@ pub struct NodeletArgs {
     /// Wait before restarting a trapped plugin (doubles per failure).
     #[arg(long, value_name = "DURATION", default_value = "1s")]
     pub restart_backoff: harvester_api::DurationSpec,
+    /// Run only images signed by this public key (cosign format; repeat for
+    /// several). Keys never come from the controller.
+    #[arg(long = "trust-key", value_name = "FILE")]
+    pub trust_keys: Vec<PathBuf>,
+    /// Run components without a valid signature too. For development only:
+    /// it says so loudly in the log and in every plugin's status.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Reach this registry over plain HTTP (loopback registries always are).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
 }
 
 fn default_name() -> String {
@@ -106,6 +117,15 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
     }
     let labels =
         harvester_api::resources::parse_selector(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let trust = harvester_nodelet::agent::TrustPolicy {
+        keys: args
+            .trust_keys
+            .iter()
+            .map(|p| harvester_registry::TrustedKey::load(p).map_err(|e| anyhow::anyhow!("--trust-key: {e:#}")))
+            .collect::<anyhow::Result<_>>()?,
+        allow_unsigned: args.allow_unsigned,
+    };
+    let registry = crate::oci::registry(&args.insecure_registry)?.options().clone();
     let on_pi = std::fs::read_to_string("/proc/device-tree/model")
         .map(|m| m.contains("Raspberry Pi"))
         .unwrap_or(false);
@@ -178,6 +198,8 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
                     data_dir: data,
                     heartbeat: args.heartbeat.as_duration(),
                     address,
+                    trust,
+                    registry,
                 },
                 shutdown_signal(),
             )

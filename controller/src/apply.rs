@@ -5,6 +5,7 @@
 use crate::store::{Kind, Store, StoreError, Write};
 use harvester_api::Digest;
 use harvester_api::resources::{Node, Object, Plugin, is_local_path};
+use harvester_registry::{PullError, Registry};
 use serde::Serialize;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -48,31 +49,41 @@ fn new_uid(kind: &str, name: &str) -> String {
     )
 }
 
-/// Pins `plugin.spec.digest`: trusts an uploaded blob, or reads a local file
-/// the controller can see.
-pub async fn resolve(store: &Store, plugin: &mut Plugin) -> Result<(), StoreError> {
+/// Pins `plugin.spec.digest`: trusts an uploaded blob, reads a local file
+/// the controller can see, or resolves an OCI tag to its manifest digest,
+/// once, here, so a tag moved later changes nothing until the next apply.
+pub async fn resolve(store: &Store, registry: &Registry, plugin: &mut Plugin) -> Result<(), StoreError> {
     let image = plugin.spec.image.clone();
+    let name = plugin.metadata.name.clone();
+    let invalid = |msg: String| StoreError::Invalid(format!("Plugin {name}: spec.image {image:?}: {msg}"));
+    if !is_local_path(&image) {
+        let reference = harvester_registry::parse_reference(&image).map_err(|e| invalid(format!("{e:#}")))?;
+        if let Some(d) = &plugin.spec.digest {
+            // An explicit pin must agree with a digest in the reference.
+            if reference.digest().is_some_and(|r| r != d.to_string()) {
+                return Err(invalid(format!("spec.digest {d} differs from the digest in the image")));
+            }
+            return Ok(());
+        }
+        let (digest, _) = registry.resolve(&reference).await.map_err(|e| match e {
+            PullError::Refused(r) => invalid(r.to_string()),
+            PullError::Registry(e) => invalid(format!("cannot resolve it to a digest: {e:#}")),
+        })?;
+        tracing::info!(plugin = name, image, %digest, "resolved");
+        plugin.spec.digest = Some(digest);
+        return Ok(());
+    }
     if let Some(d) = &plugin.spec.digest {
         if !store.has_blob(d)? {
             return Err(StoreError::Invalid(format!(
-                "Plugin {}: spec.digest {d}: no component with that digest was uploaded (harvester apply uploads local files)",
-                plugin.metadata.name
+                "Plugin {name}: spec.digest {d}: no component with that digest was uploaded (harvester apply uploads local files)"
             )));
         }
         return Ok(());
     }
-    if !is_local_path(&image) {
-        return Err(StoreError::Invalid(format!(
-            "Plugin {}: spec.image {image:?}: OCI registry images are not supported by this controller yet; use a path to a .wasm file",
-            plugin.metadata.name
-        )));
-    }
-    let bytes = tokio::fs::read(Path::new(&image)).await.map_err(|e| {
-        StoreError::Invalid(format!(
-            "Plugin {}: spec.image {image:?}: cannot read: {e}",
-            plugin.metadata.name
-        ))
-    })?;
+    let bytes = tokio::fs::read(Path::new(&image))
+        .await
+        .map_err(|e| invalid(format!("cannot read: {e}")))?;
     let digest = Digest::of(&bytes);
     store.put_blob(&digest, &bytes).await?;
     plugin.spec.digest = Some(digest);
@@ -81,10 +92,10 @@ pub async fn resolve(store: &Store, plugin: &mut Plugin) -> Result<(), StoreErro
 
 /// Creates or updates one object. `expected_rv` (from the object's
 /// metadata.resourceVersion) makes the write conditional.
-pub async fn apply(store: &Store, object: Object) -> Result<Applied, StoreError> {
+pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result<Applied, StoreError> {
     match object {
         Object::Plugin(mut p) => {
-            resolve(store, &mut p).await?;
+            resolve(store, registry, &mut p).await?;
             let name = p.metadata.name.clone();
             let sent_rv = p.metadata.resource_version;
             let incoming = p.clone();

@@ -23,6 +23,8 @@ pub struct ControllerOptions {
     pub node_timeout: Duration,
     /// How often the reconciler runs when nothing changes.
     pub resync: Duration,
+    /// How to reach OCI registries when resolving tags.
+    pub registry: harvester_registry::RegistryOptions,
 }
 
 /// Opens the store, starts the reconciler and serves the API until `shutdown`.
@@ -51,7 +53,11 @@ pub async fn run(
         options.data.display(),
         store.resource_version()
     );
-    let app = server::router(server::Api { store, reconciler });
+    let app = server::router(server::Api {
+        store,
+        reconciler,
+        registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     worker.abort();
     Ok(())

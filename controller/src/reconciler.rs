@@ -313,6 +313,7 @@ impl Reconciler {
                     generation: 0,
                     digest: None,
                     restarts: 0,
+                    reason: String::new(),
                     message: String::new(),
                 });
                 on_nodes.insert(node.metadata.name.clone(), reported);
@@ -324,7 +325,8 @@ impl Reconciler {
                 .filter(|(_, p)| {
                     // Crashing, or refusing the new version while the old runs on.
                     matches!(p.phase.as_str(), "Failed" | "CrashLoopBackOff")
-                        || (p.generation < generation && !p.message.is_empty())
+                        || (p.generation < generation && !p.message.is_empty() && p.reason != "Unsigned")
+                        || (!p.reason.is_empty() && p.reason != "Unsigned")
                 })
                 .map(|(n, p)| format!("{n}: {} {}", p.phase, p.message).trim().to_string())
                 .collect();
@@ -372,7 +374,13 @@ impl Reconciler {
                     )
                 },
                 if !failing.is_empty() {
-                    condition("Degraded", true, "PluginFailing", failing.join("; "))
+                    // A node's own reason (SignatureInvalid, PullFailed...) says more.
+                    let reason = on_nodes
+                        .values()
+                        .find(|p| !p.reason.is_empty() && p.reason != "Unsigned")
+                        .map(|p| p.reason.as_str())
+                        .unwrap_or("PluginFailing");
+                    condition("Degraded", true, reason, failing.join("; "))
                 } else if !unready.is_empty() {
                     condition(
                         "Degraded",
@@ -387,6 +395,29 @@ impl Reconciler {
                     condition("Degraded", false, "AsExpected", String::new())
                 },
             ];
+            let unsigned: Vec<&str> = on_nodes
+                .iter()
+                .filter(|(_, p)| p.reason == "Unsigned")
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !unsigned.is_empty() {
+                conditions.push(condition(
+                    "Verified",
+                    false,
+                    "UnsignedAllowed",
+                    format!(
+                        "running without a valid signature on {} (--allow-unsigned)",
+                        unsigned.join(", ")
+                    ),
+                ));
+            } else if done > 0 {
+                conditions.push(condition(
+                    "Verified",
+                    true,
+                    "SignatureVerified",
+                    "every node checked the signature against its own trusted keys".into(),
+                ));
+            }
             let old = plugin.status.clone().unwrap_or_default();
             merge_times(&mut conditions, &old.conditions, now);
             let status = PluginStatusV1 {

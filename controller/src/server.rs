@@ -28,6 +28,8 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 pub struct Api {
     pub store: Arc<Store>,
     pub reconciler: Arc<Reconciler>,
+    /// Resolves OCI tags to digests at apply.
+    pub registry: Arc<harvester_registry::Registry>,
 }
 
 pub struct ApiError(StatusCode, serde_json::Value);
@@ -108,10 +110,28 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
     if objects.is_empty() {
         return Err(bad_request("the manifest holds no documents".into()));
     }
+    // Resolve every image first: one that cannot be resolved applies nothing.
+    let mut objects = objects;
+    for (i, object) in objects.iter_mut().enumerate() {
+        if let Object::Plugin(p) = object
+            && let Err(e) = apply::resolve(&api.store, &api.registry, p).await
+        {
+            let ApiError(code, body) = e.into();
+            return Ok((
+                code,
+                Json(json!({
+                    "reason": body["reason"],
+                    "message": format!("document {}: {}", i + 1, body["message"].as_str().unwrap_or_default()),
+                    "applied": [],
+                })),
+            )
+                .into_response());
+        }
+    }
     let mut results = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
         let (kind, name) = (object.kind(), object.name().to_string());
-        match apply::apply(&api.store, object).await {
+        match apply::apply(&api.store, &api.registry, object).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 let partial: Vec<_> = results.iter().map(|r| json!(r)).collect();
@@ -230,7 +250,7 @@ async fn update(
             Object::Node(n)
         }
     };
-    let result = apply::apply(&api.store, object).await?;
+    let result = apply::apply(&api.store, &api.registry, object).await?;
     Ok(Json(json!(result)).into_response())
 }
 

@@ -9,8 +9,9 @@ use crate::runtime::{PluginSpec, Runtime};
 use futures::StreamExt;
 use harvester_api::Digest;
 use harvester_api::resources::{
-    API_VERSION, Assignment, Assignments, Labels, Node, NodeStatusV1, ObjectMeta, PluginOnNode,
+    API_VERSION, Assignment, Assignments, Labels, Node, NodeStatusV1, ObjectMeta, PluginOnNode, is_local_path,
 };
+use harvester_registry::{BlobStore, PullError, Refusal, Registry, RegistryOptions, TrustedKey, parse_reference};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,33 +28,93 @@ pub struct AgentOptions {
     pub heartbeat: Duration,
     /// Where this node serves /status and /metrics, for the Node object.
     pub address: String,
+    pub trust: TrustPolicy,
+    pub registry: RegistryOptions,
+}
+
+/// What this node runs. Keys come from the node's own configuration, never
+/// from the controller: a compromised hub cannot make a node run code.
+#[derive(Debug, Clone, Default)]
+pub struct TrustPolicy {
+    pub keys: Vec<TrustedKey>,
+    /// Run components without a valid signature (development only). Digests
+    /// are still checked.
+    pub allow_unsigned: bool,
+}
+
+/// Why an assignment is not running as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    generation: u64,
+    reason: &'static str,
+    message: String,
+    /// Set for refusals, counted in harvester_signature_refusals_total.
+    refusal: Option<&'static str>,
+}
+
+impl Failure {
+    fn refused(generation: u64, r: &Refusal) -> Failure {
+        Failure {
+            generation,
+            reason: r.reason(),
+            message: r.to_string(),
+            refusal: Some(r.label()),
+        }
+    }
+
+    fn transient(generation: u64, reason: &'static str, e: impl std::fmt::Display) -> Failure {
+        Failure {
+            generation,
+            reason,
+            message: e.to_string(),
+            refusal: None,
+        }
+    }
+}
+
+/// The version of a plugin this agent handed to the runtime.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    generation: u64,
+    /// The artifact the controller assigned (a manifest digest for OCI images).
+    artifact: Digest,
+    /// The component bytes' digest, as the runtime reports it.
+    component: Digest,
+    unsigned: bool,
+}
+
+/// Recorded when a signature checked out, so a restart with the registry
+/// down runs the same verified bytes from the local store.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct VerifiedRecord {
+    repository: String,
+    key: String,
 }
 
 struct Agent {
     runtime: Arc<Runtime>,
     opts: AgentOptions,
     http: reqwest::Client,
-    /// Load errors of versions the controller asked for but that did not start.
-    load_errors: Mutex<BTreeMap<String, (u64, String)>>,
+    registry: Registry,
+    store: BlobStore,
+    /// Versions the controller asked for that are not running, and why.
+    failures: Mutex<BTreeMap<String, Failure>>,
+    applied: Mutex<BTreeMap<String, Applied>>,
+    /// The latest assignments; one task converges on them.
+    desired: tokio::sync::watch::Sender<Option<Assignments>>,
     report_now: tokio::sync::Notify,
 }
 
-fn artifact_path(data: &Path, digest: &Digest) -> PathBuf {
-    data.join("artifacts").join(format!("{}.wasm", digest.hex()))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn verified_path(data: &Path, digest: &Digest) -> PathBuf {
+    data.join("verified").join(format!("{}.json", digest.hex()))
 }
 
 fn assignments_path(data: &Path) -> PathBuf {
     data.join("assignments.json")
-}
-
-/// Writes via a temporary file and rename, so a crash never leaves half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 impl Agent {
@@ -61,66 +122,182 @@ impl Agent {
         format!("{}/api/v1alpha1/{path}", self.opts.controller.trim_end_matches('/'))
     }
 
-    /// The component for `digest`: from the local store (checked against its
-    /// digest), else downloaded from the controller and checked.
-    async fn artifact(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
-        let path = artifact_path(&self.opts.data_dir, digest);
-        if let Ok(bytes) = tokio::fs::read(&path).await {
-            if &Digest::of(&bytes) == digest {
-                return Ok(bytes);
+    /// A component uploaded to the controller: from the local store, else
+    /// downloaded and checked against its digest.
+    async fn controller_blob(&self, a: &Assignment) -> Result<Vec<u8>, Failure> {
+        let digest = a.digest;
+        let store = self.store.clone();
+        let local = tokio::task::spawn_blocking(move || store.get(&digest))
+            .await
+            .map_err(|e| Failure::transient(a.generation, "PullFailed", e))?
+            .map_err(|e| Failure::transient(a.generation, "PullFailed", format!("local store: {e}")))?;
+        if let Some(bytes) = local {
+            return Ok(bytes);
+        }
+        let fetch = async {
+            let resp = self.http.get(self.url(&format!("blobs/{digest}"))).send().await?;
+            if !resp.status().is_success() {
+                anyhow::bail!("downloading {digest} from the controller: {}", resp.status());
             }
-            tracing::warn!(path = %path.display(), "local artifact does not match its digest; fetching it again");
-        }
-        let resp = self.http.get(self.url(&format!("blobs/{digest}"))).send().await?;
-        if !resp.status().is_success() {
-            anyhow::bail!("downloading {digest}: {}", resp.status());
-        }
-        let bytes = resp.bytes().await?.to_vec();
+            Ok(resp.bytes().await?.to_vec())
+        };
+        let bytes = fetch
+            .await
+            .map_err(|e: anyhow::Error| Failure::transient(a.generation, "PullFailed", format!("{e:#}")))?;
         let actual = Digest::of(&bytes);
-        if &actual != digest {
-            anyhow::bail!("downloaded bytes for {digest} have digest {actual}: refusing them");
+        if actual != digest {
+            return Err(Failure::refused(
+                a.generation,
+                &Refusal::DigestMismatch {
+                    what: format!("component {digest} from the controller"),
+                    expected: digest,
+                    actual,
+                },
+            ));
         }
-        let p = path.clone();
+        let store = self.store.clone();
         let b = bytes.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&p, &b)).await??;
+        tokio::task::spawn_blocking(move || store.put(&digest, &b))
+            .await
+            .map_err(|e| Failure::transient(a.generation, "PullFailed", e))?
+            .map_err(|e| Failure::transient(a.generation, "PullFailed", format!("local store: {e}")))?;
         Ok(bytes)
     }
 
-    /// Makes the runtime match `assignments`.
-    async fn converge(&self, assignments: &Assignments) {
+    /// An OCI image pinned by digest: its signature checked against this
+    /// node's keys (once; remembered for restarts), then its bytes pulled
+    /// and checked. Returns the component and whether it runs unsigned.
+    async fn oci_artifact(&self, a: &Assignment) -> Result<(Vec<u8>, bool), Failure> {
+        let g = a.generation;
+        let reference = parse_reference(&a.image).map_err(|e| Failure {
+            generation: g,
+            reason: "InvalidArtifact",
+            message: format!("{e:#}"),
+            refusal: None,
+        })?;
+        let repository = harvester_registry::repository(&reference);
+        let record_path = verified_path(&self.opts.data_dir, &a.digest);
+        let trusted_before = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<VerifiedRecord>(&b).ok())
+            .is_some_and(|r| r.repository == repository && self.opts.trust.keys.iter().any(|k| k.fingerprint == r.key));
+        let mut unsigned = false;
+        let mut verified = None;
+        let metrics = self.runtime.metrics();
+        if !trusted_before {
+            let started = std::time::Instant::now();
+            let outcome = self.registry.verify(&reference, &a.digest, &self.opts.trust.keys).await;
+            metrics
+                .fetch_seconds
+                .with_label_values(&["verify"])
+                .observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(v) => verified = Some(v),
+                Err(PullError::Refused(r)) if self.opts.trust.allow_unsigned && r.reason() == "SignatureInvalid" => {
+                    tracing::warn!(
+                        plugin = a.name,
+                        "RUNNING UNVERIFIED CODE because of --allow-unsigned: {r}"
+                    );
+                    unsigned = true;
+                }
+                Err(PullError::Refused(r)) => return Err(Failure::refused(g, &r)),
+                Err(PullError::Registry(e)) => return Err(Failure::transient(g, "PullFailed", format!("{e:#}"))),
+            }
+        }
+        let started = std::time::Instant::now();
+        let pulled = self
+            .registry
+            .pull(&reference, &a.digest, &self.store, &indicatif::ProgressBar::hidden())
+            .await;
+        metrics
+            .fetch_seconds
+            .with_label_values(&["pull"])
+            .observe(started.elapsed().as_secs_f64());
+        let bytes = pulled.map_err(|e| match e {
+            PullError::Refused(r) => Failure::refused(g, &r),
+            PullError::Registry(e) => Failure::transient(g, "PullFailed", format!("{e:#}")),
+        })?;
+        if let Some(v) = verified {
+            tracing::info!(plugin = a.name, image = %a.image, digest = %a.digest, key = v.key, "signature verified");
+            let record = serde_json::to_vec(&VerifiedRecord { repository, key: v.key })
+                .map_err(|e| Failure::transient(g, "PullFailed", e))?;
+            let _ = harvester_registry::store::write_atomic(&record_path, &record);
+        }
+        Ok((bytes, unsigned))
+    }
+
+    /// Makes the runtime match `assignments`. Returns whether something
+    /// could not be done (and is worth retrying).
+    async fn converge(&self, assignments: &Assignments) -> bool {
         for a in &assignments.plugins {
-            if let Err(e) = self.run_assignment(a).await {
-                tracing::error!(plugin = a.name, generation = a.generation, "{e:#}");
-                self.load_errors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(a.name.clone(), (a.generation, format!("{e:#}")));
-            } else {
-                self.load_errors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&a.name);
+            match self.run_assignment(a).await {
+                Ok(()) => {
+                    lock(&self.failures).remove(&a.name);
+                }
+                Err(f) => {
+                    let mut failures = lock(&self.failures);
+                    // Retries repeat the same failure: log and count it once.
+                    if failures.get(&a.name) != Some(&f) {
+                        tracing::error!(
+                            plugin = a.name,
+                            generation = a.generation,
+                            reason = f.reason,
+                            "{}",
+                            f.message
+                        );
+                        if let Some(label) = f.refusal {
+                            self.runtime
+                                .metrics()
+                                .refusals
+                                .with_label_values(&[&a.name, label])
+                                .inc();
+                        }
+                        failures.insert(a.name.clone(), f);
+                    }
+                }
             }
         }
         let wanted: Vec<&str> = assignments.plugins.iter().map(|a| a.name.as_str()).collect();
+        lock(&self.failures).retain(|name, _| wanted.contains(&name.as_str()));
         for name in self.runtime.plugin_names() {
             if !wanted.contains(&name.as_str()) {
+                lock(&self.applied).remove(&name);
                 let rt = self.runtime.clone();
                 let _ = tokio::task::spawn_blocking(move || rt.remove(&name)).await;
             }
         }
         self.report_now.notify_one();
+        // The same bytes and config fail to load the same way every time;
+        // a registry may come back, and a signature may be added.
+        lock(&self.failures).values().any(|f| f.reason != "LoadFailed")
     }
 
-    async fn run_assignment(&self, a: &Assignment) -> anyhow::Result<()> {
-        if let Some(s) = self.runtime.plugin_status(&a.name)
+    async fn run_assignment(&self, a: &Assignment) -> Result<(), Failure> {
+        let applied = lock(&self.applied).get(&a.name).copied();
+        if let (Some(s), Some(applied)) = (self.runtime.plugin_status(&a.name), applied)
+            && applied.generation == a.generation
+            && applied.artifact == a.digest
             && s.generation == a.generation
-            && s.digest == Some(a.digest)
+            && s.digest == Some(applied.component)
             && s.phase != Phase::Stopped
         {
             return Ok(());
         }
-        let bytes = self.artifact(&a.digest).await?;
+        let (bytes, unsigned) = if is_local_path(&a.image) {
+            if !self.opts.trust.allow_unsigned {
+                return Err(Failure::refused(
+                    a.generation,
+                    &Refusal::Unsigned {
+                        image: format!("{} (a local component uploaded to the controller)", a.image),
+                        tag: "-: push it with `harvester push --key` and apply the OCI reference, or start this node with --allow-unsigned".into(),
+                    },
+                ));
+            }
+            (self.controller_blob(a).await?, true)
+        } else {
+            self.oci_artifact(a).await?
+        };
+        let component = Digest::of(&bytes);
         let spec = PluginSpec {
             name: a.name.clone(),
             source: a.image.clone(),
@@ -132,7 +309,19 @@ impl Agent {
             generation: Some(a.generation),
         };
         let rt = self.runtime.clone();
-        tokio::task::spawn_blocking(move || rt.apply(spec)).await??;
+        tokio::task::spawn_blocking(move || rt.apply(spec))
+            .await
+            .map_err(|e| Failure::transient(a.generation, "LoadFailed", e))?
+            .map_err(|e| Failure::transient(a.generation, "LoadFailed", format!("{e:#}")))?;
+        lock(&self.applied).insert(
+            a.name.clone(),
+            Applied {
+                generation: a.generation,
+                artifact: a.digest,
+                component,
+                unsigned,
+            },
+        );
         Ok(())
     }
 
@@ -152,6 +341,8 @@ impl Agent {
                 devices: inv.devices,
                 led_count: inv.led_count,
                 address: self.opts.address.clone(),
+                trusted_keys: self.opts.trust.keys.iter().map(|k| k.fingerprint.clone()).collect(),
+                allow_unsigned: self.opts.trust.allow_unsigned,
                 last_heartbeat: crate::now_ms(),
                 plugins: self.plugin_states(),
                 conditions: Vec::new(),
@@ -160,26 +351,45 @@ impl Agent {
     }
 
     fn plugin_states(&self) -> BTreeMap<String, PluginOnNode> {
-        let errors = self.load_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failures = lock(&self.failures).clone();
+        let applied = lock(&self.applied).clone();
         let mut out = BTreeMap::new();
         for s in self.runtime.status() {
-            let message = match (s.phase, errors.get(&s.name)) {
-                (_, Some((_, e))) => e.clone(),
+            let ours = applied.get(&s.name).filter(|a| s.digest == Some(a.component));
+            let (reason, message) = match (s.phase, failures.get(&s.name)) {
+                (_, Some(f)) => (f.reason.to_string(), f.message.clone()),
                 (Phase::Failed | Phase::CrashLoopBackOff | Phase::Restarting, _) => {
-                    s.last_error.clone().unwrap_or_default()
+                    (String::new(), s.last_error.clone().unwrap_or_default())
                 }
-                _ => String::new(),
+                _ if ours.is_some_and(|a| a.unsigned) => (
+                    "Unsigned".to_string(),
+                    "running a component without a valid signature: this node was started with --allow-unsigned".into(),
+                ),
+                _ => (String::new(), String::new()),
             };
             out.insert(
                 s.name.clone(),
                 PluginOnNode {
                     phase: format!("{:?}", s.phase),
                     generation: s.generation,
-                    digest: s.digest,
+                    // The artifact digest the controller knows, not the layer's.
+                    digest: ours.map(|a| a.artifact).or(s.digest),
                     restarts: s.restarts,
+                    reason,
                     message,
                 },
             );
+        }
+        // Refused before anything ever ran here.
+        for (name, f) in failures {
+            out.entry(name).or_insert(PluginOnNode {
+                phase: "Failed".into(),
+                generation: 0,
+                digest: None,
+                restarts: 0,
+                reason: f.reason.to_string(),
+                message: f.message,
+            });
         }
         out
     }
@@ -245,8 +455,8 @@ impl Agent {
                 let assignments: Assignments = serde_json::from_value(value)?;
                 let path = assignments_path(&self.opts.data_dir);
                 let json = serde_json::to_vec_pretty(&assignments)?;
-                tokio::task::spawn_blocking(move || write_atomic(&path, &json)).await??;
-                self.converge(&assignments).await;
+                tokio::task::spawn_blocking(move || harvester_registry::store::write_atomic(&path, &json)).await??;
+                self.desired.send_replace(Some(assignments));
             }
         }
         anyhow::bail!("the controller closed the watch")
@@ -259,13 +469,25 @@ pub async fn run(
     opts: AgentOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if opts.trust.allow_unsigned {
+        tracing::warn!("--allow-unsigned: this node RUNS UNSIGNED COMPONENTS; use it for development only");
+    } else if opts.trust.keys.is_empty() {
+        tracing::warn!("this node trusts no signing key: every plugin will be refused; pass --trust-key FILE");
+    }
+    for k in &opts.trust.keys {
+        tracing::info!(key = k.fingerprint, file = %k.path.display(), "trusting signatures by this key");
+    }
     let agent = Arc::new(Agent {
         runtime,
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?,
+        registry: Registry::new(opts.registry.clone()),
+        store: BlobStore::new(opts.data_dir.join("blobs")),
         opts,
-        load_errors: Mutex::new(BTreeMap::new()),
+        failures: Mutex::new(BTreeMap::new()),
+        applied: Mutex::new(BTreeMap::new()),
+        desired: tokio::sync::watch::channel(None).0,
         report_now: tokio::sync::Notify::new(),
     });
 
@@ -274,11 +496,45 @@ pub async fn run(
         match serde_json::from_slice::<Assignments>(&text) {
             Ok(last) => {
                 tracing::info!(plugins = last.plugins.len(), "running the last known assignments");
-                agent.converge(&last).await;
+                agent.desired.send_replace(Some(last));
             }
             Err(e) => tracing::warn!("ignoring unreadable last assignments: {e}"),
         }
     }
+
+    // One task converges, so a slow pull or compile never stalls the watch;
+    // what failed is retried with backoff (a registry back up, a signature
+    // added later).
+    let converger = {
+        let agent = agent.clone();
+        let mut desired = agent.desired.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let current = desired.borrow_and_update().clone();
+                let retry = match &current {
+                    Some(a) => agent.converge(a).await,
+                    None => false,
+                };
+                if retry {
+                    tokio::select! {
+                        changed = desired.changed() => {
+                            if changed.is_err() { break }
+                            backoff = Duration::from_secs(1);
+                        }
+                        _ = tokio::time::sleep(backoff) => {
+                            backoff = (backoff * 2).min(Duration::from_secs(15));
+                        }
+                    }
+                } else {
+                    backoff = Duration::from_secs(1);
+                    if desired.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
 
     let reporter = {
         let agent = agent.clone();
@@ -331,6 +587,7 @@ pub async fn run(
     shutdown.await;
     watcher.abort();
     reporter.abort();
+    converger.abort();
     let rt = agent.runtime.clone();
     let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
     Ok(())

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub compiles: IntCounter,
     pub cache_hits: IntCounter,
     pub load_seconds: HistogramVec,
+    pub refusals: IntCounterVec,
+    pub fetch_seconds: HistogramVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -57,6 +59,18 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(load_seconds.clone()))
+            .expect("unique metric");
+        let fetch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "harvester_artifact_fetch_duration_seconds",
+                "Time to get an assigned artifact ready to load: verify its signature, pull its bytes",
+            )
+            .buckets(vec![0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["step"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(fetch_seconds.clone()))
             .expect("unique metric");
         let sensor = GaugeVec::new(
             Opts::new(
@@ -135,7 +149,14 @@ impl Metrics {
                 "Versions that failed to compile, link or initialise",
                 &["plugin"],
             ),
+            refusals: counter(
+                &registry,
+                "harvester_signature_refusals_total",
+                "Artifacts refused before running: unsigned, untrusted, signed for another repository, or tampered",
+                &["plugin", "reason"],
+            ),
             registry,
+            fetch_seconds,
             call_seconds,
             sensor,
             memory,

@@ -102,6 +102,10 @@ impl Registry {
         }
     }
 
+    pub fn options(&self) -> &RegistryOptions {
+        &self.opts
+    }
+
     /// Whether `registry` is reached over plain HTTP.
     pub fn is_plain_http(&self, registry: &str) -> bool {
         is_loopback(registry)

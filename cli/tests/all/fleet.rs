@@ -7,18 +7,18 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(60);
+pub const T: Duration = Duration::from_secs(60);
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    port: u16,
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
     controller: Option<Proc>,
     nodes: Vec<(String, u16, Proc)>,
     probe: PathBuf,
 }
 
 impl Fleet {
-    fn new() -> Fleet {
+    pub fn new() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let probe = dir.path().join("probe.wasm");
         std::fs::write(&probe, component("probe").as_slice()).unwrap();
@@ -54,10 +54,16 @@ impl Fleet {
         self.controller = None;
     }
 
+    /// A node for local (unsigned) components uploaded through the controller.
     fn start_node(&mut self, name: &str, labels: &str, devices: &str) -> u16 {
+        self.start_node_with(name, labels, devices, &["--allow-unsigned"])
+    }
+
+    pub fn start_node_with(&mut self, name: &str, labels: &str, devices: &str, extra: &[&str]) -> u16 {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["nodelet", "--name", name, "--labels", labels, "--sim-devices", devices])
+            .args(extra)
             .args(["--controller", &format!("http://127.0.0.1:{}", self.port)])
             .args([
                 "--listen",
@@ -68,7 +74,7 @@ impl Fleet {
             ])
             .arg(self.dir.path().join(name))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
             .spawn()
             .unwrap();
         self.nodes.retain(|n| n.0 != name);
@@ -77,19 +83,19 @@ impl Fleet {
         port
     }
 
-    fn kill_node(&mut self, name: &str) {
+    pub fn kill_node(&mut self, name: &str) {
         self.nodes.retain(|n| n.0 != name);
     }
 
-    fn node_port(&self, name: &str) -> u16 {
+    pub fn node_port(&self, name: &str) -> u16 {
         self.nodes.iter().find(|n| n.0 == name).unwrap().1
     }
 
-    fn node_pid(&self, name: &str) -> u32 {
+    pub fn node_pid(&self, name: &str) -> u32 {
         self.nodes.iter().find(|n| n.0 == name).unwrap().2.0.id()
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(args)
             .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", self.port))
@@ -97,7 +103,7 @@ impl Fleet {
             .unwrap()
     }
 
-    fn cli_ok(&self, args: &[&str]) -> String {
+    pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "harvester {args:?} failed: {stderr}");
@@ -112,19 +118,19 @@ impl Fleet {
         )
     }
 
-    fn apply(&self, yaml: &str) -> String {
+    pub fn apply(&self, yaml: &str) -> String {
         let file = self.dir.path().join("manifest.yaml");
         std::fs::write(&file, yaml).unwrap();
         self.cli_ok(&["apply", "-f", file.to_str().unwrap()])
     }
 
-    fn plugin(&self, name: &str) -> Value {
+    pub fn plugin(&self, name: &str) -> Value {
         serde_json::from_str(&self.cli_ok(&["get", "plugin", name, "-o", "json"])).unwrap()
     }
 }
 
 /// (generation, phase) of `plugin` as the node itself reports it.
-fn on_node(port: u16, plugin: &str) -> Option<(u64, String)> {
+pub fn on_node(port: u16, plugin: &str) -> Option<(u64, String)> {
     let s = status(port)?;
     s["plugins"].as_array()?.iter().find(|p| p["name"] == plugin).map(|p| {
         (
@@ -134,7 +140,7 @@ fn on_node(port: u16, plugin: &str) -> Option<(u64, String)> {
     })
 }
 
-fn runs(port: u16, plugin: &str, generation: u64) -> bool {
+pub fn runs(port: u16, plugin: &str, generation: u64) -> bool {
     on_node(port, plugin) == Some((generation, "Running".to_string()))
 }
 
@@ -190,6 +196,10 @@ fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
         describe.contains("AllNodesRunning") && describe.contains("pi4"),
         "{describe}"
     );
+    // A local component carries no signature: the node runs it only because
+    // of --allow-unsigned, and every status says so.
+    assert!(describe.contains("UnsignedAllowed"), "{describe}");
+    assert_eq!(fleet.plugin("probe")["status"]["nodes"]["pi4"]["reason"], "Unsigned");
     let labelled = fleet.cli_ok(&["get", "nodes", "-l", "role=hub", "-o", "json"]);
     let v: Value = serde_json::from_str(&labelled).unwrap();
     assert_eq!(v["items"].as_array().unwrap().len(), 1);

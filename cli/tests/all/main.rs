@@ -9,4 +9,5 @@ mod hot_swap;
 mod process;
 mod sandbox;
 mod showcase;
+mod signed;
 mod support;

@@ -247,3 +247,95 @@ pub fn status(port: u16) -> Option<serde_json::Value> {
     let (code, body) = http("GET", port, "/status")?;
     (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }
+
+/// A real CNCF distribution registry (Debian's docker-registry) on loopback,
+/// started with the repository's own `registry/start` script.
+pub struct TestRegistry {
+    pub port: u16,
+    pub dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl TestRegistry {
+    pub fn start(dir: &Path) -> TestRegistry {
+        let mut r = TestRegistry {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        r.resume();
+        r
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again, same port and data.
+    pub fn resume(&mut self) {
+        let child = std::process::Command::new("bash")
+            .arg(repo().join("registry/start"))
+            .arg(&self.dir)
+            .arg(self.host())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running registry/start (is docker-registry installed? scripts/setup installs it)");
+        self.proc = Some(Proc(child));
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "registry up", || {
+            http("GET", port, "/v2/").is_some_and(|r| r.0 == 200)
+        });
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+/// An HTTP/1.1 request to 127.0.0.1 with any content type and a binary body.
+pub fn http_raw(method: &str, port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
+/// `base` with a custom section appended: a valid, distinct component, so
+/// tests get their own digests without sharing blobs.
+pub fn variant(base: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"harvester-test";
+    let payload_len = 1 + name.len() + tag.len();
+    assert!(payload_len < 128 && name.len() < 128);
+    let mut out = base.to_vec();
+    out.push(0);
+    out.push(payload_len as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(tag.as_bytes());
+    out
+}

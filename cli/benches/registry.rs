@@ -1,0 +1,340 @@
+//! Signed-plugin benchmarks: `cargo bench -p harvester --bench registry`.
+//!
+//! Against a real docker-registry on loopback (started with `registry/start`):
+//! 1. push + sign of the Rust (probe) and the Python (dht22) component;
+//! 2. verify + pull into an empty local store;
+//! 3. apply-to-running of a new digest on two real nodelet processes that
+//!    trust the key, split into verify, pull and compile as the nodes' own
+//!    metrics measure them; the rest is the controller, the watch, the
+//!    instantiation, `init` and the swap.
+//!
+//! Results go to stdout and `target/bench-registry.md`.
+
+use harvester_registry::{BlobStore, Registry, RegistryOptions, SigningKey, TrustedKey, parse_reference};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &[&str]) -> Proc {
+    Proc(
+        std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `base` with a custom section appended: a distinct, valid component.
+fn variant(base: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"harvester-bench";
+    let mut out = base.to_vec();
+    out.push(0);
+    out.push((1 + name.len() + tag.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(tag.as_bytes());
+    out
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let t = Instant::now();
+    while !f().await {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sum of a histogram's `_sum` series with this label, from a node's /metrics.
+async fn metric_sum(http: &reqwest::Client, port: u16, series: &str) -> f64 {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+const STEPS: [(&str, &str); 3] = [
+    (
+        "verify",
+        "harvester_artifact_fetch_duration_seconds_sum{step=\"verify\"}",
+    ),
+    ("pull", "harvester_artifact_fetch_duration_seconds_sum{step=\"pull\"}"),
+    (
+        "compile",
+        "harvester_component_load_duration_seconds_sum{outcome=\"compiled\"}",
+    ),
+];
+
+#[tokio::main]
+async fn main() {
+    let venv = repo().join(".venv/bin/componentize-py");
+    let py = if venv.exists() {
+        venv
+    } else {
+        harvester::build::componentize_py()
+    };
+    let artifacts = repo().join("target/test-artifacts");
+    let build =
+        |dir: &str| std::fs::read(harvester::build::build_cached(&repo().join(dir), &artifacts, &py).unwrap()).unwrap();
+    let components = [
+        ("Rust (probe)", build("cli/tests/plugins/probe")),
+        ("Python (dht22)", build("plugins/dht22")),
+    ];
+
+    let dir = tempfile::tempdir().unwrap();
+    let reg_port = free_port();
+    let host = format!("127.0.0.1:{reg_port}");
+    let _registry = spawn(
+        "bash",
+        &[
+            repo().join("registry/start").to_str().unwrap(),
+            dir.path().join("registry").to_str().unwrap(),
+            &host,
+        ],
+    );
+    let http = reqwest::Client::new();
+    wait_for("registry", Duration::from_secs(20), async || {
+        http.get(format!("http://{host}/v2/")).send().await.is_ok()
+    })
+    .await;
+    let (private, public) = harvester_registry::generate_key_pair(b"bench").unwrap();
+    std::fs::write(dir.path().join("cosign.key"), private.as_bytes()).unwrap();
+    std::fs::write(dir.path().join("cosign.pub"), &public).unwrap();
+    let key = SigningKey::load(&dir.path().join("cosign.key"), b"bench").unwrap();
+    let trusted = TrustedKey::load(&dir.path().join("cosign.pub")).unwrap();
+    let registry = Registry::new(RegistryOptions::default());
+    let hidden = indicatif::ProgressBar::hidden();
+
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |a: &str, b: String, c: &str| {
+        println!("{a:<58} {b:>24}   {c}");
+        rows.push((a.into(), b, c.into()));
+    };
+
+    // 1 and 2: push + sign, then verify + pull into an empty store.
+    for (kind, bytes) in &components {
+        let (mut push, mut fetch) = (Vec::new(), Vec::new());
+        for i in 0..5 {
+            let r = parse_reference(&format!(
+                "{host}/bench/{}:{i}",
+                kind.split(' ').next().unwrap().to_lowercase()
+            ))
+            .unwrap();
+            let bytes = variant(bytes, &format!("push-{i}"));
+            let t = Instant::now();
+            let pushed = registry.push(&r, &bytes, "bench.wasm", &hidden).await.unwrap();
+            registry.sign(&r, &pushed.digest, &key).await.unwrap();
+            push.push(t.elapsed());
+
+            let store = BlobStore::new(dir.path().join(format!("store-{kind}-{i}")));
+            let t = Instant::now();
+            registry
+                .verify(&r, &pushed.digest, std::slice::from_ref(&trusted))
+                .await
+                .unwrap();
+            let got = registry.pull(&r, &pushed.digest, &store, &hidden).await.unwrap();
+            fetch.push(t.elapsed());
+            assert_eq!(got, bytes);
+        }
+        let mb = bytes.len() as f64 / 1e6;
+        row(
+            &format!("push + sign, {kind}, {mb:.1} MB (median of 5)"),
+            ms(median(push)),
+            "",
+        );
+        row(
+            &format!("verify + pull, {kind} (median of 5)"),
+            ms(median(fetch)),
+            "empty local store",
+        );
+    }
+
+    // 3. Apply-to-running on two nodes.
+    let ctl_port = free_port();
+    let bin = env!("CARGO_BIN_EXE_harvester");
+    let _ctl = spawn(
+        bin,
+        &[
+            "controller",
+            "--data",
+            dir.path().join("controller").to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{ctl_port}"),
+        ],
+    );
+    let server = format!("http://127.0.0.1:{ctl_port}");
+    wait_for("controller", Duration::from_secs(30), async || {
+        http.get(format!("{server}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let mut nodes = Vec::new();
+    let mut ports = Vec::new();
+    for name in ["a", "b"] {
+        let p = free_port();
+        nodes.push(spawn(
+            bin,
+            &[
+                "nodelet",
+                "--name",
+                name,
+                "--labels",
+                "bench=yes",
+                "--sim-devices",
+                "dht22,leds",
+                "--controller",
+                &server,
+                "--listen",
+                &format!("127.0.0.1:{p}"),
+                "--data",
+                dir.path().join(name).to_str().unwrap(),
+                "--trust-key",
+                dir.path().join("cosign.pub").to_str().unwrap(),
+            ],
+        ));
+        ports.push(p);
+    }
+    for p in &ports {
+        wait_for("nodelet", Duration::from_secs(30), async || {
+            http.get(format!("http://127.0.0.1:{p}/status")).send().await.is_ok()
+        })
+        .await;
+    }
+    let plans = [
+        (
+            "Rust (probe)",
+            "probe",
+            "{gpio: {pins: [17]}}",
+            "{VERSION: \"1\"}",
+            5,
+            "target 1 s",
+        ),
+        (
+            "Python (dht22)",
+            "dht22",
+            "{dht22: {pin: 4}, leds: {indices: [1]}}",
+            "{HIGH_TEMP: \"30\"}",
+            2,
+            "target 6 s",
+        ),
+    ];
+    for ((kind, bytes), (_, name, grants, config, rounds, target)) in components.iter().zip(plans) {
+        let mut totals = Vec::new();
+        let mut steps = [0.0f64; 3];
+        for i in 0..rounds {
+            let image = format!("{host}/fleet/{name}:{i}");
+            let r = parse_reference(&image).unwrap();
+            let pushed = registry
+                .push(&r, &variant(bytes, &format!("rollout-{i}")), "bench.wasm", &hidden)
+                .await
+                .unwrap();
+            registry.sign(&r, &pushed.digest, &key).await.unwrap();
+            let mut before = [0.0f64; 3];
+            for p in &ports {
+                for (s, (_, series)) in STEPS.iter().enumerate() {
+                    before[s] += metric_sum(&http, *p, series).await;
+                }
+            }
+            let doc = format!(
+                "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n  nodeSelector: {{bench: \"yes\"}}\n  grants: {grants}\n  config: {config}\n  tickInterval: 1s\n"
+            );
+            let t = Instant::now();
+            let resp = http
+                .post(format!("{server}/api/v1alpha1/apply"))
+                .body(doc)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+            let generation = (i + 1) as u64;
+            wait_for("rollout", Duration::from_secs(120), async || {
+                for p in &ports {
+                    let Ok(r) = http.get(format!("http://127.0.0.1:{p}/status")).send().await else {
+                        return false;
+                    };
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    let ok = v["plugins"].as_array().is_some_and(|ps| {
+                        ps.iter()
+                            .any(|x| x["name"] == name && x["generation"] == generation && x["phase"] == "Running")
+                    });
+                    if !ok {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+            totals.push(t.elapsed());
+            for p in &ports {
+                for (s, (_, series)) in STEPS.iter().enumerate() {
+                    steps[s] += metric_sum(&http, *p, series).await;
+                }
+            }
+            for (s, b) in before.iter().enumerate() {
+                steps[s] -= b;
+            }
+        }
+        // Per node and round.
+        let per = (rounds * ports.len()) as f64;
+        let split = STEPS
+            .iter()
+            .zip(steps)
+            .map(|((n, _), v)| format!("{n} {:.0}", v / per * 1e3))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        row(
+            &format!("apply to running on 2 nodes, {kind} (median of {rounds})"),
+            ms(median(totals)),
+            target,
+        );
+        row(
+            &format!("  per node: {} ms", STEPS.map(|s| s.0).join(" / ")),
+            split,
+            "new digest: compiled each time",
+        );
+    }
+
+    let mut md = String::from("| measurement | result | note |\n|---|---|---|\n");
+    for (a, b, c) in &rows {
+        md.push_str(&format!("| {a} | {b} | {c} |\n"));
+    }
+    std::fs::write(repo().join("target/bench-registry.md"), md).unwrap();
+}

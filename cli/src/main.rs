@@ -103,6 +103,18 @@ enum Command {
         #[arg(long, value_name = "HOST[:PORT]")]
         insecure_registry: Vec<String>,
     },
+    /// Download an image's component after verifying its signature.
+    Pull {
+        target: String,
+        /// A public key to trust (repeat for several).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// Where to write the component.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+    },
     /// Work with plugin sources.
     Plugin {
         #[command(subcommand)]
@@ -175,6 +187,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             insecure_registry,
         } => oci::sign(&target, &key, &insecure_registry).await,
+        Command::Pull {
+            target,
+            keys,
+            output,
+            insecure_registry,
+        } => oci::pull(&target, &keys, &output, &insecure_registry).await,
         Command::Verify {
             target,
             keys,

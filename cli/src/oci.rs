@@ -158,3 +158,42 @@ pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyh
         Err(PullError::Registry(e)) => Err(e),
     }
 }
+
+/// Verifies, then downloads the component of `target` to `output`.
+pub async fn pull(target: &str, keys: &[PathBuf], output: &Path, insecure: &[String]) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        bail!("name at least one public key with --key: pulled components are verified first");
+    }
+    let keys: Vec<TrustedKey> = keys
+        .iter()
+        .map(|k| TrustedKey::load(k))
+        .collect::<anyhow::Result<_>>()?;
+    let reference = parse_reference(target)?;
+    let registry = registry(insecure)?;
+    let digest = resolve(&registry, target).await?;
+    let verified = match registry.verify(&reference, &digest, &keys).await {
+        Ok(v) => v,
+        Err(PullError::Refused(r)) => bail!("verification failed: {r}"),
+        Err(PullError::Registry(e)) => return Err(e),
+    };
+    // A throwaway store: the bytes are checked against their digest on the way in.
+    let scratch = tempfile::tempdir()?;
+    let store = harvester_registry::BlobStore::new(scratch.path());
+    let bytes = match registry
+        .pull(&reference, &digest, &store, &progress_bar("pulling component"))
+        .await
+    {
+        Ok(b) => b,
+        Err(PullError::Refused(r)) => bail!("{r}"),
+        Err(PullError::Registry(e)) => return Err(e),
+    };
+    harvester_registry::store::write_atomic(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "pulled {}@{digest} ({:.1} MB, signed by key {}) to {}",
+        harvester_registry::repository(&reference),
+        bytes.len() as f64 / 1e6,
+        verified.key,
+        output.display()
+    );
+    Ok(())
+}

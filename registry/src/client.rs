@@ -79,6 +79,18 @@ fn is_not_found(e: &OciDistributionError) -> bool {
     }
 }
 
+fn is_unauthorized(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        _ => false,
+    }
+}
+
 /// What `push` produced.
 #[derive(Debug, Clone)]
 pub struct Pushed {
@@ -138,6 +150,15 @@ impl Registry {
     }
 
     fn context(reference: &Reference, what: &str, e: OciDistributionError) -> anyhow::Error {
+        if is_unauthorized(&e) {
+            return anyhow::anyhow!(
+                "{what} {reference}: the registry {} refused the credentials (or wants some): log in with `docker login`, `oras login` or `skopeo login --authfile`, or put them in {}",
+                reference.registry(),
+                Credentials::default_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "$DOCKER_CONFIG/config.json".into())
+            );
+        }
         anyhow::anyhow!("{what} {reference}: {e}")
     }
 

@@ -19,7 +19,7 @@ fn harvester(fleet: &Fleet, args: &[&str]) -> std::process::Output {
         .current_dir(fleet.dir.path())
         .env("COSIGN_PASSWORD", PASSWORD)
         .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", fleet.port))
-        .env("DOCKER_CONFIG", fleet.dir.path().join("no-docker-config"))
+        .env("DOCKER_CONFIG", fleet.dir.path().join("docker-config"))
         .output()
         .unwrap()
 }
@@ -260,6 +260,16 @@ fn signed_images_run_everywhere_and_unsigned_wrongly_signed_moved_or_tampered_on
     });
     assert_eq!(refusals(port_a, "tampered", "digest_mismatch"), 1);
 
+    // `harvester pull` verifies, then writes the exact bytes.
+    let out_file = f.dir.path().join("pulled.wasm");
+    let pinned = format!("{host}/plugins/probe@{d1}");
+    let public = s.public.to_str().unwrap();
+    harvester_ok(f, &["pull", &pinned, "--key", public, "-o", out_file.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out_file).unwrap(), variant(&probe, "v1"));
+    let err = harvester_err(f, &["pull", &good, "--key", public, "-o", "moved.wasm"]);
+    assert!(err.contains("is not signed"), "{err}");
+    assert!(!f.dir.path().join("moved.wasm").exists());
+
     // Two keys: a second signature keeps the first.
     let (second, second_pub) = keygen(f, "second");
     harvester_ok(f, &["sign", &other, "--key", second.to_str().unwrap()]);
@@ -465,4 +475,68 @@ fn oras(code: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_registry_that_wants_credentials_gets_them_from_the_docker_config() {
+    let fleet = Fleet::new();
+    let dir = fleet.dir.path();
+    // A bcrypt htpasswd entry (low cost: the registry checks it on every request).
+    let out = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt; print('alice:' + crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("registry.yml"),
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\nauth: {{htpasswd: {{realm: harvester, path: {}}}}}\n",
+            dir.join("registry-data").display(),
+            dir.join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    let _registry = Proc(
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("registry.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(T, "registry up", || {
+        http("GET", port, "/v2/").is_some_and(|r| r.0 == 401)
+    });
+    let (key, public) = keygen(&fleet, "cosign");
+    let target = format!("127.0.0.1:{port}/plugins/probe:1");
+    let file = dir.join("probe.wasm");
+    std::fs::write(&file, component("probe").as_slice()).unwrap();
+    let push = ["push", file.to_str().unwrap(), &target, "--key", key.to_str().unwrap()];
+
+    // Without credentials: one clear line saying what to do.
+    let err = harvester_err(&fleet, &push);
+    assert!(
+        err.contains("refused the credentials") && err.contains("config.json"),
+        "{err}"
+    );
+
+    // With them in the docker config (what `docker login` writes).
+    let config = dir.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        r#"{"auths": {"http://127.0.0.1:PORT": {"auth": "YWxpY2U6czNjcmV0"}}}"#.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    harvester_ok(&fleet, &push);
+    let out = harvester_ok(&fleet, &["verify", &target, "--key", public.to_str().unwrap()]);
+    assert!(out.contains("Verified"), "{out}");
 }

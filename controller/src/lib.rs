@@ -3,9 +3,11 @@
 //! - [`store`]: desired state in sled, the event log for watches, blobs.
 //! - [`apply`]: server-side apply: generations, digest pinning, optimistic concurrency.
 //! - [`reconciler`]: placement, Plugin and Node status, heartbeat leases.
-//! - [`server`]: the HTTP API.
+//! - [`server`]: the HTTP API, `/metrics` and Prometheus service discovery.
+//! - [`metrics`]: the hub's Prometheus metrics.
 
 pub mod apply;
+pub mod metrics;
 pub mod reconciler;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@
 //! recomputes the same answer from the store.
 
 use crate::apply::now_ms;
+use crate::metrics::Metrics;
 use crate::store::{Kind, Store, StoreError, Write};
 use harvester_api::resources::{
     Assignment, Assignments, Condition, ConditionStatus, Node, Plugin, PluginOnNode, PluginStatusV1, required_devices,
@@ -32,6 +33,7 @@ pub struct Reconciler {
     /// Recent human-readable events per Plugin, newest last (kept in memory,
     /// like Kubernetes events: for `describe`, not for history).
     events: Mutex<HashMap<String, VecDeque<(u64, String)>>>,
+    metrics: Arc<Metrics>,
 }
 
 const EVENTS_PER_OBJECT: usize = 20;
@@ -82,7 +84,12 @@ impl Reconciler {
             period,
             poke: Notify::new(),
             events: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn heartbeat(&self, node: &str) {
@@ -138,8 +145,10 @@ impl Reconciler {
         loop {
             let started = Instant::now();
             if let Err(e) = self.reconcile().await {
+                self.metrics.reconcile_errors.inc();
                 tracing::error!("reconcile failed: {e}");
             }
+            self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
             tracing::trace!(ms = started.elapsed().as_millis() as u64, "reconciled");
             tokio::select! {
                 r = changes.recv() => {
@@ -257,6 +266,22 @@ impl Reconciler {
             }
         }
 
+        let up = ready.values().filter(|r| **r).count() as i64;
+        self.metrics.nodes.with_label_values(&["Ready"]).set(up);
+        self.metrics
+            .nodes
+            .with_label_values(&["NotReady"])
+            .set(ready.len() as i64 - up);
+        self.metrics.heartbeat.reset();
+        for node in &nodes {
+            if let Some(ms) = self.last_heartbeat_ms(&node.metadata.name) {
+                self.metrics
+                    .heartbeat
+                    .with_label_values(&[&node.metadata.name])
+                    .set(ms as f64 / 1000.0);
+            }
+        }
+
         // Placement. A NotReady node keeps its assignments: no flapping.
         let mut per_node: BTreeMap<String, Vec<Assignment>> = BTreeMap::new();
         let mut per_plugin: BTreeMap<String, Vec<&Node>> = BTreeMap::new();
@@ -302,6 +327,8 @@ impl Reconciler {
         }
 
         // Plugin status from what the nodes report.
+        self.metrics.plugin_condition.reset();
+        self.metrics.rollout_nodes.reset();
         for plugin in &plugins {
             let name = &plugin.metadata.name;
             let generation = plugin.metadata.generation;
@@ -418,6 +445,18 @@ impl Reconciler {
                     "every node checked the signature against its own trusted keys".into(),
                 ));
             }
+            for c in &conditions {
+                for status in ["True", "False"] {
+                    let on = format!("{:?}", c.status) == status;
+                    self.metrics
+                        .plugin_condition
+                        .with_label_values(&[name.as_str(), c.kind.as_str(), status])
+                        .set(i64::from(on));
+                }
+            }
+            let rollout = &self.metrics.rollout_nodes;
+            rollout.with_label_values(&[name.as_str(), "placed"]).set(total as i64);
+            rollout.with_label_values(&[name.as_str(), "current"]).set(done as i64);
             let old = plugin.status.clone().unwrap_or_default();
             merge_times(&mut conditions, &old.conditions, now);
             let status = PluginStatusV1 {

@@ -3,6 +3,7 @@
 //! 400 with the parser's line and column; a stale update gets 409.
 
 use crate::apply::{self, node_update};
+use crate::metrics::StreamGuard;
 use crate::reconciler::Reconciler;
 use crate::store::{Kind, Store, StoreError, Write};
 use axum::body::{Body, Bytes};
@@ -77,6 +78,8 @@ fn kind_of(plural: &str) -> Result<Kind, ApiError> {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1alpha1/prometheus/targets", get(prometheus_targets))
         .route("/api/v1alpha1/apply", post(apply_docs))
         .route("/api/v1alpha1/watch", get(watch))
         .route(
@@ -116,6 +119,7 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
         if let Object::Plugin(p) = object
             && let Err(e) = apply::resolve(&api.store, &api.registry, p).await
         {
+            count_apply(&api, &Err(StoreError::Invalid(String::new())));
             let ApiError(code, body) = e.into();
             return Ok((
                 code,
@@ -131,7 +135,9 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
     let mut results = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
         let (kind, name) = (object.kind(), object.name().to_string());
-        match apply::apply(&api.store, &api.registry, object).await {
+        let result = apply::apply(&api.store, &api.registry, object).await;
+        count_apply(&api, &result);
+        match result {
             Ok(r) => results.push(r),
             Err(e) => {
                 let partial: Vec<_> = results.iter().map(|r| json!(r)).collect();
@@ -250,7 +256,9 @@ async fn update(
             Object::Node(n)
         }
     };
-    let result = apply::apply(&api.store, &api.registry, object).await?;
+    let result = apply::apply(&api.store, &api.registry, object).await;
+    count_apply(&api, &result);
+    let result = result?;
     Ok(Json(json!(result)).into_response())
 }
 
@@ -304,7 +312,9 @@ async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Re
     let mut live = api.store.subscribe();
     let backlog = api.store.events_since(q.resource_version)?;
     let mut last = backlog.last().map_or(q.resource_version, |e| e.resource_version);
+    let metrics = api.reconciler.metrics().clone();
     let stream = async_stream(move |tx| async move {
+        let _open = StreamGuard::new(&metrics, "watch");
         for ev in backlog {
             if tx.send(ndjson_line(&ev)).await.is_err() {
                 return;
@@ -437,7 +447,9 @@ async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> Result<R
 /// change, one JSON per line, with keepalives.
 async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let mut rx = api.reconciler.watch_assignments(&name);
+    let metrics = api.reconciler.metrics().clone();
     let stream = async_stream(move |tx| async move {
+        let _open = StreamGuard::new(&metrics, "assignments");
         let first = rx.borrow_and_update().clone();
         if tx.send(ndjson_line(&first)).await.is_err() {
             return;
@@ -454,4 +466,59 @@ async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result
         }
     });
     Ok(ndjson_response(stream))
+}
+
+fn count_apply(api: &Api, result: &Result<apply::Applied, StoreError>) {
+    let outcome = match result {
+        Ok(a) => match a.action {
+            apply::Action::Created => "created",
+            apply::Action::Configured => "configured",
+            apply::Action::Unchanged => "unchanged",
+        },
+        Err(StoreError::Invalid(_)) => "invalid",
+        Err(StoreError::Conflict { .. }) => "conflict",
+        Err(_) => "error",
+    };
+    api.reconciler
+        .metrics()
+        .apply_requests
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.reconciler.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Prometheus HTTP service discovery: every registered node that serves
+/// metrics, as one target group each, labelled with its name. Node labels
+/// come as `__meta_harvester_node_label_<key>` for relabelling.
+async fn prometheus_targets(State(api): State<Api>) -> Result<Response, ApiError> {
+    let mut groups = Vec::new();
+    for value in api.store.list(Kind::Node)? {
+        let node: harvester_api::resources::Node = serde_json::from_value(value).map_err(StoreError::from)?;
+        if node.status.address.is_empty() {
+            continue;
+        }
+        let mut labels = serde_json::Map::new();
+        labels.insert("node".into(), json!(node.metadata.name));
+        labels.insert("__meta_harvester_node_backend".into(), json!(node.status.backend));
+        labels.insert(
+            "__meta_harvester_node_architecture".into(),
+            json!(node.status.architecture),
+        );
+        for (k, v) in &node.metadata.labels {
+            let key: String = k
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            labels.insert(format!("__meta_harvester_node_label_{key}"), json!(v));
+        }
+        groups.push(json!({"targets": [node.status.address], "labels": labels}));
+    }
+    Ok(Json(groups).into_response())
 }

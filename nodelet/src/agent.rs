@@ -273,6 +273,7 @@ impl Agent {
     }
 
     async fn run_assignment(&self, a: &Assignment) -> Result<(), Failure> {
+        self.runtime.metrics().init_refusals(&a.name);
         let applied = lock(&self.applied).get(&a.name).copied();
         if let (Some(s), Some(applied)) = (self.runtime.plugin_status(&a.name), applied)
             && applied.generation == a.generation

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub load_seconds: HistogramVec,
     pub refusals: IntCounterVec,
     pub fetch_seconds: HistogramVec,
+    pub phase: IntGaugeVec,
+    pub info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -72,6 +74,27 @@ impl Metrics {
         registry
             .register(Box::new(fetch_seconds.clone()))
             .expect("unique metric");
+        for step in ["verify", "pull"] {
+            fetch_seconds.with_label_values(&[step]);
+        }
+        let phase = IntGaugeVec::new(
+            Opts::new(
+                "harvester_plugin_phase",
+                "1 for the phase the plugin is in (Loading, Running, Restarting, CrashLoopBackOff, Failed, Stopped)",
+            ),
+            &["plugin", "phase"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(phase.clone())).expect("unique metric");
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "harvester_plugin_info",
+                "The version a node runs: generation, component digest and image",
+            ),
+            &["plugin", "generation", "digest", "image"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(info.clone())).expect("unique metric");
         let sensor = GaugeVec::new(
             Opts::new(
                 "harvester_sensor_value",
@@ -157,6 +180,8 @@ impl Metrics {
             ),
             registry,
             fetch_seconds,
+            phase,
+            info,
             call_seconds,
             sensor,
             memory,
@@ -165,6 +190,55 @@ impl Metrics {
             cache_hits,
             load_seconds,
         }
+    }
+
+    /// Creates a plugin's series at zero, so rates and sums over them show
+    /// a flat line instead of nothing until the first event.
+    pub fn init_plugin(&self, plugin: &str) {
+        for v in [
+            &self.ticks,
+            &self.missed_ticks,
+            &self.tick_errors,
+            &self.restarts,
+            &self.load_failures,
+        ] {
+            v.with_label_values(&[plugin]);
+        }
+        for cap in harvester_api::Capability::ALL {
+            self.denied.with_label_values(&[plugin, cap.name()]);
+        }
+        for kind in ["timeout", "memory-limit", "trap"] {
+            self.traps.with_label_values(&[plugin, kind]);
+        }
+    }
+
+    /// Refusal reasons start at zero too, once a plugin is assigned.
+    pub fn init_refusals(&self, plugin: &str) {
+        for reason in [
+            "unsigned",
+            "untrusted",
+            "identity_mismatch",
+            "digest_mismatch",
+            "not_a_component",
+        ] {
+            self.refusals.with_label_values(&[plugin, reason]);
+        }
+    }
+
+    /// The exposition with each plugin's phase and version as of now.
+    pub fn render_with(&self, status: &[crate::events::PluginStatus]) -> String {
+        self.phase.reset();
+        self.info.reset();
+        for s in status {
+            self.phase
+                .with_label_values(&[s.name.as_str(), &format!("{:?}", s.phase)])
+                .set(1);
+            let digest = s.digest.map(|d| d.to_string()).unwrap_or_default();
+            self.info
+                .with_label_values(&[s.name.as_str(), &s.generation.to_string(), &digest, &s.source])
+                .set(1);
+        }
+        self.render()
     }
 
     /// The text exposition format, for `/metrics`.
@@ -198,6 +272,15 @@ impl Metrics {
         }
         for call in ["init", "tick", "on-command"] {
             let _ = self.call_seconds.remove_label_values(&[plugin, call]);
+        }
+        for reason in [
+            "unsigned",
+            "untrusted",
+            "identity_mismatch",
+            "digest_mismatch",
+            "not_a_component",
+        ] {
+            let _ = self.refusals.remove_label_values(&[plugin, reason]);
         }
     }
 }

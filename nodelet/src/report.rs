@@ -44,9 +44,10 @@ impl Reporter {
     /// Changes a plugin's status row, creating it if needed.
     pub fn update(&self, plugin: &str, source: &str, f: impl FnOnce(&mut PluginStatus)) {
         let mut all = lock(&self.status);
-        let row = all
-            .entry(plugin.to_string())
-            .or_insert_with(|| PluginStatus::new(plugin, source));
+        let row = all.entry(plugin.to_string()).or_insert_with(|| {
+            self.metrics.init_plugin(plugin);
+            PluginStatus::new(plugin, source)
+        });
         f(row);
     }
 

@@ -51,7 +51,7 @@ async fn status(State(app): State<App>) -> Json<NodeStatus> {
 async fn metrics(State(app): State<App>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        app.runtime.metrics().render(),
+        app.runtime.metrics().render_with(&app.runtime.status()),
     )
         .into_response()
 }

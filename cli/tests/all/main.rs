@@ -11,3 +11,4 @@ mod sandbox;
 mod showcase;
 mod signed;
 mod support;
+mod telemetry;

@@ -1,0 +1,150 @@
+//! The hub's Prometheus metrics: fleet state as the reconciler last saw it,
+//! and the API's own work. Labels stay low-cardinality: node, plugin,
+//! condition, outcome.
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub nodes: IntGaugeVec,
+    pub plugin_condition: IntGaugeVec,
+    pub rollout_nodes: IntGaugeVec,
+    pub heartbeat: GaugeVec,
+    pub reconcile_seconds: Histogram,
+    pub reconcile_errors: IntCounter,
+    pub apply_requests: IntCounterVec,
+    pub watch_connections: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+/// Outcomes of `POST apply` and `PUT`, known up front so every series exists
+/// from the start (a rate over a missing series shows nothing).
+pub const APPLY_OUTCOMES: [&str; 6] = ["created", "configured", "unchanged", "invalid", "conflict", "error"];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let m = Metrics {
+            nodes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("harvester_nodes", "Registered nodes by readiness"),
+                    &["condition"],
+                )
+                .expect("valid metric"),
+            ),
+            plugin_condition: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "harvester_plugin_condition",
+                        "1 when the plugin's condition has this status (Ready, Progressing, Degraded, Verified)",
+                    ),
+                    &["plugin", "condition", "status"],
+                )
+                .expect("valid metric"),
+            ),
+            rollout_nodes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "harvester_plugin_rollout_nodes",
+                        "Nodes a plugin is placed on, and of those the ones running its current generation",
+                    ),
+                    &["plugin", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            heartbeat: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "harvester_node_last_heartbeat_timestamp_seconds",
+                        "When the controller last heard from the node (Unix time)",
+                    ),
+                    &["node"],
+                )
+                .expect("valid metric"),
+            ),
+            reconcile_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("harvester_reconcile_duration_seconds", "Time of one reconcile pass")
+                        .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid metric"),
+            ),
+            reconcile_errors: register(
+                r,
+                IntCounter::new("harvester_reconcile_errors_total", "Reconcile passes that failed")
+                    .expect("valid metric"),
+            ),
+            apply_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("harvester_apply_requests_total", "Objects applied, by outcome"),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            watch_connections: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "harvester_watch_connections",
+                        "Open streams: nodes following their assignments, API watches",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        for o in APPLY_OUTCOMES {
+            m.apply_requests.with_label_values(&[o]);
+        }
+        for k in ["assignments", "watch"] {
+            m.watch_connections.with_label_values(&[k]);
+        }
+        for c in ["Ready", "NotReady"] {
+            m.nodes.with_label_values(&[c]);
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Counts an open stream for as long as it lives.
+pub struct StreamGuard(prometheus::IntGauge);
+
+impl StreamGuard {
+    pub fn new(metrics: &Metrics, kind: &str) -> StreamGuard {
+        let g = metrics.watch_connections.with_label_values(&[kind]);
+        g.inc();
+        StreamGuard(g)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub fetch_seconds: HistogramVec,
     pub phase: IntGaugeVec,
     pub info: IntGaugeVec,
+    /// Off only to measure what recording costs (the runtime benchmark).
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,6 +184,7 @@ impl Metrics {
             fetch_seconds,
             phase,
             info,
+            enabled: std::sync::atomic::AtomicBool::new(true),
             call_seconds,
             sensor,
             memory,
@@ -189,6 +192,22 @@ impl Metrics {
             compiles,
             cache_hits,
             load_seconds,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn tick_metrics(&self, plugin: &str) -> TickMetrics {
+        TickMetrics {
+            ticks: self.ticks.with_label_values(&[plugin]),
+            seconds: self.call_seconds.with_label_values(&[plugin, "tick"]),
+            memory: self.memory.with_label_values(&[plugin]),
         }
     }
 
@@ -282,6 +301,22 @@ impl Metrics {
         ] {
             let _ = self.refusals.remove_label_values(&[plugin, reason]);
         }
+    }
+}
+
+/// One plugin's per-tick series, looked up once per worker: a label lookup
+/// on every tick would cost a tenth of a Rust plugin's tick.
+pub struct TickMetrics {
+    ticks: prometheus::IntCounter,
+    seconds: prometheus::Histogram,
+    memory: prometheus::IntGauge,
+}
+
+impl TickMetrics {
+    pub fn record(&self, seconds: f64, memory: usize) {
+        self.ticks.inc();
+        self.seconds.observe(seconds);
+        self.memory.set(memory as i64);
     }
 }
 

@@ -59,13 +59,10 @@ impl Reporter {
         self.metrics.forget_plugin(plugin, &sensors);
     }
 
-    pub fn tick_done(&self, plugin: &str, seconds: f64, memory: usize) {
-        self.metrics.ticks.with_label_values(&[plugin]).inc();
-        self.metrics
-            .call_seconds
-            .with_label_values(&[plugin, "tick"])
-            .observe(seconds);
-        self.metrics.memory.with_label_values(&[plugin]).set(memory as i64);
+    pub fn tick_done(&self, plugin: &str, handles: &crate::metrics::TickMetrics, seconds: f64, memory: usize) {
+        if self.metrics.enabled() {
+            handles.record(seconds, memory);
+        }
         let mut all = lock(&self.status);
         if let Some(s) = all.get_mut(plugin) {
             s.ticks += 1;
@@ -99,7 +96,8 @@ impl Reporter {
                 }
             }
             EventKind::Telemetry { name, value, unit } => {
-                self.metrics.sensor.with_label_values(&[plugin, name, unit]).set(*value);
+                // The gauge was set by the telemetry capability, which
+                // keeps its handle.
                 if let Some(s) = lock(&self.status).get_mut(plugin) {
                     s.telemetry.insert(
                         name.clone(),

@@ -86,6 +86,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let manifest = StandaloneManifest::load(&manifest_path)?;
+    // Taken before applying: an edit made while a component compiles must
+    // not be mistaken for what was applied.
+    let mut seen = fingerprint(&manifest_path, &manifest.plugins);
     let failures = sync(&runtime, &manifest).await;
     tracing::info!(
         manifest = %manifest_path.display(),
@@ -93,7 +96,6 @@ pub async fn run(
         failures,
         "standalone manifest applied"
     );
-    let mut seen = fingerprint(&manifest_path, &manifest.plugins);
     let mut current = manifest;
     tokio::pin!(shutdown);
     let mut interval = tokio::time::interval(poll);
@@ -110,8 +112,8 @@ pub async fn run(
         match StandaloneManifest::load(&manifest_path) {
             Ok(m) => {
                 tracing::info!(manifest = %manifest_path.display(), "change detected, applying");
-                sync(&runtime, &m).await;
                 seen = fingerprint(&manifest_path, &m.plugins);
+                sync(&runtime, &m).await;
                 current = m;
             }
             Err(e) => {

@@ -25,18 +25,31 @@ impl Host for HostState {
             return;
         }
         {
+            let metrics = &self.ctx.report.metrics;
             let mut names = self.ctx.telemetry_names.lock().unwrap_or_else(|e| e.into_inner());
-            if !names.contains(&name) {
-                if names.len() >= MAX_NAMES {
-                    drop(names);
-                    self.ctx.log(
-                        LogLevel::Warn,
-                        LogSource::Node,
-                        format!("telemetry {name:?} ignored: a plugin may emit at most {MAX_NAMES} distinct names"),
-                    );
-                    return;
+            if !names.contains_key(&name) && names.len() >= MAX_NAMES {
+                drop(names);
+                self.ctx.log(
+                    LogLevel::Warn,
+                    LogSource::Node,
+                    format!("telemetry {name:?} ignored: a plugin may emit at most {MAX_NAMES} distinct names"),
+                );
+                return;
+            }
+            let (known_unit, gauge) = names.entry(name.clone()).or_insert_with(|| {
+                let g = metrics.sensor.with_label_values(&[&self.ctx.plugin, &name, &unit]);
+                (unit.clone(), g)
+            });
+            if metrics.enabled() {
+                if *known_unit == unit {
+                    gauge.set(value);
+                } else {
+                    // Same name, another unit: another series, looked up.
+                    metrics
+                        .sensor
+                        .with_label_values(&[&self.ctx.plugin, &name, &unit])
+                        .set(value);
                 }
-                names.insert(name.clone());
             }
         }
         self.ctx

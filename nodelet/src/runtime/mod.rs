@@ -309,7 +309,7 @@ impl Runtime {
             hardware: self.hardware.clone(),
             leds: self.leds.clone(),
             report: self.report.clone(),
-            telemetry_names: Mutex::new(BTreeSet::new()),
+            telemetry_names: Mutex::new(BTreeMap::new()),
         });
         let version = Arc::new(Version {
             pre: crate::bindings::FullPre::new(pre).map_err(link)?,

@@ -67,6 +67,7 @@ pub(crate) struct Worker {
     failures: u32,
     healthy_ticks: u32,
     last_error: String,
+    tick_metrics: crate::metrics::TickMetrics,
 }
 
 impl Worker {
@@ -91,6 +92,7 @@ impl Worker {
         );
         let worker = Worker {
             plugin: plugin.clone(),
+            tick_metrics: report.metrics.tick_metrics(&plugin),
             report,
             policy,
             next_tick: Instant::now() + version.tick_interval,
@@ -163,8 +165,12 @@ impl Worker {
             let started = Instant::now();
             match instance.tick(self.version.call_timeout) {
                 Ok(result) => {
-                    self.report
-                        .tick_done(&self.plugin, started.elapsed().as_secs_f64(), instance.memory_bytes());
+                    self.report.tick_done(
+                        &self.plugin,
+                        &self.tick_metrics,
+                        started.elapsed().as_secs_f64(),
+                        instance.memory_bytes(),
+                    );
                     if let Err(message) = result {
                         self.report.emit(&self.plugin, EventKind::TickFailed { message });
                     }

@@ -8,7 +8,7 @@ use crate::events::{EventKind, LogLevel, LogSource};
 use crate::hardware::Hardware;
 use crate::report::Reporter;
 use harvester_api::Grants;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -21,8 +21,10 @@ pub struct PluginContext {
     pub hardware: Hardware,
     pub leds: Arc<LedBuffer>,
     pub report: Arc<Reporter>,
-    /// Telemetry names seen, to cap metric cardinality.
-    pub telemetry_names: Mutex<BTreeSet<String>>,
+    /// Telemetry names seen, to cap metric cardinality, each with its unit
+    /// and its gauge: looking a series up by labels on every call would cost
+    /// more than the rest of the call.
+    pub telemetry_names: Mutex<BTreeMap<String, (String, prometheus::Gauge)>>,
 }
 
 impl PluginContext {

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub load_seconds: HistogramVec,
     pub refusals: IntCounterVec,
     pub fetch_seconds: HistogramVec,
+    pub instantiate_seconds: HistogramVec,
     pub phase: IntGaugeVec,
     pub info: IntGaugeVec,
     /// Off only to measure what recording costs (the runtime benchmark).
@@ -97,6 +98,20 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(info.clone())).expect("unique metric");
+        let instantiate_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "harvester_plugin_instantiate_duration_seconds",
+                "Time to instantiate a plugin (at start, swap and restart), before init",
+            )
+            .buckets(vec![
+                0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+            ]),
+            &["plugin"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(instantiate_seconds.clone()))
+            .expect("unique metric");
         let sensor = GaugeVec::new(
             Opts::new(
                 "harvester_sensor_value",
@@ -182,6 +197,7 @@ impl Metrics {
             ),
             registry,
             fetch_seconds,
+            instantiate_seconds,
             phase,
             info,
             enabled: std::sync::atomic::AtomicBool::new(true),
@@ -292,6 +308,7 @@ impl Metrics {
         for call in ["init", "tick", "on-command"] {
             let _ = self.call_seconds.remove_label_values(&[plugin, call]);
         }
+        let _ = self.instantiate_seconds.remove_label_values(&[plugin]);
         for reason in [
             "unsigned",
             "untrusted",

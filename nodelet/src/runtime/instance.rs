@@ -71,9 +71,16 @@ impl Version {
             HostState::new(self.ctx.clone(), self.memory_limit.bytes()),
         );
         store.limiter(|s| &mut s.limits);
+        let started = std::time::Instant::now();
         let bindings = call(&mut store, self.call_timeout, "instantiation", |s| {
             self.pre.instantiate(s)
         })?;
+        self.ctx
+            .report
+            .metrics
+            .instantiate_seconds
+            .with_label_values(&[&self.ctx.plugin])
+            .observe(started.elapsed().as_secs_f64());
         Ok(Instance { store, bindings })
     }
 }

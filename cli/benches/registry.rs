@@ -10,22 +10,12 @@
 //!
 //! Results go to stdout and `target/bench-registry.md`.
 
+mod common;
+use common::*;
+
 use harvester_registry::{BlobStore, Registry, RegistryOptions, SigningKey, TrustedKey, parse_reference};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Proc(std::process::Child);
 

@@ -5,6 +5,9 @@
 //! host call, the cost of one tick, and the resident memory of a real
 //! nodelet process running the three showcase Python plugins.
 
+mod common;
+use common::*;
+
 use harvester_api::standalone::Limits;
 use harvester_api::{Digest, DurationSpec, Grants, MemorySize};
 use harvester_nodelet::cache::CompileCache;
@@ -13,14 +16,10 @@ use harvester_nodelet::hardware::sim::{self, SimProfile};
 use harvester_nodelet::runtime::RestartPolicy;
 use harvester_nodelet::{PluginSpec, Runtime, RuntimeOptions};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 fn component(dir: &str) -> PathBuf {
     let venv = repo().join(".venv/bin/componentize-py");
@@ -244,10 +243,6 @@ fn main() {
     let out = repo().join("target/bench-runtime.md");
     std::fs::write(&out, md).unwrap();
     println!("\nwritten to {}", out.display());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn get(port: u16, path: &str) -> Option<String> {

@@ -120,15 +120,20 @@ pub async fn sign(target: &str, key: &Path, insecure: &[String]) -> anyhow::Resu
 }
 
 async fn resolve(registry: &Registry, target: &str) -> anyhow::Result<Digest> {
-    let reference = parse_reference(target)?;
-    match registry.resolve(&reference).await {
-        Ok((digest, _)) => Ok(digest),
-        Err(PullError::Refused(r)) => bail!("{r}"),
-        Err(PullError::Registry(e)) => Err(e),
-    }
+    Ok(registry.resolve(&parse_reference(target)?).await?.0)
 }
 
-pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::Result<()> {
+/// What `verify` and `pull` establish first: the digest `target` names now
+/// and which of `keys` signed it for its repository.
+struct Checked {
+    registry: Registry,
+    reference: harvester_registry::Reference,
+    digest: Digest,
+    keys: Vec<TrustedKey>,
+    signer: String,
+}
+
+async fn check(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::Result<Checked> {
     if keys.is_empty() {
         bail!("name at least one public key with --key");
     }
@@ -139,60 +144,53 @@ pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyh
     let reference = parse_reference(target)?;
     let registry = registry(insecure)?;
     let digest = resolve(&registry, target).await?;
-    match registry.verify(&reference, &digest, &keys).await {
-        Ok(v) => {
-            let by = keys
-                .iter()
-                .find(|k| k.fingerprint == v.key)
-                .map(|k| k.path.display().to_string())
-                .unwrap_or_default();
-            println!(
-                "Verified {}@{digest}\n  signed for {} by key {} ({by})",
-                harvester_registry::repository(&reference),
-                harvester_registry::repository(&reference),
-                v.key
-            );
-            Ok(())
-        }
+    let signer = match registry.verify(&reference, &digest, &keys).await {
+        Ok(v) => v.key,
         Err(PullError::Refused(r)) => bail!("verification failed: {r}"),
-        Err(PullError::Registry(e)) => Err(e),
-    }
+        Err(PullError::Registry(e)) => return Err(e),
+    };
+    Ok(Checked {
+        registry,
+        reference,
+        digest,
+        keys,
+        signer,
+    })
+}
+
+pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::Result<()> {
+    let c = check(target, keys, insecure).await?;
+    let by = c
+        .keys
+        .iter()
+        .find(|k| k.fingerprint == c.signer)
+        .map(|k| k.path.display().to_string())
+        .unwrap_or_default();
+    let repository = harvester_registry::repository(&c.reference);
+    println!(
+        "Verified {repository}@{}\n  signed for {repository} by key {} ({by})",
+        c.digest, c.signer
+    );
+    Ok(())
 }
 
 /// Verifies, then downloads the component of `target` to `output`.
 pub async fn pull(target: &str, keys: &[PathBuf], output: &Path, insecure: &[String]) -> anyhow::Result<()> {
-    if keys.is_empty() {
-        bail!("name at least one public key with --key: pulled components are verified first");
-    }
-    let keys: Vec<TrustedKey> = keys
-        .iter()
-        .map(|k| TrustedKey::load(k))
-        .collect::<anyhow::Result<_>>()?;
-    let reference = parse_reference(target)?;
-    let registry = registry(insecure)?;
-    let digest = resolve(&registry, target).await?;
-    let verified = match registry.verify(&reference, &digest, &keys).await {
-        Ok(v) => v,
-        Err(PullError::Refused(r)) => bail!("verification failed: {r}"),
-        Err(PullError::Registry(e)) => return Err(e),
-    };
+    let c = check(target, keys, insecure).await?;
     // A throwaway store: the bytes are checked against their digest on the way in.
     let scratch = tempfile::tempdir()?;
     let store = harvester_registry::BlobStore::new(scratch.path());
-    let bytes = match registry
-        .pull(&reference, &digest, &store, &progress_bar("pulling component"))
-        .await
-    {
-        Ok(b) => b,
-        Err(PullError::Refused(r)) => bail!("{r}"),
-        Err(PullError::Registry(e)) => return Err(e),
-    };
+    let bytes = c
+        .registry
+        .pull(&c.reference, &c.digest, &store, &progress_bar("pulling component"))
+        .await?;
     harvester_registry::store::write_atomic(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
     println!(
-        "pulled {}@{digest} ({:.1} MB, signed by key {}) to {}",
-        harvester_registry::repository(&reference),
+        "pulled {}@{} ({:.1} MB, signed by key {}) to {}",
+        harvester_registry::repository(&c.reference),
+        c.digest,
         bytes.len() as f64 / 1e6,
-        verified.key,
+        c.signer,
         output.display()
     );
     Ok(())

@@ -119,38 +119,20 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
         if let Object::Plugin(p) = object
             && let Err(e) = apply::resolve(&api.store, &api.registry, p).await
         {
-            count_apply(&api, &Err(StoreError::Invalid(String::new())));
-            let ApiError(code, body) = e.into();
-            return Ok((
-                code,
-                Json(json!({
-                    "reason": body["reason"],
-                    "message": format!("document {}: {}", i + 1, body["message"].as_str().unwrap_or_default()),
-                    "applied": [],
-                })),
-            )
-                .into_response());
+            return Ok(document_error(&api, format!("document {}", i + 1), e, &[]));
         }
     }
     let mut results = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
         let (kind, name) = (object.kind(), object.name().to_string());
-        let result = apply::apply(&api.store, &api.registry, object).await;
-        count_apply(&api, &result);
-        match result {
-            Ok(r) => results.push(r),
+        match apply::apply(&api.store, &api.registry, object).await {
+            Ok(r) => {
+                count_apply(&api, Ok(&r));
+                results.push(r);
+            }
             Err(e) => {
-                let partial: Vec<_> = results.iter().map(|r| json!(r)).collect();
-                let ApiError(code, body) = e.into();
-                return Ok((
-                    code,
-                    Json(json!({
-                        "reason": body["reason"],
-                        "message": format!("document {} ({kind} {name}): {}", i + 1, body["message"].as_str().unwrap_or_default()),
-                        "applied": partial,
-                    })),
-                )
-                    .into_response());
+                let doc = format!("document {} ({kind} {name})", i + 1);
+                return Ok(document_error(&api, doc, e, &results));
             }
         }
     }
@@ -257,7 +239,7 @@ async fn update(
         }
     };
     let result = apply::apply(&api.store, &api.registry, object).await;
-    count_apply(&api, &result);
+    count_apply(&api, result.as_ref());
     let result = result?;
     Ok(Json(json!(result)).into_response())
 }
@@ -468,7 +450,20 @@ async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result
     Ok(ndjson_response(stream))
 }
 
-fn count_apply(api: &Api, result: &Result<apply::Applied, StoreError>) {
+/// The answer when one document of an apply fails: which one, why, and what
+/// was applied before it.
+fn document_error(api: &Api, document: String, e: StoreError, applied: &[apply::Applied]) -> Response {
+    count_apply(api, Err(&e));
+    let ApiError(code, body) = e.into();
+    let message = format!("{document}: {}", body["message"].as_str().unwrap_or_default());
+    (
+        code,
+        Json(json!({"reason": body["reason"], "message": message, "applied": applied})),
+    )
+        .into_response()
+}
+
+fn count_apply(api: &Api, result: Result<&apply::Applied, &StoreError>) {
     let outcome = match result {
         Ok(a) => match a.action {
             apply::Action::Created => "created",

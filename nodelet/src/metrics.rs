@@ -30,127 +30,143 @@ pub struct Metrics {
     enabled: std::sync::atomic::AtomicBool,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
     registry.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let call_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "harvester_plugin_call_duration_seconds",
-                "Time spent in one call into a plugin",
+        let call_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "harvester_plugin_call_duration_seconds",
+                    "Time spent in one call into a plugin",
+                )
+                .buckets(vec![
+                    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ]),
+                &["plugin", "call"],
             )
-            .buckets(vec![
-                0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
-            ]),
-            &["plugin", "call"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(call_seconds.clone()))
-            .expect("unique metric");
-        let load_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "harvester_component_load_duration_seconds",
-                "Time to get a runnable component: compile or load from the cache",
+            .expect("valid metric"),
+        );
+        let load_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "harvester_component_load_duration_seconds",
+                    "Time to get a runnable component: compile or load from the cache",
+                )
+                .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["outcome"],
             )
-            .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(load_seconds.clone()))
-            .expect("unique metric");
-        let fetch_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "harvester_artifact_fetch_duration_seconds",
-                "Time to get an assigned artifact ready to load: verify its signature, pull its bytes",
+            .expect("valid metric"),
+        );
+        let fetch_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "harvester_artifact_fetch_duration_seconds",
+                    "Time to get an assigned artifact ready to load: verify its signature, pull its bytes",
+                )
+                .buckets(vec![0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["step"],
             )
-            .buckets(vec![0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            &["step"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(fetch_seconds.clone()))
-            .expect("unique metric");
+            .expect("valid metric"),
+        );
         for step in ["verify", "pull"] {
             fetch_seconds.with_label_values(&[step]);
         }
-        let phase = IntGaugeVec::new(
+        let phase = register(&registry, IntGaugeVec::new(
             Opts::new(
                 "harvester_plugin_phase",
                 "1 for the phase the plugin is in (Loading, Running, Restarting, CrashLoopBackOff, Failed, Stopped)",
             ),
             &["plugin", "phase"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(phase.clone())).expect("unique metric");
-        let info = IntGaugeVec::new(
-            Opts::new(
-                "harvester_plugin_info",
-                "The version a node runs: generation, component digest and image",
-            ),
-            &["plugin", "generation", "digest", "image"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(info.clone())).expect("unique metric");
-        let instantiate_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "harvester_plugin_instantiate_duration_seconds",
-                "Time to instantiate a plugin (at start, swap and restart), before init",
+        ).expect("valid metric"));
+        let info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "harvester_plugin_info",
+                    "The version a node runs: generation, component digest and image",
+                ),
+                &["plugin", "generation", "digest", "image"],
             )
-            .buckets(vec![
-                0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
-            ]),
-            &["plugin"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(instantiate_seconds.clone()))
-            .expect("unique metric");
-        let sensor = GaugeVec::new(
-            Opts::new(
-                "harvester_sensor_value",
-                "Latest reading a plugin emitted through telemetry",
-            ),
-            &["plugin", "sensor", "unit"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(sensor.clone())).expect("unique metric");
-        let memory = IntGaugeVec::new(
-            Opts::new(
-                "harvester_plugin_memory_bytes",
-                "Linear memory held by the plugin's instance",
-            ),
-            &["plugin"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(memory.clone())).expect("unique metric");
-        let generation = IntGaugeVec::new(
-            Opts::new(
-                "harvester_plugin_generation",
-                "Generation of the plugin version running",
-            ),
-            &["plugin"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(generation.clone())).expect("unique metric");
-        let compiles = IntCounter::new(
-            "harvester_component_compiles_total",
-            "Components compiled with Cranelift",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(compiles.clone())).expect("unique metric");
-        let cache_hits = IntCounter::new(
-            "harvester_component_cache_hits_total",
-            "Components loaded precompiled from the cache",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(cache_hits.clone())).expect("unique metric");
+            .expect("valid metric"),
+        );
+        let instantiate_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "harvester_plugin_instantiate_duration_seconds",
+                    "Time to instantiate a plugin (at start, swap and restart), before init",
+                )
+                .buckets(vec![
+                    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+                ]),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+        );
+        let sensor = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "harvester_sensor_value",
+                    "Latest reading a plugin emitted through telemetry",
+                ),
+                &["plugin", "sensor", "unit"],
+            )
+            .expect("valid metric"),
+        );
+        let memory = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "harvester_plugin_memory_bytes",
+                    "Linear memory held by the plugin's instance",
+                ),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+        );
+        let generation = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "harvester_plugin_generation",
+                    "Generation of the plugin version running",
+                ),
+                &["plugin"],
+            )
+            .expect("valid metric"),
+        );
+        let compiles = register(
+            &registry,
+            IntCounter::new(
+                "harvester_component_compiles_total",
+                "Components compiled with Cranelift",
+            )
+            .expect("valid metric"),
+        );
+        let cache_hits = register(
+            &registry,
+            IntCounter::new(
+                "harvester_component_cache_hits_total",
+                "Components loaded precompiled from the cache",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             ticks: counter(&registry, "harvester_plugin_ticks_total", "Ticks that ran", &["plugin"]),
             missed_ticks: counter(

@@ -177,7 +177,7 @@ impl Registry {
             .auth(target, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| Self::context(target, "authenticating to push", e))?;
-        let created = httpdate_now();
+        let created = rfc3339_now();
         let built = artifact::build(component, title, &created);
         let layer = built.layer_digest.to_string();
 
@@ -506,37 +506,9 @@ impl Registry {
     }
 }
 
-impl TrustedKey {
-    /// The public half of a signing key, to recognise its own signatures.
-    pub fn from_signing_key(key: &SigningKey) -> anyhow::Result<TrustedKey> {
-        TrustedKey::from_pem(std::path::Path::new("<signing key>"), key.public_pem().as_bytes())
-    }
-}
-
 /// Now, as RFC 3339 in UTC (the OCI `created` annotation's format).
-fn httpdate_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -561,7 +533,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339() {
-        let t = httpdate_now();
+        let t = rfc3339_now();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }

@@ -10,6 +10,7 @@ pub mod store;
 
 pub use auth::Credentials;
 pub use client::{PullError, Pushed, Registry, RegistryOptions, parse_reference, pinned, repository};
+pub use oci_client::Reference;
 pub use signing::{Refusal, SigningKey, TrustedKey, Verified, generate_key_pair};
 pub use store::BlobStore;
 

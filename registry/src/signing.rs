@@ -171,6 +171,11 @@ impl TrustedKey {
         })
     }
 
+    /// The public half of a signing key, to recognise its own signatures.
+    pub fn from_signing_key(key: &SigningKey) -> anyhow::Result<TrustedKey> {
+        TrustedKey::from_pem(Path::new("<signing key>"), key.public_pem().as_bytes())
+    }
+
     fn verifies(&self, sig: &SignatureLayer) -> bool {
         self.key
             .verify_signature(Signature::Base64Encoded(sig.signature.as_bytes()), &sig.payload)

@@ -2,6 +2,7 @@
 //!
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
+//! - [`live`]: what nodes push to the hub (logs, readings, LEDs) and commands sent down.
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
 //!   appear in manifests.
 //! - [`resources`]: the `harvester.dev/v1alpha1` kinds `Plugin` and `Node`, multi-document parsing.
@@ -13,6 +14,7 @@
 
 pub mod digest;
 pub mod grants;
+pub mod live;
 pub mod quantity;
 pub mod resources;
 pub mod standalone;

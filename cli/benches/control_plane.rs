@@ -77,7 +77,14 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> boo
 async fn controller(http: &reqwest::Client, data: &Path, extra: &[&str]) -> (Proc, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["controller", "--data", data.to_str().unwrap(), "--listen", &listen];
+    let mut args = vec![
+        "controller",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--no-dashboard",
+    ];
     args.extend_from_slice(extra);
     let ctl = spawn(&args);
     let base = format!("http://127.0.0.1:{port}/api/v1alpha1");

@@ -189,6 +189,7 @@ async fn main() {
             dir.path().join("controller").to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{ctl_port}"),
+            "--no-dashboard",
         ],
     );
     let server = format!("http://127.0.0.1:{ctl_port}");

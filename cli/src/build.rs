@@ -80,7 +80,7 @@ pub fn world(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// The plugin's name: its folder's name.
-fn plugin_name(dir: &Path) -> anyhow::Result<String> {
+pub fn plugin_name(dir: &Path) -> anyhow::Result<String> {
     let abs = std::fs::canonicalize(dir).with_context(|| format!("{}: no such plugin folder", dir.display()))?;
     abs.file_name()
         .and_then(|n| n.to_str())
@@ -215,7 +215,14 @@ fn hash_sources(dir: &Path, h: &mut sha2::Sha256) -> anyhow::Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        if name == "target" || name == "__pycache__" || name.ends_with(".wasm") || name.ends_with(".partial") {
+        // Build output, caches and editors' swap and backup files.
+        if name == "target"
+            || name == "__pycache__"
+            || name.starts_with('.')
+            || name.ends_with('~')
+            || name.ends_with(".wasm")
+            || name.ends_with(".partial")
+        {
             continue;
         }
         if p.is_dir() {
@@ -228,13 +235,19 @@ fn hash_sources(dir: &Path, h: &mut sha2::Sha256) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds `dir` into `out_dir/NAME-HASH.wasm`, where HASH covers the plugin's
-/// sources and WIT (symlinked deps included); an existing file is reused.
-pub fn build_cached(dir: &Path, out_dir: &Path, componentize_py: &Path) -> anyhow::Result<PathBuf> {
+/// A short hash of a plugin folder's sources and WIT (symlinked deps
+/// included), without build output.
+pub fn source_fingerprint(dir: &Path) -> anyhow::Result<String> {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     hash_sources(dir, &mut h)?;
-    let key = hex::encode(&h.finalize()[..8]);
+    Ok(hex::encode(&h.finalize()[..8]))
+}
+
+/// Builds `dir` into `out_dir/NAME-HASH.wasm`, where HASH covers the plugin's
+/// sources and WIT (symlinked deps included); an existing file is reused.
+pub fn build_cached(dir: &Path, out_dir: &Path, componentize_py: &Path) -> anyhow::Result<PathBuf> {
+    let key = source_fingerprint(dir)?;
     let out = out_dir.join(format!("{}-{key}.wasm", plugin_name(dir)?));
     if !out.exists() {
         std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

@@ -88,6 +88,42 @@ impl Client {
         self.check(resp).await
     }
 
+    /// A streaming GET (NDJSON): the response, once its status is good.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.connect_err())?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        Err(self
+            .check(resp)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("unexpected answer {status}")))
+    }
+
+    /// A POST whose answer carries per-node results even when some failed:
+    /// returns whether all went well, and the body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(bool, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}/{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| self.connect_err())?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::BAD_GATEWAY {
+            return Ok((false, resp.json().await.unwrap_or(Value::Null)));
+        }
+        Ok((true, self.check(resp).await?))
+    }
+
     pub async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         let resp = self
             .http

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use harvester::client::{Client, DEFAULT_SERVER};
-use harvester::{build, commands, nodelet, oci};
+use harvester::{build, commands, dev, live, nodelet, oci};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,65 @@ enum Command {
         /// (loopback registries always are).
         #[arg(long, value_name = "HOST[:PORT]")]
         insecure_registry: Vec<String>,
+        /// Serve the dashboard here.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+        dashboard: SocketAddr,
+        /// Serve no dashboard.
+        #[arg(long, conflicts_with = "dashboard")]
+        no_dashboard: bool,
+        /// The IANA time zone the dashboard shows times in (default: TZ,
+        /// else this machine's zone).
+        #[arg(long, value_name = "ZONE")]
+        timezone: Option<String>,
+    },
+    /// Show log lines of a node or a plugin, as the hub received them.
+    Logs {
+        /// node/NAME or plugin/NAME.
+        target: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines to show first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// Show times in this IANA time zone (America/New_York, UTC...);
+        /// default: this machine's.
+        #[arg(long, value_name = "ZONE")]
+        timezone: Option<String>,
+    },
+    /// Run a plugin command on the nodes running it, through the hub:
+    /// exec plugin/buzzer triple.
+    Exec {
+        /// plugin/NAME
+        target: String,
+        command: String,
+        /// KEY=VALUE arguments.
+        args: Vec<String>,
+        /// Only on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Build, push, sign and roll out a plugin folder, again on every save.
+    Dev {
+        /// The plugin folder (as for plugin build).
+        dir: PathBuf,
+        /// The Plugin to roll out (default: the folder's name).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Push to this repository, host/repository (default: the Plugin's).
+        #[arg(long, value_name = "REPOSITORY")]
+        image: Option<String>,
+        /// Sign each build with this private key (COSIGN_PASSWORD or a prompt, once).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+        /// Roll out once and exit instead of watching.
+        #[arg(long)]
+        once: bool,
+        /// How long to wait for each rollout.
+        #[arg(long, default_value = "180s")]
+        timeout: harvester_api::DurationSpec,
     },
     /// Run the node agent.
     Nodelet(Box<nodelet::NodeletArgs>),
@@ -151,9 +210,13 @@ fn init_logging() {
             "info,wasmtime=warn,cranelift=warn,bme680=warn,oci_client=warn,sigstore=error",
         )
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // A nodelet following a controller also sends its lines to the hub.
+        .with(harvester_nodelet::uplink::LogTap)
         .init();
 }
 
@@ -203,7 +266,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             node_timeout,
             insecure_registry,
+            dashboard,
+            no_dashboard,
+            timezone,
         } => {
+            let timezone = match timezone {
+                Some(t) => {
+                    live::Zone::parse(Some(&t))?;
+                    t
+                }
+                None => live::system_zone(),
+            };
             harvester_controller::run(
                 harvester_controller::ControllerOptions {
                     data,
@@ -211,8 +284,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_timeout: node_timeout.as_duration(),
                     resync: std::time::Duration::from_secs(2),
                     registry: oci::registry(&insecure_registry)?.options().clone(),
+                    dashboard: (!no_dashboard).then_some(dashboard),
+                    timezone,
                 },
                 nodelet::shutdown_signal(),
+            )
+            .await
+        }
+        Command::Logs {
+            target,
+            follow,
+            tail,
+            timezone,
+        } => live::logs(&client()?, &target, follow, tail, live::Zone::parse(timezone.as_deref())?).await,
+        Command::Exec {
+            target,
+            command,
+            args,
+            node,
+        } => live::exec(&client()?, &target, &command, &args, node.as_deref()).await,
+        Command::Dev {
+            dir,
+            plugin,
+            image,
+            key,
+            insecure_registry,
+            once,
+            timeout,
+        } => {
+            dev::run(
+                &client()?,
+                dev::DevOptions {
+                    dir,
+                    plugin,
+                    image,
+                    key,
+                    insecure_registry,
+                    once,
+                    timeout: timeout.as_duration(),
+                },
             )
             .await
         }

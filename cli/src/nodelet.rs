@@ -174,7 +174,8 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let listener_addr = listener.local_addr()?;
     tracing::info!("serving /status and /metrics on http://{listener_addr}");
-    let app = harvester_nodelet::server::router(args.name.clone(), runtime.clone());
+    let sim_buzzer = profile.buzzer.then(|| handles.buzzer.clone());
+    let app = harvester_nodelet::server::router(args.name.clone(), runtime.clone(), sim_buzzer);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let address = listener_addr.to_string();
@@ -200,6 +201,7 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
                     address,
                     trust,
                     registry,
+                    logs: Some(harvester_nodelet::uplink::enable_log_tap()),
                 },
                 shutdown_signal(),
             )

@@ -70,7 +70,7 @@ pub fn keygen(prefix: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     let pw = password(false)?;
     SigningKey::load(path, pw.as_bytes())
 }

@@ -5,8 +5,12 @@
 //! - [`reconciler`]: placement, Plugin and Node status, heartbeat leases.
 //! - [`server`]: the HTTP API, `/metrics` and Prometheus service discovery.
 //! - [`metrics`]: the hub's Prometheus metrics.
+//! - [`live`]: logs, readings and LED frames the nodes push; commands to nodes.
+//! - [`dashboard`]: the hub dashboard (its own listener).
 
 pub mod apply;
+pub mod dashboard;
+pub mod live;
 pub mod metrics;
 pub mod reconciler;
 pub mod server;
@@ -27,6 +31,16 @@ pub struct ControllerOptions {
     pub resync: Duration,
     /// How to reach OCI registries when resolving tags.
     pub registry: harvester_registry::RegistryOptions,
+    /// Where the dashboard listens (none: no dashboard).
+    pub dashboard: Option<SocketAddr>,
+    /// The IANA time zone the dashboard shows times in.
+    pub timezone: String,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Opens the store, starts the reconciler and serves the API until `shutdown`.
@@ -55,12 +69,44 @@ pub async fn run(
         options.data.display(),
         store.resource_version()
     );
-    let app = server::router(server::Api {
+    let api = server::Api {
         store,
         reconciler,
         registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),
-    });
+        live: Arc::new(live::Live::new()),
+    };
+    let live = api.live.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let dashboard = match options.dashboard {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("dashboard: cannot listen on {addr}: {e}"))?;
+            tracing::info!("dashboard on http://{}/", listener.local_addr()?);
+            let app = dashboard::router(api.clone(), options.timezone.clone());
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let app = server::router(api);
+    let shutdown = async move {
+        shutdown.await;
+        // Watches, log follows and the page's event streams end now, so the
+        // servers do not wait for clients that never hang up.
+        live.close();
+        stop.send_replace(true);
+    };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    if let Some(d) = dashboard {
+        d.await??;
+    }
     worker.abort();
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! 400 with the parser's line and column; a stale update gets 409.
 
 use crate::apply::{self, node_update};
+use crate::live::{Live, LogFilter};
 use crate::metrics::StreamGuard;
 use crate::reconciler::Reconciler;
 use crate::store::{Kind, Store, StoreError, Write};
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use harvester_api::Digest;
+use harvester_api::live::{CommandResult, LiveReport, NodeMessage};
 use harvester_api::resources::{Node, NodeStatusV1, Object, Plugin, parse_documents, parse_selector, selector_matches};
 use serde::Deserialize;
 use serde_json::json;
@@ -31,6 +33,8 @@ pub struct Api {
     pub reconciler: Arc<Reconciler>,
     /// Resolves OCI tags to digests at apply.
     pub registry: Arc<harvester_registry::Registry>,
+    /// Logs, readings and commands in flight (memory only).
+    pub live: Arc<Live>,
 }
 
 pub struct ApiError(StatusCode, serde_json::Value);
@@ -93,6 +97,10 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1alpha1/nodes/{name}/status", put(node_status))
         .route("/api/v1alpha1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/api/v1alpha1/nodes/{name}/assignments", get(assignments))
+        .route("/api/v1alpha1/nodes/{name}/live", post(live_report))
+        .route("/api/v1alpha1/nodes/{name}/commands/{id}", post(command_result))
+        .route("/api/v1alpha1/plugins/{name}/commands/{command}", post(plugin_command))
+        .route("/api/v1alpha1/logs", get(logs))
         .layer(DefaultBodyLimit::max(MANIFEST_LIMIT))
         .with_state(api)
 }
@@ -273,6 +281,9 @@ async fn delete(
             Ok(Write::Delete)
         })
         .await?;
+    if kind == Kind::Node {
+        api.live.forget(&name);
+    }
     Ok(Json(json!({"kind": kind.as_str(), "name": name, "action": "deleted"})).into_response())
 }
 
@@ -295,7 +306,7 @@ async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Re
     let backlog = api.store.events_since(q.resource_version)?;
     let mut last = backlog.last().map_or(q.resource_version, |e| e.resource_version);
     let metrics = api.reconciler.metrics().clone();
-    let stream = async_stream(move |tx| async move {
+    let stream = async_stream(api.live.closing(), move |tx| async move {
         let _open = StreamGuard::new(&metrics, "watch");
         for ev in backlog {
             if tx.send(ndjson_line(&ev)).await.is_err() {
@@ -331,15 +342,25 @@ fn ndjson_response(stream: impl futures::Stream<Item = Result<Bytes, Infallible>
         .into_response()
 }
 
-/// A stream fed by a task; the task stops when the client goes away.
-fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, Infallible>>
+/// A stream fed by a task; the task stops when the client goes away, the
+/// stream ends when the hub shuts down.
+fn async_stream<F, Fut>(
+    closing: tokio::sync::watch::Receiver<bool>,
+    f: F,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, Infallible>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(f(tx));
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = closing.wait_for(|c| *c) => None,
+        };
+        item.map(|item| (item, (rx, closing)))
+    })
 }
 
 async fn put_blob(State(api): State<Api>, Path(digest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
@@ -426,20 +447,208 @@ async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> Result<R
 }
 
 /// The node's one outbound watch: its full assignments now and after every
-/// change, one JSON per line, with keepalives.
+/// change, and commands for its plugins, one JSON per line, with keepalives.
 async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let mut rx = api.reconciler.watch_assignments(&name);
     let metrics = api.reconciler.metrics().clone();
-    let stream = async_stream(move |tx| async move {
+    let live = api.live.clone();
+    let (token, mut commands) = live.link(&name);
+    let stream = async_stream(api.live.closing(), move |tx| async move {
         let _open = StreamGuard::new(&metrics, "assignments");
-        let first = rx.borrow_and_update().clone();
+        let _link = Unlink(live, name, token);
+        let first = NodeMessage::Assignments(rx.borrow_and_update().clone());
         if tx.send(ndjson_line(&first)).await.is_err() {
             return;
         }
         loop {
-            let line = match tokio::time::timeout(KEEPALIVE, rx.changed()).await {
+            let line = tokio::select! {
+                changed = rx.changed() => match changed {
+                    Ok(()) => ndjson_line(&NodeMessage::Assignments(rx.borrow_and_update().clone())),
+                    Err(_) => return,
+                },
+                Some(command) = commands.recv() => ndjson_line(&NodeMessage::Command { command }),
+                _ = tokio::time::sleep(KEEPALIVE) => Ok(Bytes::from_static(b"{}\n")),
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(ndjson_response(stream))
+}
+
+/// Drops a node's command link when its stream ends.
+struct Unlink(Arc<Live>, String, u64);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        self.0.unlink(&self.1, self.2);
+    }
+}
+
+/// A node's live report: log lines, readings, LED frame, buzzer activity.
+async fn live_report(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(report): Json<LiveReport>,
+) -> Result<Response, ApiError> {
+    if api.store.get(Kind::Node, &name)?.is_none() {
+        return Err(StoreError::NotFound { kind: "Node", name }.into());
+    }
+    api.live.report(&name, report, crate::now_ms());
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn command_result(
+    State(api): State<Api>,
+    Path((_name, id)): Path<(String, u64)>,
+    Json(result): Json<CommandResult>,
+) -> Response {
+    if api.live.answer(id, result) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        // Whoever asked gave up waiting.
+        StatusCode::GONE.into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct CommandQuery {
+    node: Option<String>,
+}
+
+/// How long a plugin command may take, there and back.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a plugin command on every node running the plugin (or on `node`),
+/// over each node's own connection; the answers come back per node.
+async fn plugin_command(
+    State(api): State<Api>,
+    Path((plugin, command)): Path<(String, String)>,
+    Query(q): Query<CommandQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let args: Vec<(String, String)> = if body.is_empty() {
+        Vec::new()
+    } else {
+        let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&body)
+            .map_err(|e| bad_request(format!("arguments must be a JSON object of strings: {e}")))?;
+        map.into_iter().collect()
+    };
+    let (code, body) = run_command(&api, &plugin, &command, q.node.as_deref(), args).await?;
+    Ok((code, Json(body)).into_response())
+}
+
+/// Shared by the API and the dashboard.
+pub async fn run_command(
+    api: &Api,
+    plugin: &str,
+    command: &str,
+    node: Option<&str>,
+    args: Vec<(String, String)>,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let Some(value) = api.store.get(Kind::Plugin, plugin)? else {
+        return Err(StoreError::NotFound {
+            kind: "Plugin",
+            name: plugin.to_string(),
+        }
+        .into());
+    };
+    let p: Plugin = serde_json::from_value(value).map_err(StoreError::from)?;
+    let running: Vec<String> = p
+        .status
+        .map(|s| {
+            s.nodes
+                .into_iter()
+                .filter(|(_, n)| n.phase == "Running")
+                .map(|(name, _)| name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let targets: Vec<String> = match node {
+        Some(n) if running.iter().any(|r| r == n) => vec![n.to_string()],
+        Some(n) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                json!({"reason": "NotRunning", "message": format!("plugin {plugin} is not running on node {n}")}),
+            ));
+        }
+        None => running,
+    };
+    if targets.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            json!({"reason": "NotRunning", "message": format!("plugin {plugin} is not running on any node")}),
+        ));
+    }
+    let calls = targets.iter().map(|n| {
+        let args = args.clone();
+        async move {
+            let r = api.live.command(n, plugin, command, args, COMMAND_TIMEOUT).await;
+            match r {
+                Ok(r) => json!({"node": n, "ok": r.ok, "message": r.message}),
+                Err(e) => json!({"node": n, "ok": false, "message": e.to_string()}),
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let all_ok = results.iter().all(|r| r["ok"] == json!(true));
+    tracing::info!(plugin, command, nodes = ?targets, ok = all_ok, "plugin command");
+    let code = if all_ok { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    Ok((code, json!({"plugin": plugin, "command": command, "results": results})))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    node: Option<String>,
+    plugin: Option<String>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Recent log lines of a node or a plugin (NDJSON), then new ones with `follow`.
+async fn logs(State(api): State<Api>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+    let filter = LogFilter {
+        node: q.node,
+        plugin: q.plugin,
+    };
+    if let Some(n) = &filter.node
+        && api.store.get(Kind::Node, n)?.is_none()
+    {
+        return Err(StoreError::NotFound {
+            kind: "Node",
+            name: n.clone(),
+        }
+        .into());
+    }
+    if let Some(p) = &filter.plugin
+        && api.store.get(Kind::Plugin, p)?.is_none()
+    {
+        return Err(StoreError::NotFound {
+            kind: "Plugin",
+            name: p.clone(),
+        }
+        .into());
+    }
+    // Subscribe first so no line falls between the backlog and the tail.
+    let mut follow = q.follow.then(|| api.live.follow_logs());
+    let backlog = api.live.logs(&filter, q.tail.unwrap_or(crate::live::LOG_WINDOW));
+    let stream = async_stream(api.live.closing(), move |tx| async move {
+        for line in backlog {
+            if tx.send(ndjson_line(&line)).await.is_err() {
+                return;
+            }
+        }
+        let Some(rx) = follow.as_mut() else { return };
+        loop {
+            let line = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
                 Err(_) => Ok(Bytes::from_static(b"{}\n")),
-                Ok(Ok(())) => ndjson_line(&rx.borrow_and_update().clone()),
+                Ok(Ok(l)) if filter.matches(&l) => ndjson_line(&l),
+                Ok(Ok(_)) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    ndjson_line(&json!({"dropped": n}))
+                }
                 Ok(Err(_)) => return,
             };
             if tx.send(line).await.is_err() {

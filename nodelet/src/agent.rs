@@ -8,6 +8,7 @@ use crate::events::{EventKind, Phase};
 use crate::runtime::{PluginSpec, Runtime};
 use futures::StreamExt;
 use harvester_api::Digest;
+use harvester_api::live::{Command, CommandResult, NodeMessage};
 use harvester_api::resources::{
     API_VERSION, Assignment, Assignments, Labels, Node, NodeStatusV1, ObjectMeta, PluginOnNode, is_local_path,
 };
@@ -30,6 +31,8 @@ pub struct AgentOptions {
     pub address: String,
     pub trust: TrustPolicy,
     pub registry: RegistryOptions,
+    /// This process's log lines, sent to the hub with the live report.
+    pub logs: Option<Arc<crate::uplink::LogBuffer>>,
 }
 
 /// What this node runs. Keys come from the node's own configuration, never
@@ -429,8 +432,37 @@ impl Agent {
         Ok(())
     }
 
+    /// A command from the hub (a dashboard button): run it, send the answer back.
+    async fn run_command(&self, command: Command) {
+        let rt = self.runtime.clone();
+        let (plugin, name, args) = (command.plugin.clone(), command.name.clone(), command.args.clone());
+        let outcome = tokio::task::spawn_blocking(move || rt.command(&plugin, &name, args)).await;
+        let result = match outcome {
+            Ok(Ok(message)) => CommandResult { ok: true, message },
+            Ok(Err(e)) => CommandResult {
+                ok: false,
+                message: e.to_string(),
+            },
+            Err(e) => CommandResult {
+                ok: false,
+                message: e.to_string(),
+            },
+        };
+        tracing::info!(
+            plugin = command.plugin,
+            command = command.name,
+            ok = result.ok,
+            "command from the hub: {}",
+            result.message
+        );
+        let url = self.url(&format!("nodes/{}/commands/{}", self.opts.name, command.id));
+        if let Err(e) = self.http.post(url).json(&result).send().await {
+            tracing::warn!("could not answer command {}: {e}", command.id);
+        }
+    }
+
     /// One watch connection, until it drops.
-    async fn watch_once(&self) -> anyhow::Result<()> {
+    async fn watch_once(self: &Arc<Self>) -> anyhow::Result<()> {
         self.register().await?;
         let resp = self
             .http
@@ -453,7 +485,14 @@ impl Agent {
                 if value.as_object().is_some_and(|o| o.is_empty()) {
                     continue;
                 }
-                let assignments: Assignments = serde_json::from_value(value)?;
+                let assignments = match serde_json::from_value(value)? {
+                    NodeMessage::Assignments(a) => a,
+                    NodeMessage::Command { command } => {
+                        let agent = self.clone();
+                        tokio::spawn(async move { agent.run_command(command).await });
+                        continue;
+                    }
+                };
                 let path = assignments_path(&self.opts.data_dir);
                 let json = serde_json::to_vec_pretty(&assignments)?;
                 tokio::task::spawn_blocking(move || harvester_registry::store::write_atomic(&path, &json)).await??;
@@ -550,7 +589,7 @@ pub async fn run(
                     _ = beat.tick() => {}
                     _ = agent.report_now.notified() => {}
                     ev = events.recv() => {
-                        if let Ok(ev) = ev && matches!(ev.kind, EventKind::Telemetry { .. } | EventKind::Log { .. }) {
+                        if let Ok(ev) = ev && matches!(ev.kind, EventKind::Telemetry { .. } | EventKind::Log { .. } | EventKind::Buzzer { .. }) {
                             continue;
                         }
                         // Let a burst of state changes settle into one report.
@@ -563,6 +602,13 @@ pub async fn run(
             }
         })
     };
+
+    let uplink = tokio::spawn(crate::uplink::run(
+        agent.http.clone(),
+        agent.url(&format!("nodes/{}/live", agent.opts.name)),
+        agent.runtime.clone(),
+        agent.opts.logs.clone(),
+    ));
 
     let watcher = {
         let agent = agent.clone();
@@ -587,6 +633,7 @@ pub async fn run(
 
     shutdown.await;
     watcher.abort();
+    uplink.abort();
     reporter.abort();
     converger.abort();
     let rt = agent.runtime.clone();

@@ -68,6 +68,11 @@ pub enum EventKind {
         capability: Capability,
         message: String,
     },
+    /// The buzzer accepted a pattern or a tone change.
+    Buzzer {
+        /// `short`, `triple`, `long`, `tone-on` or `tone-off`.
+        action: String,
+    },
     /// A version was compiled (or loaded from the cache), instantiated and
     /// initialised, and now ticks.
     Started {

@@ -9,6 +9,7 @@
 //! - [`events`], [`report`], [`metrics`]: status, events, log lines and Prometheus metrics.
 //! - [`agent`]: the link to the controller: watch, converge, report, run from disk when offline.
 //! - [`standalone`]: `harvester nodelet --standalone FILE`, with file watching.
+//! - [`uplink`]: log lines, readings, LED frame and buzzer activity pushed to the hub.
 //! - [`server`]: the node's local HTTP endpoints (`/status`, `/metrics`, commands).
 
 pub mod agent;
@@ -24,6 +25,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod standalone;
+pub mod uplink;
 
 pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};
 

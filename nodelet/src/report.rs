@@ -119,6 +119,9 @@ impl Reporter {
                     s.denied_calls += 1;
                 }
             }
+            EventKind::Buzzer { action } => {
+                tracing::info!(plugin, "buzzer: {action}");
+            }
             EventKind::Started {
                 generation,
                 digest,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 struct App {
     node: String,
     runtime: Arc<Runtime>,
+    sim_buzzer: Option<Arc<crate::hardware::sim::SimBuzzer>>,
 }
 
 #[derive(Serialize)]
@@ -26,15 +27,23 @@ struct NodeStatus {
     plugins: Vec<crate::events::PluginStatus>,
     compiles: u64,
     cache_hits: u64,
+    /// What the simulated buzzer was asked to play, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    simulated_buzzer: Option<Vec<crate::hardware::sim::BuzzerEvent>>,
 }
 
-pub fn router(node: String, runtime: Arc<Runtime>) -> Router {
+/// `sim_buzzer`: a simulated buzzer whose record `/status` shows.
+pub fn router(node: String, runtime: Arc<Runtime>, sim_buzzer: Option<Arc<crate::hardware::sim::SimBuzzer>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/plugins/{name}/commands/{command}", post(command))
-        .with_state(App { node, runtime })
+        .with_state(App {
+            node,
+            runtime,
+            sim_buzzer,
+        })
 }
 
 async fn status(State(app): State<App>) -> Json<NodeStatus> {
@@ -45,6 +54,7 @@ async fn status(State(app): State<App>) -> Json<NodeStatus> {
         plugins: app.runtime.status(),
         compiles: app.runtime.cache().compiles(),
         cache_hits: app.runtime.cache().hits(),
+        simulated_buzzer: app.sim_buzzer.as_ref().map(|b| b.events()),
     })
 }
 

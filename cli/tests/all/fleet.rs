@@ -12,6 +12,8 @@ pub const T: Duration = Duration::from_secs(60);
 pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The hub dashboard's port.
+    pub dashboard: u16,
     controller: Option<Proc>,
     nodes: Vec<(String, u16, Proc)>,
     probe: PathBuf,
@@ -24,6 +26,7 @@ impl Fleet {
         std::fs::write(&probe, component("probe").as_slice()).unwrap();
         let mut f = Fleet {
             port: free_port(),
+            dashboard: free_port(),
             dir,
             controller: None,
             nodes: Vec::new(),
@@ -38,8 +41,10 @@ impl Fleet {
             .args(["controller", "--data"])
             .arg(self.dir.path().join("controller"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--node-timeout", "3s"])
+            .args(["--dashboard", &format!("127.0.0.1:{}", self.dashboard)])
+            .args(["--timezone", "America/New_York"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("controller.log")).unwrap())
             .spawn()
             .unwrap();
         self.controller = Some(Proc(child));

@@ -13,6 +13,16 @@ impl HostState {
             .clone()
             .ok_or_else(|| HostState::absent("buzzer"))
     }
+
+    /// What the buzzer did, for the log, the hub and its dashboard.
+    fn played(&self, action: &str) {
+        self.ctx.report.emit(
+            &self.ctx.plugin,
+            crate::events::EventKind::Buzzer {
+                action: action.to_string(),
+            },
+        );
+    }
 }
 
 impl Host for HostState {
@@ -22,10 +32,19 @@ impl Host for HostState {
             Pattern::Triple => BuzzerPattern::Triple,
             Pattern::Long => BuzzerPattern::Long,
         };
-        Ok(self.buzzer()?.play(pattern)?)
+        self.buzzer()?.play(pattern)?;
+        let action = match pattern {
+            BuzzerPattern::Short => "short",
+            BuzzerPattern::Triple => "triple",
+            BuzzerPattern::Long => "long",
+        };
+        self.played(action);
+        Ok(())
     }
 
     fn tone(&mut self, on: bool) -> Result<(), HwError> {
-        Ok(self.buzzer()?.tone(on)?)
+        self.buzzer()?.tone(on)?;
+        self.played(if on { "tone-on" } else { "tone-off" });
+        Ok(())
     }
 }

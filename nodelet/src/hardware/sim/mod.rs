@@ -216,6 +216,7 @@ pub enum BuzzerAction {
 #[derive(Debug, Clone, Serialize)]
 pub struct BuzzerEvent {
     pub action: BuzzerAction,
+    #[serde(with = "crate::events::unix_millis")]
     pub at: SystemTime,
 }
 

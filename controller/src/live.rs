@@ -1,0 +1,388 @@
+//! What the hub knows about the fleet right now, kept in memory only: each
+//! node's recent log lines (a bounded window), recent readings per series,
+//! LED frame and buzzer activity, fed by the nodes' live reports. Also the
+//! commands in flight to nodes and the channels that carry them down the
+//! nodes' assignment streams.
+
+use harvester_api::live::{BuzzerActivity, Command, CommandResult, LiveReport, LogLine};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// Log lines kept per node.
+pub const LOG_WINDOW: usize = 2000;
+/// Points kept per reading series (at one per 3 s, about 15 minutes).
+const HISTORY_POINTS: usize = 300;
+const BUZZER_KEPT: usize = 20;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub plugin: String,
+    pub name: String,
+    pub unit: String,
+    /// `[milliseconds, value]`, oldest first.
+    pub points: VecDeque<(u64, f64)>,
+}
+
+#[derive(Debug, Default)]
+struct NodeLive {
+    logs: VecDeque<LogLine>,
+    dropped_logs: u64,
+    series: BTreeMap<(String, String), Series>,
+    leds: Option<Vec<String>>,
+    buzzer: VecDeque<BuzzerActivity>,
+    last_report: u64,
+}
+
+/// A node's live view, as the dashboard shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub leds: Option<Vec<String>>,
+    pub buzzer: Vec<BuzzerActivity>,
+    pub dropped_logs: u64,
+    pub last_report: u64,
+    /// With the whole history, or only the latest point per series.
+    pub series: Vec<Series>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("node {0} is not connected to the hub")]
+    NotConnected(String),
+    #[error("node {node} did not answer within {timeout:?}")]
+    Timeout { node: String, timeout: Duration },
+}
+
+pub struct Live {
+    nodes: Mutex<BTreeMap<String, NodeLive>>,
+    logs: broadcast::Sender<LogLine>,
+    links: Mutex<HashMap<String, (u64, mpsc::Sender<Command>)>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    next_id: AtomicU64,
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live::new()
+    }
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live {
+            nodes: Mutex::new(BTreeMap::new()),
+            logs: broadcast::channel(4096).0,
+            links: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closing: watch::channel(false).0,
+        }
+    }
+
+    /// Takes a node's report in; log lines go to followers at once.
+    pub fn report(&self, node: &str, report: LiveReport, now_ms: u64) {
+        let mut nodes = lock(&self.nodes);
+        let live = nodes.entry(node.to_string()).or_default();
+        live.last_report = now_ms;
+        live.dropped_logs += report.dropped_logs;
+        for mut line in report.logs {
+            line.node = node.to_string();
+            if live.logs.len() == LOG_WINDOW {
+                live.logs.pop_front();
+            }
+            live.logs.push_back(line.clone());
+            let _ = self.logs.send(line);
+        }
+        for r in report.readings {
+            let s = live
+                .series
+                .entry((r.plugin.clone(), r.name.clone()))
+                .or_insert_with(|| Series {
+                    plugin: r.plugin.clone(),
+                    name: r.name.clone(),
+                    unit: r.unit.clone(),
+                    points: VecDeque::new(),
+                });
+            s.unit = r.unit;
+            if s.points.back().is_some_and(|(at, _)| *at >= r.at) {
+                continue;
+            }
+            if s.points.len() == HISTORY_POINTS {
+                s.points.pop_front();
+            }
+            s.points.push_back((r.at, r.value));
+        }
+        if report.leds.is_some() {
+            live.leds = report.leds;
+        }
+        for b in report.buzzer {
+            if live.buzzer.len() == BUZZER_KEPT {
+                live.buzzer.pop_front();
+            }
+            live.buzzer.push_back(b);
+        }
+    }
+
+    /// Long-lived streams end when this fires, so shutdown does not wait on them.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Forgets a deleted node.
+    pub fn forget(&self, node: &str) {
+        lock(&self.nodes).remove(node);
+    }
+
+    pub fn view(&self, node: &str, history: bool) -> Option<NodeView> {
+        let nodes = lock(&self.nodes);
+        let live = nodes.get(node)?;
+        Some(NodeView {
+            leds: live.leds.clone(),
+            buzzer: live.buzzer.iter().cloned().collect(),
+            dropped_logs: live.dropped_logs,
+            last_report: live.last_report,
+            series: live
+                .series
+                .values()
+                .map(|s| {
+                    let mut s = s.clone();
+                    if !history {
+                        s.points = s.points.back().copied().into_iter().collect();
+                    }
+                    s
+                })
+                .collect(),
+        })
+    }
+
+    /// Recent lines matching `filter`, oldest first, at most `tail`.
+    pub fn logs(&self, filter: &LogFilter, tail: usize) -> Vec<LogLine> {
+        let nodes = lock(&self.nodes);
+        let mut out: Vec<LogLine> = nodes
+            .iter()
+            .filter(|(name, _)| filter.node.as_ref().is_none_or(|n| n == *name))
+            .flat_map(|(_, live)| live.logs.iter().filter(|l| filter.matches(l)).cloned())
+            .collect();
+        out.sort_by_key(|l| l.at);
+        let skip = out.len().saturating_sub(tail);
+        out.split_off(skip)
+    }
+
+    pub fn follow_logs(&self) -> broadcast::Receiver<LogLine> {
+        self.logs.subscribe()
+    }
+
+    /// A node's assignment stream opened: commands for it go down this one.
+    /// Returns a token for [`Live::unlink`].
+    pub fn link(&self, node: &str) -> (u64, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(16);
+        let token = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.links).insert(node.to_string(), (token, tx));
+        (token, rx)
+    }
+
+    /// The stream closed; a newer one for the same node stays.
+    pub fn unlink(&self, node: &str, token: u64) {
+        let mut links = lock(&self.links);
+        if links.get(node).is_some_and(|(t, _)| *t == token) {
+            links.remove(node);
+        }
+    }
+
+    pub fn connected(&self, node: &str) -> bool {
+        lock(&self.links).get(node).is_some_and(|(_, tx)| !tx.is_closed())
+    }
+
+    /// Sends a command to a node's plugin and waits for the answer.
+    pub async fn command(
+        &self,
+        node: &str,
+        plugin: &str,
+        name: &str,
+        args: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<CommandResult, CommandError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tx = lock(&self.links)
+            .get(node)
+            .map(|(_, tx)| tx.clone())
+            .ok_or_else(|| CommandError::NotConnected(node.to_string()))?;
+        let (done, answer) = oneshot::channel();
+        lock(&self.pending).insert(id, done);
+        let command = Command {
+            id,
+            plugin: plugin.to_string(),
+            name: name.to_string(),
+            args,
+        };
+        let sent = tx.send(command).await.is_ok();
+        let result = if sent {
+            tokio::time::timeout(timeout, answer).await
+        } else {
+            lock(&self.pending).remove(&id);
+            return Err(CommandError::NotConnected(node.to_string()));
+        };
+        lock(&self.pending).remove(&id);
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) | Err(_) => Err(CommandError::Timeout {
+                node: node.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// A node answered; false when nobody waits for that id any more.
+    pub fn answer(&self, id: u64, result: CommandResult) -> bool {
+        match lock(&self.pending).remove(&id) {
+            Some(tx) => tx.send(result).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Which log lines someone wants.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub node: Option<String>,
+    pub plugin: Option<String>,
+}
+
+impl LogFilter {
+    pub fn matches(&self, l: &LogLine) -> bool {
+        self.node.as_ref().is_none_or(|n| *n == l.node) && self.plugin.as_ref().is_none_or(|p| l.plugin.as_ref() == Some(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harvester_api::live::LiveReading;
+
+    fn line(at: u64, plugin: Option<&str>, message: &str) -> LogLine {
+        LogLine {
+            at,
+            node: String::new(),
+            plugin: plugin.map(str::to_string),
+            level: "info".into(),
+            source: "node".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn keeps_a_bounded_window_per_node_and_filters() {
+        let live = Live::new();
+        let logs = (0..LOG_WINDOW as u64 + 10).map(|i| line(i, None, &format!("n{i}"))).collect();
+        live.report(
+            "pi4",
+            LiveReport {
+                logs,
+                ..LiveReport::default()
+            },
+            1,
+        );
+        live.report(
+            "hub",
+            LiveReport {
+                logs: vec![line(5, Some("system"), "hello")],
+                ..LiveReport::default()
+            },
+            1,
+        );
+        let all_pi4 = live.logs(
+            &LogFilter {
+                node: Some("pi4".into()),
+                plugin: None,
+            },
+            usize::MAX,
+        );
+        assert_eq!(all_pi4.len(), LOG_WINDOW);
+        assert_eq!(all_pi4[0].message, "n10");
+        assert!(all_pi4.iter().all(|l| l.node == "pi4"));
+        let system = live.logs(
+            &LogFilter {
+                node: None,
+                plugin: Some("system".into()),
+            },
+            10,
+        );
+        assert_eq!(system.len(), 1);
+        assert_eq!(system[0].node, "hub");
+        assert_eq!(live.logs(&LogFilter::default(), 3).len(), 3);
+    }
+
+    #[test]
+    fn series_keep_order_and_drop_repeats() {
+        let live = Live::new();
+        let reading = |at, value| LiveReading {
+            plugin: "dht22".into(),
+            name: "temperature".into(),
+            value,
+            unit: "celsius".into(),
+            at,
+        };
+        live.report(
+            "pi4",
+            LiveReport {
+                readings: vec![reading(1, 20.0), reading(2, 21.0), reading(2, 21.0), reading(1, 5.0)],
+                ..LiveReport::default()
+            },
+            1,
+        );
+        let v = live.view("pi4", true).unwrap();
+        assert_eq!(v.series[0].points, VecDeque::from(vec![(1, 20.0), (2, 21.0)]));
+        let latest = live.view("pi4", false).unwrap();
+        assert_eq!(latest.series[0].points, VecDeque::from(vec![(2, 21.0)]));
+    }
+
+    #[tokio::test]
+    async fn commands_travel_over_the_link_and_time_out() {
+        let live = std::sync::Arc::new(Live::new());
+        let err = live
+            .command("pi4", "buzzer", "short", vec![], Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CommandError::NotConnected(_)), "{err}");
+        let (_token, mut rx) = live.link("pi4");
+        let node = {
+            let live = live.clone();
+            tokio::spawn(async move {
+                let c = rx.recv().await.unwrap();
+                assert_eq!((c.plugin.as_str(), c.name.as_str()), ("buzzer", "short"));
+                live.answer(
+                    c.id,
+                    CommandResult {
+                        ok: true,
+                        message: "played short".into(),
+                    },
+                );
+                rx
+            })
+        };
+        let r = live
+            .command("pi4", "buzzer", "short", vec![], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.message, "played short");
+        let _rx = node.await.unwrap();
+        let err = live
+            .command("pi4", "buzzer", "long", vec![], Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+    }
+}

@@ -1,0 +1,294 @@
+//! The node's live report to the hub: its own log lines and its plugins'
+//! (every tracing event of the process, through [`LogTap`]), telemetry
+//! readings, the LED frame and buzzer activity, pushed about once a second
+//! over the same outbound HTTP connection the agent uses.
+//!
+//! Lines wait in a bounded buffer while the hub is unreachable; beyond it
+//! the oldest are dropped and counted, so a long outage cannot exhaust a
+//! board's memory.
+
+use crate::events::EventKind;
+use crate::runtime::Runtime;
+use harvester_api::live::{BuzzerActivity, LiveReading, LiveReport, LogLine};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::Context;
+
+/// Lines kept while the hub is unreachable.
+pub const LOG_BUFFER: usize = 2000;
+/// Readings kept while the hub is unreachable.
+const READINGS_KEPT: usize = 2000;
+/// Lines per report; a burst is sent in several.
+const LINES_PER_REPORT: usize = 500;
+const INTERVAL: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Buffered {
+    lines: VecDeque<LogLine>,
+    dropped: u64,
+}
+
+/// Log lines waiting to go to the hub.
+#[derive(Default)]
+pub struct LogBuffer {
+    inner: Mutex<Buffered>,
+    capacity: usize,
+    /// Wakes the pusher early when a burst arrives.
+    pub(crate) burst: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for LogBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogBuffer({} lines)", self.len())
+    }
+}
+
+impl LogBuffer {
+    pub fn new(capacity: usize) -> LogBuffer {
+        LogBuffer {
+            inner: Mutex::new(Buffered::default()),
+            capacity,
+            burst: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn push(&self, line: LogLine) {
+        let mut b = lock(&self.inner);
+        if b.lines.len() >= self.capacity {
+            b.lines.pop_front();
+            b.dropped += 1;
+        }
+        b.lines.push_back(line);
+        if b.lines.len() == LINES_PER_REPORT {
+            self.burst.notify_one();
+        }
+    }
+
+    /// Takes up to `max` lines and the count dropped since the last take.
+    pub fn take(&self, max: usize) -> (Vec<LogLine>, u64) {
+        let mut b = lock(&self.inner);
+        let n = b.lines.len().min(max);
+        let lines = b.lines.drain(..n).collect();
+        (lines, std::mem::take(&mut b.dropped))
+    }
+
+    /// Puts lines back after a failed send, ahead of newer ones.
+    pub fn put_back(&self, lines: Vec<LogLine>, dropped: u64) {
+        let mut b = lock(&self.inner);
+        b.dropped += dropped;
+        for line in lines.into_iter().rev() {
+            if b.lines.len() >= self.capacity {
+                b.dropped += 1;
+                continue;
+            }
+            b.lines.push_front(line);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.inner).lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+static TAP: OnceLock<Arc<LogBuffer>> = OnceLock::new();
+
+/// Starts collecting this process's log lines for the hub.
+pub fn enable_log_tap() -> Arc<LogBuffer> {
+    TAP.get_or_init(|| Arc::new(LogBuffer::new(LOG_BUFFER))).clone()
+}
+
+/// A tracing layer that copies every event that passes the log filter into
+/// the buffer once [`enable_log_tap`] was called; free until then.
+pub struct LogTap;
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    plugin: Option<String>,
+    source: Option<String>,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            "plugin" => self.plugin = Some(value.to_string()),
+            "source" => self.source = Some(value.to_string()),
+            name => {
+                use std::fmt::Write;
+                let _ = write!(self.rest, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "plugin" => self.plugin = Some(format!("{value:?}")),
+            "source" => self.source = Some(format!("{value:?}")),
+            name => {
+                let _ = write!(self.rest, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let Some(buffer) = TAP.get() else { return };
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warn",
+            tracing::Level::INFO => "info",
+            _ => "debug",
+        };
+        let source = match (&f.plugin, f.source) {
+            (_, Some(s)) => s,
+            (Some(_), None) | (None, None) => "node".to_string(),
+        };
+        buffer.push(LogLine {
+            at: crate::now_ms(),
+            node: String::new(),
+            plugin: f.plugin,
+            level: level.into(),
+            source,
+            message: f.message + &f.rest,
+        });
+    }
+}
+
+/// What the pusher gathered since its last successful report.
+#[derive(Default)]
+struct Pending {
+    readings: VecDeque<LiveReading>,
+    buzzer: Vec<BuzzerActivity>,
+}
+
+/// Pushes live reports to `url` until aborted.
+pub async fn run(http: reqwest::Client, url: String, runtime: Arc<Runtime>, logs: Option<Arc<LogBuffer>>) {
+    let mut events = runtime.subscribe();
+    let mut pending = Pending::default();
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let has_leds = runtime.hardware().leds.is_some();
+    loop {
+        let burst = async {
+            match &logs {
+                Some(l) => l.burst.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = burst => {}
+            ev = events.recv() => {
+                match ev {
+                    Ok(ev) => match ev.kind {
+                        EventKind::Telemetry { name, value, unit } => {
+                            if pending.readings.len() == READINGS_KEPT {
+                                pending.readings.pop_front();
+                            }
+                            pending.readings.push_back(LiveReading {
+                                plugin: ev.plugin,
+                                name,
+                                value,
+                                unit,
+                                at: ev.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                            });
+                        }
+                        EventKind::Buzzer { action } => {
+                            pending.buzzer.push(BuzzerActivity {
+                                at: ev.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                                plugin: ev.plugin,
+                                action,
+                            });
+                            pending.buzzer.truncate(100);
+                        }
+                        _ => {}
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+                continue;
+            }
+        }
+        let (lines, dropped) = logs.as_ref().map(|l| l.take(LINES_PER_REPORT)).unwrap_or_default();
+        let report = LiveReport {
+            logs: lines,
+            dropped_logs: dropped,
+            readings: pending.readings.iter().cloned().collect(),
+            leds: has_leds.then(|| runtime.led_frame().iter().map(|c| c.hex()).collect()),
+            buzzer: pending.buzzer.clone(),
+        };
+        let sent = http
+            .post(&url)
+            .timeout(Duration::from_secs(10))
+            .json(&report)
+            .send()
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| match r.status().is_success() {
+                true => Ok(()),
+                false => Err(anyhow::anyhow!("{}", r.status())),
+            });
+        match sent {
+            Ok(()) => {
+                pending.readings.clear();
+                pending.buzzer.clear();
+            }
+            Err(e) => {
+                tracing::debug!("live report not delivered: {e:#}");
+                if let Some(l) = &logs {
+                    l.put_back(report.logs, report.dropped_logs);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(i: usize) -> LogLine {
+        LogLine {
+            at: i as u64,
+            node: String::new(),
+            plugin: None,
+            level: "info".into(),
+            source: "node".into(),
+            message: format!("line {i}"),
+        }
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_and_counts_what_it_drops() {
+        let b = LogBuffer::new(3);
+        for i in 0..5 {
+            b.push(line(i));
+        }
+        let (lines, dropped) = b.take(10);
+        assert_eq!(dropped, 2);
+        assert_eq!(lines.iter().map(|l| l.at).collect::<Vec<_>>(), vec![2, 3, 4]);
+        // A failed send puts lines back in order, ahead of newer ones.
+        b.push(line(5));
+        b.put_back(lines, dropped);
+        let (again, dropped) = b.take(10);
+        assert_eq!(again.iter().map(|l| l.at).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(dropped, 3, "the two dropped before and line 2, the oldest");
+    }
+}

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cache;
+mod dashboard;
 mod fleet;
 mod hot_swap;
 mod process;

@@ -43,7 +43,7 @@ const KNOWN = [
   { plugin: 'bme680', name: 'gas_resistance', label: 'Gas resistance', digits: 0, scale: 0.001, unit: 'kΩ' },
   { plugin: 'system', name: 'cpu_temperature', label: 'CPU temperature', digits: 1, colour: cpuColour },
   { plugin: 'system', name: 'load1', label: 'Load (1 min)', digits: 2 },
-  { plugin: 'netmon', prefix: 'rtt_', label: 'Ping', digits: 1, scale: 1000, unit: 'ms',
+  { plugin: 'netmon', prefix: 'rtt_', label: 'Ping', digits: 2, scale: 1000, unit: 'ms',
     colour: (v, node, s) => latest(node, 'netmon', 'up_' + s.name.slice(4)) === 0 ? RED : GREEN,
     note: (v, node, s) => (latest(node, 'netmon', 'up_' + s.name.slice(4)) === 0 ? 'unreachable: ' : 'reachable: ') + s.name.slice(4).replaceAll('_', '.') },
 ];
@@ -182,7 +182,7 @@ function updateCard(card, s) {
   }
   const note = d.note ? d.note(v, s.node, s) : (s.points.length ? `updated ${time(s.points[s.points.length - 1][0])}` : '');
   if (note === 'calibrating') {
-    if (!card.note.querySelector('.badge')) card.note.replaceChildren(el('span', { class: 'badge', text: 'calibrating' }), ' learning the gas baseline');
+    if (!card.note.querySelector('.badge')) card.note.replaceChildren(el('span', { class: 'badge', text: 'calibrating' }), ' gas baseline');
   } else if (card.note.textContent !== note) {
     card.note.textContent = note;
   }

@@ -67,13 +67,11 @@ pub async fn run(client: &Client, opts: DevOptions) -> anyhow::Result<()> {
     let (registry, key) = match &target {
         Target::Oci { .. } => {
             // Decrypted once: the loop must not prompt on every save.
-            let key = opts
-                .key
-                .as_deref()
-                .map(crate::oci::signing_key)
-                .transpose()?;
+            let key = opts.key.as_deref().map(crate::oci::signing_key).transpose()?;
             if key.is_none() {
-                eprintln!("warning: no --key: pushed builds are unsigned and only nodes started with --allow-unsigned run them");
+                eprintln!(
+                    "warning: no --key: pushed builds are unsigned and only nodes started with --allow-unsigned run them"
+                );
             }
             (Some(crate::oci::registry(&opts.insecure_registry)?), key)
         }

@@ -105,7 +105,13 @@ pub async fn logs(client: &Client, which: &str, follow: bool, tail: usize, zone:
 }
 
 /// `exec plugin/NAME COMMAND [K=V...] [--node N]`: prints each node's answer.
-pub async fn exec(client: &Client, which: &str, command: &str, args: &[String], node: Option<&str>) -> anyhow::Result<()> {
+pub async fn exec(
+    client: &Client,
+    which: &str,
+    command: &str,
+    args: &[String],
+    node: Option<&str>,
+) -> anyhow::Result<()> {
     let (kind, plugin) = target(which)?;
     if kind != "plugin" {
         bail!("{which:?}: commands go to plugins: plugin/NAME");

@@ -296,7 +296,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             tail,
             timezone,
-        } => live::logs(&client()?, &target, follow, tail, live::Zone::parse(timezone.as_deref())?).await,
+        } => {
+            live::logs(
+                &client()?,
+                &target,
+                follow,
+                tail,
+                live::Zone::parse(timezone.as_deref())?,
+            )
+            .await
+        }
         Command::Exec {
             target,
             command,

@@ -42,8 +42,14 @@ struct Page {
 pub fn router(api: Api, timezone: String) -> Router {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
-        .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
-        .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/assets/app.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
         .route("/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
         .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON) }))
         .route("/api/state", get(state))
@@ -162,7 +168,11 @@ async fn logs(State(page): State<Page>, Query(q): Query<LogsQuery>) -> Response 
 }
 
 fn forbidden(message: &str) -> Response {
-    (StatusCode::FORBIDDEN, axum::Json(json!({"reason": "Forbidden", "message": message}))).into_response()
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(json!({"reason": "Forbidden", "message": message})),
+    )
+        .into_response()
 }
 
 /// A buzzer button: forwarded by the hub to the nodes running the plugin.

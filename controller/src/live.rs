@@ -263,7 +263,8 @@ pub struct LogFilter {
 
 impl LogFilter {
     pub fn matches(&self, l: &LogLine) -> bool {
-        self.node.as_ref().is_none_or(|n| *n == l.node) && self.plugin.as_ref().is_none_or(|p| l.plugin.as_ref() == Some(p))
+        self.node.as_ref().is_none_or(|n| *n == l.node)
+            && self.plugin.as_ref().is_none_or(|p| l.plugin.as_ref() == Some(p))
     }
 }
 
@@ -286,7 +287,9 @@ mod tests {
     #[test]
     fn keeps_a_bounded_window_per_node_and_filters() {
         let live = Live::new();
-        let logs = (0..LOG_WINDOW as u64 + 10).map(|i| line(i, None, &format!("n{i}"))).collect();
+        let logs = (0..LOG_WINDOW as u64 + 10)
+            .map(|i| line(i, None, &format!("n{i}")))
+            .collect();
         live.report(
             "pi4",
             LiveReport {

@@ -594,7 +594,11 @@ pub async fn run_command(
     let results = futures::future::join_all(calls).await;
     let all_ok = results.iter().all(|r| r["ok"] == json!(true));
     tracing::info!(plugin, command, nodes = ?targets, ok = all_ok, "plugin command");
-    let code = if all_ok { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    let code = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
     Ok((code, json!({"plugin": plugin, "command": command, "results": results})))
 }
 
@@ -646,9 +650,7 @@ async fn logs(State(api): State<Api>, Query(q): Query<LogsQuery>) -> Result<Resp
                 Err(_) => Ok(Bytes::from_static(b"{}\n")),
                 Ok(Ok(l)) if filter.matches(&l) => ndjson_line(&l),
                 Ok(Ok(_)) => continue,
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
-                    ndjson_line(&json!({"dropped": n}))
-                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => ndjson_line(&json!({"dropped": n})),
                 Ok(Err(_)) => return,
             };
             if tx.send(line).await.is_err() {

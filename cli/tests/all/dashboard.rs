@@ -104,16 +104,31 @@ fn the_showcase_in_a_browser() {
     std::fs::create_dir_all(&manifests).unwrap();
     for p in plugins {
         let text = std::fs::read_to_string(repo().join(format!("manifests/fleet/{p}.yaml"))).unwrap();
-        std::fs::write(manifests.join(format!("{p}.yaml")), text.replace("127.0.0.1:5000", &host)).unwrap();
+        std::fs::write(
+            manifests.join(format!("{p}.yaml")),
+            text.replace("127.0.0.1:5000", &host),
+        )
+        .unwrap();
     }
     harvester_ok(&fleet, &["apply", "-f", manifests.to_str().unwrap()]);
     for p in plugins {
-        harvester_ok(&fleet, &["rollout", "status", &format!("plugin/{p}"), "--timeout", ROLLOUT]);
+        harvester_ok(
+            &fleet,
+            &["rollout", "status", &format!("plugin/{p}"), "--timeout", ROLLOUT],
+        );
     }
 
     // Commands and logs through the hub, from the command line.
     let mut follow = Command::new(env!("CARGO_BIN_EXE_harvester"))
-        .args(["logs", "plugin/buzzer", "-f", "--tail", "0", "--timezone", "America/New_York"])
+        .args([
+            "logs",
+            "plugin/buzzer",
+            "-f",
+            "--tail",
+            "0",
+            "--timezone",
+            "America/New_York",
+        ])
         .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", fleet.port))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -127,11 +142,20 @@ fn the_showcase_in_a_browser() {
     let line = wait_line(&followed, Duration::from_secs(15), |l| l.contains("played long"))
         .expect("`logs -f` shows the plugin's line as it happens");
     assert!(line.contains(" pi4 ") && line.contains("[buzzer]"), "{line}");
-    assert!(line.contains(" EST ") || line.contains(" EDT "), "times in the asked zone: {line}");
+    assert!(
+        line.contains(" EST ") || line.contains(" EDT "),
+        "times in the asked zone: {line}"
+    );
     drop(follow);
     let pi4_logs = harvester_ok(&fleet, &["logs", "node/pi4", "--tail", "500"]);
-    assert!(pi4_logs.contains("[dht22]") && pi4_logs.contains("[nodelet]"), "{pi4_logs}");
-    assert!(pi4_logs.lines().all(|l| l.contains(" pi4 ")), "only pi4's lines: {pi4_logs}");
+    assert!(
+        pi4_logs.contains("[dht22]") && pi4_logs.contains("[nodelet]"),
+        "{pi4_logs}"
+    );
+    assert!(
+        pi4_logs.lines().all(|l| l.contains(" pi4 ")),
+        "only pi4's lines: {pi4_logs}"
+    );
     let err = harvester(&fleet, &["exec", "plugin/buzzer", "siren"]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stdout).contains("unknown command \"siren\""));
@@ -223,7 +247,11 @@ fn the_showcase_in_a_browser() {
             let app = dev_dir.join("app.py");
             let source = std::fs::read_to_string(&app).unwrap();
             assert!(source.contains("HIGH_TEMP = 30.0"));
-            std::fs::write(&app, source.replace("HIGH_TEMP = 30.0", &format!("HIGH_TEMP = {high:.1}"))).unwrap();
+            std::fs::write(
+                &app,
+                source.replace("HIGH_TEMP = 30.0", &format!("HIGH_TEMP = {high:.1}")),
+            )
+            .unwrap();
             edited = true;
         }
         if line == "OK" {

@@ -432,3 +432,103 @@ fn a_node_that_stops_reporting_is_marked_not_ready_and_keeps_its_plugins() {
     });
     wait_until(T, "plugin running", || runs(port, "p", 1));
 }
+
+/// Commands and logs through the hub, and what the hub refuses: unknown
+/// plugins and nodes, a node that is gone, and dashboard writes that do not
+/// come from the dashboard's own page.
+#[test]
+fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
+    let mut fleet = Fleet::new();
+    let pi4 = fleet.start_node("pi4", "role=sensor", "leds");
+    fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1"));
+    fleet.cli_ok(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
+    assert!(runs(pi4, "probe", 1));
+
+    // A command runs in the plugin on the node and the answer comes back.
+    let out = fleet.cli_ok(&["exec", "plugin/probe", "gpio"]);
+    assert_eq!(out.trim(), "pi4: wrote GPIO17");
+    let out = fleet.cli_ok(&["exec", "plugin/probe", "ticks", "--node", "pi4"]);
+    assert!(
+        out.trim().strip_prefix("pi4: ").unwrap().parse::<u64>().is_ok(),
+        "{out}"
+    );
+    let api = fleet.port;
+    let (code, _, body) = http_raw("POST", api, "/api/v1alpha1/plugins/nope/commands/x", &[], b"");
+    assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
+    let (code, _, body) = http_raw("POST", api, "/api/v1alpha1/plugins/probe/commands/x?node=hub", &[], b"");
+    assert_eq!(code, 409);
+    assert!(String::from_utf8_lossy(&body).contains("not running on node hub"));
+    let (code, _, body) = http_raw("POST", api, "/api/v1alpha1/plugins/probe/commands/x", &[], b"[1]");
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&body).contains("arguments must be a JSON object"));
+    let (code, _, _) = http_raw(
+        "POST",
+        api,
+        "/api/v1alpha1/nodes/ghost/live",
+        &[("content-type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(code, 404, "reports from unregistered nodes are refused");
+
+    // The node's lines and its plugin's, with the plugin named.
+    wait_until(T, "probe lines at the hub", || {
+        fleet
+            .cli_ok(&["logs", "plugin/probe", "--timezone", "UTC"])
+            .contains("[probe]")
+    });
+    let lines = fleet.cli_ok(&["logs", "node/pi4", "--timezone", "UTC"]);
+    assert!(lines.contains("[nodelet]") && lines.contains(" UTC pi4 "), "{lines}");
+    let out = fleet.cli(&["logs", "node/ghost"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
+    let out = fleet.cli(&["logs", "pi4"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected node/NAME or plugin/NAME"));
+
+    // The dashboard: its own assets with a strict policy, and writes only
+    // from its own page, only the buzzer's commands.
+    let dash = fleet.dashboard;
+    let (code, head, body) = http_raw("GET", dash, "/", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        head.to_lowercase()
+            .contains("content-security-policy: default-src 'self'"),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("/assets/app.js"));
+    let (code, _, _) = http_raw("POST", dash, "/api/plugins/buzzer/commands/short", &[], b"");
+    assert_eq!(code, 403, "no page header");
+    let (code, _, _) = http_raw(
+        "POST",
+        dash,
+        "/api/plugins/buzzer/commands/short",
+        &[("X-Harvester", "1"), ("Origin", "http://evil.example")],
+        b"",
+    );
+    assert_eq!(code, 403, "another site's page");
+    let own = format!("http://127.0.0.1:{dash}");
+    let (code, _, body) = http_raw(
+        "POST",
+        dash,
+        "/api/plugins/probe/commands/gpio",
+        &[("X-Harvester", "1"), ("Origin", &own)],
+        b"",
+    );
+    assert_eq!(code, 403, "not a dashboard command");
+    assert!(String::from_utf8_lossy(&body).contains("does not send"));
+    let (code, _, body) = http_raw("GET", dash, "/api/logs?node=pi4&tail=5", &[], b"");
+    assert_eq!(code, 200);
+    let lines: Value = serde_json::from_slice(&body).unwrap();
+    assert!(!lines.as_array().unwrap().is_empty() && lines.as_array().unwrap().len() <= 5);
+
+    // A node that is gone does not answer; the hub says so within its
+    // deadline instead of hanging (a killed node's stream is noticed on the
+    // next write, so the first command may wait out the 5 s).
+    fleet.kill_node("pi4");
+    let out = fleet.cli(&["exec", "plugin/probe", "gpio"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("not connected") || said.contains("did not answer within 5s"),
+        "{said}"
+    );
+}

@@ -106,20 +106,28 @@ pub async fn run(client: &Client, opts: DevOptions) -> anyhow::Result<()> {
         .watch(&dev.opts.dir, notify::RecursiveMode::Recursive)
         .with_context(|| format!("cannot watch {}", dev.opts.dir.display()))?;
 
-    if let Err(e) = dev.roll_out(&mut built).await {
-        eprintln!("error: {e:#}");
+    // One signal future for the whole session: Ctrl-C during a build or a
+    // rollout stops too.
+    let shutdown = crate::nodelet::shutdown_signal();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = dev.roll_out(&mut built) => if let Err(e) = r { eprintln!("error: {e:#}") },
+        _ = &mut shutdown => return Ok(()),
     }
     println!("watching {} for changes (Ctrl-C to stop)", dev.opts.dir.display());
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { break },
-            _ = crate::nodelet::shutdown_signal() => break,
+            _ = &mut shutdown => break,
         }
         // Let the burst of events of one save settle.
         while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-        if let Err(e) = dev.roll_out(&mut built).await {
-            eprintln!("error: {e:#}");
-            println!("watching {} for changes", dev.opts.dir.display());
+        tokio::select! {
+            r = dev.roll_out(&mut built) => if let Err(e) = r {
+                eprintln!("error: {e:#}");
+                println!("watching {} for changes", dev.opts.dir.display());
+            },
+            _ = &mut shutdown => break,
         }
     }
     Ok(())

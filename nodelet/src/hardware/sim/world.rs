@@ -41,10 +41,12 @@ impl SimWorld {
         let t = self.started.elapsed().as_secs_f32() + self.seed * 37.0;
         let wave = |period: f32, phase: f32| (std::f32::consts::TAU * t / period + phase).sin();
         let pinned = *self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        // A warm room, 21.4-24.6 C: LED 1 shows green or orange, and the
+        // hot-reload walk-through's HIGH_TEMP = 20.0 always raises the alarm.
         Room {
             temperature_c: pinned
                 .temperature_c
-                .unwrap_or(22.0 + 2.5 * wave(600.0, 0.0) + 0.15 * wave(23.0, 1.0)),
+                .unwrap_or(23.0 + 1.5 * wave(600.0, 0.0) + 0.15 * wave(23.0, 1.0)),
             humidity_pct: pinned
                 .humidity_pct
                 .unwrap_or(45.0 + 6.0 * wave(900.0, 2.0) + 0.5 * wave(31.0, 0.5)),

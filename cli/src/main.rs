@@ -42,6 +42,10 @@ enum Command {
         /// else this machine's zone).
         #[arg(long, value_name = "ZONE")]
         timezone: Option<String>,
+        /// Memory for the nodes' recent log lines, all together (each node
+        /// keeps up to 2,000 lines within its share).
+        #[arg(long, value_name = "SIZE", default_value = "64Mi")]
+        log_memory: harvester_api::MemorySize,
     },
     /// Show log lines of a node or a plugin, as the hub received them.
     Logs {
@@ -269,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dashboard,
             no_dashboard,
             timezone,
+            log_memory,
         } => {
             let timezone = match timezone {
                 Some(t) => {
@@ -286,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     registry: oci::registry(&insecure_registry)?.options().clone(),
                     dashboard: (!no_dashboard).then_some(dashboard),
                     timezone,
+                    log_memory: log_memory.bytes() as usize,
                 },
                 nodelet::shutdown_signal(),
             )

@@ -35,6 +35,8 @@ pub struct ControllerOptions {
     pub dashboard: Option<SocketAddr>,
     /// The IANA time zone the dashboard shows times in.
     pub timezone: String,
+    /// Memory for the nodes' recent log lines, all together.
+    pub log_memory: usize,
 }
 
 pub fn now_ms() -> u64 {
@@ -73,7 +75,7 @@ pub async fn run(
         store,
         reconciler,
         registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),
-        live: Arc::new(live::Live::new()),
+        live: Arc::new(live::Live::new(options.log_memory)),
     };
     let live = api.live.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);

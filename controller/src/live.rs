@@ -14,6 +14,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Log lines kept per node.
 pub const LOG_WINDOW: usize = 2000;
+/// Memory for all nodes' log windows together (`--log-memory`): with many
+/// nodes each window gets a fair share of it instead of its full length.
+pub const LOG_MEMORY: usize = 64 << 20;
+/// A node's share never drops below this (about 100 lines).
+const MIN_NODE_LOG_BYTES: usize = 16 << 10;
 /// Points kept per reading series (at one per 3 s, about 15 minutes).
 const HISTORY_POINTS: usize = 300;
 const BUZZER_KEPT: usize = 20;
@@ -31,9 +36,20 @@ pub struct Series {
     pub points: VecDeque<(u64, f64)>,
 }
 
+/// What a kept line costs, roughly: the struct and its strings.
+fn line_cost(l: &LogLine) -> usize {
+    std::mem::size_of::<LogLine>()
+        + l.message.len()
+        + l.node.len()
+        + l.level.len()
+        + l.source.len()
+        + l.plugin.as_ref().map_or(0, String::len)
+}
+
 #[derive(Debug, Default)]
 struct NodeLive {
     logs: VecDeque<LogLine>,
+    log_bytes: usize,
     dropped_logs: u64,
     series: BTreeMap<(String, String), Series>,
     leds: Option<Vec<String>>,
@@ -63,6 +79,10 @@ pub enum CommandError {
 
 pub struct Live {
     nodes: Mutex<BTreeMap<String, NodeLive>>,
+    log_memory: usize,
+    /// Which other node's window the next report trims, round robin, so
+    /// nodes that stopped reporting shrink too.
+    trim_cursor: AtomicU64,
     logs: broadcast::Sender<LogLine>,
     links: Mutex<HashMap<String, (u64, mpsc::Sender<Command>)>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
@@ -72,14 +92,27 @@ pub struct Live {
 
 impl Default for Live {
     fn default() -> Self {
-        Live::new()
+        Live::new(LOG_MEMORY)
+    }
+}
+
+impl NodeLive {
+    fn trim(&mut self, budget: usize) {
+        while self.logs.len() > LOG_WINDOW || (self.log_bytes > budget && !self.logs.is_empty()) {
+            if let Some(old) = self.logs.pop_front() {
+                self.log_bytes -= line_cost(&old);
+            }
+        }
     }
 }
 
 impl Live {
-    pub fn new() -> Live {
+    /// `log_memory`: bytes for all nodes' log windows together.
+    pub fn new(log_memory: usize) -> Live {
         Live {
             nodes: Mutex::new(BTreeMap::new()),
+            log_memory,
+            trim_cursor: AtomicU64::new(0),
             logs: broadcast::channel(4096).0,
             links: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -96,12 +129,19 @@ impl Live {
         live.dropped_logs += report.dropped_logs;
         for mut line in report.logs {
             line.node = node.to_string();
-            if live.logs.len() == LOG_WINDOW {
-                live.logs.pop_front();
-            }
+            live.log_bytes += line_cost(&line);
             live.logs.push_back(line.clone());
             let _ = self.logs.send(line);
         }
+        let budget = (self.log_memory / nodes.len().max(1)).max(MIN_NODE_LOG_BYTES);
+        if let Some(live) = nodes.get_mut(node) {
+            live.trim(budget);
+        }
+        let i = self.trim_cursor.fetch_add(1, Ordering::Relaxed) as usize % nodes.len();
+        if let Some(other) = nodes.values_mut().nth(i) {
+            other.trim(budget);
+        }
+        let live = nodes.get_mut(node).expect("inserted above");
         for r in report.readings {
             let s = live
                 .series
@@ -286,7 +326,7 @@ mod tests {
 
     #[test]
     fn keeps_a_bounded_window_per_node_and_filters() {
-        let live = Live::new();
+        let live = Live::default();
         let logs = (0..LOG_WINDOW as u64 + 10)
             .map(|i| line(i, None, &format!("n{i}")))
             .collect();
@@ -329,8 +369,58 @@ mod tests {
     }
 
     #[test]
+    fn log_windows_share_a_memory_budget() {
+        let one_line = line_cost(&LogLine {
+            node: "n0".into(),
+            ..line(0, None, "x")
+        });
+        // Room for 300 one-character lines in all: 3 nodes get ~100 each,
+        // never fewer than the minimum share.
+        let live = Live::new(300 * one_line);
+        for n in 0..3 {
+            let logs = (0..1000).map(|i| line(i, None, "x")).collect();
+            live.report(
+                &format!("n{n}"),
+                LiveReport {
+                    logs,
+                    ..LiveReport::default()
+                },
+                1,
+            );
+        }
+        // Later reports trim the others' windows too, round robin.
+        for _ in 0..3 {
+            live.report("n2", LiveReport::default(), 2);
+        }
+        let kept = |n: &str| {
+            live.logs(
+                &LogFilter {
+                    node: Some(n.into()),
+                    plugin: None,
+                },
+                usize::MAX,
+            )
+            .len()
+        };
+        let min_lines = MIN_NODE_LOG_BYTES / one_line;
+        for n in ["n0", "n1", "n2"] {
+            assert!(kept(n) <= min_lines.max(100) + 1, "{n}: {}", kept(n));
+            assert!(kept(n) >= min_lines.min(100), "{n}: {}", kept(n));
+        }
+        // The newest lines are the ones kept.
+        let n2 = live.logs(
+            &LogFilter {
+                node: Some("n2".into()),
+                plugin: None,
+            },
+            1,
+        );
+        assert_eq!(n2[0].at, 999);
+    }
+
+    #[test]
     fn series_keep_order_and_drop_repeats() {
-        let live = Live::new();
+        let live = Live::default();
         let reading = |at, value| LiveReading {
             plugin: "dht22".into(),
             name: "temperature".into(),
@@ -354,7 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_travel_over_the_link_and_time_out() {
-        let live = std::sync::Arc::new(Live::new());
+        let live = std::sync::Arc::new(Live::default());
         let err = live
             .command("pi4", "buzzer", "short", vec![], Duration::from_millis(50))
             .await

@@ -337,7 +337,7 @@ function renderNodes(nodes) {
       el('td', { class: ok ? 'state-ready' : 'state-bad', text: ok ? 'Ready' : (ready ? ready.reason : 'Unknown') }),
       el('td', { text: `${st.backend || '?'} · ${st.architecture || '?'}` }),
       el('td', { text: (st.devices || []).join(', ') }),
-      el('td', {}, ...plugins.map(([name, p]) => el('div', { text: `${name}: ${p.phase}` }))),
+      el('td', {}, ...plugins.map(([name, p]) => el('div', { text: `${name}: ${p.phase} (gen ${p.generation})` }))),
       el('td', { text: age == null ? '—' : `${time(st.lastHeartbeat)} (${age} s ago)` }),
     );
   });

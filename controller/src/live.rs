@@ -36,9 +36,12 @@ pub struct Series {
     pub points: VecDeque<(u64, f64)>,
 }
 
-/// What a kept line costs, roughly: the struct and its strings.
+/// What a kept line costs, roughly: the struct, its strings and the
+/// allocator's overhead for each.
 fn line_cost(l: &LogLine) -> usize {
+    const PER_ALLOCATION: usize = 16;
     std::mem::size_of::<LogLine>()
+        + 5 * PER_ALLOCATION
         + l.message.len()
         + l.node.len()
         + l.level.len()
@@ -102,6 +105,11 @@ impl NodeLive {
             if let Some(old) = self.logs.pop_front() {
                 self.log_bytes -= line_cost(&old);
             }
+        }
+        // A burst leaves a large buffer behind; with a thousand nodes the
+        // empty slots would outweigh the lines.
+        if self.logs.capacity() > 2 * self.logs.len() + 64 {
+            self.logs.shrink_to(self.logs.len() + self.logs.len() / 4);
         }
     }
 }

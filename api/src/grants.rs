@@ -239,6 +239,16 @@ impl Grants {
         pins
     }
 
+    /// The first exclusive resource both grant, if any: an output pin or an
+    /// LED index. Two plugins on one node may not share those.
+    pub fn clash(&self, other: &Grants) -> Option<String> {
+        if let Some(pin) = self.output_pins().intersection(&other.output_pins()).next() {
+            return Some(format!("GPIO pin {pin}"));
+        }
+        let leds = |g: &Grants| -> BTreeSet<u32> { g.leds.iter().flat_map(|l| l.indices.iter().copied()).collect() };
+        leds(self).intersection(&leds(other)).next().map(|i| format!("LED {i}"))
+    }
+
     /// Checks every scope; `path` is where these grants sit, like `spec.grants`.
     pub fn validate(&self, path: &str, errors: &mut ValidationErrors) {
         if let Some(g) = &self.gpio {
@@ -358,6 +368,20 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Grants, String> {
         serde_yaml::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn output_pins_and_leds_clash_inputs_and_buses_do_not() {
+        let a = parse("{gpio: {pins: [17]}, leds: {indices: [1]}, i2c: {bus: 1, addresses: [0x77]}}").unwrap();
+        let pin = parse("{gpio: {pins: [27, 17]}}").unwrap();
+        let dht_on_17 = parse("{dht22: {pin: 17}}").unwrap();
+        let led = parse("{leds: {indices: [2, 1]}}").unwrap();
+        let bus = parse("{i2c: {bus: 1, addresses: [0x77]}}").unwrap();
+        assert_eq!(a.clash(&pin).as_deref(), Some("GPIO pin 17"));
+        assert_eq!(a.clash(&dht_on_17).as_deref(), Some("GPIO pin 17"));
+        assert_eq!(led.clash(&a).as_deref(), Some("LED 1"));
+        assert_eq!(a.clash(&bus), None, "a shared I2C bus is serialised, not refused");
+        assert_eq!(pin.clash(&led), None);
     }
 
     #[test]

@@ -283,11 +283,29 @@ impl Reconciler {
         }
 
         // Placement. A NotReady node keeps its assignments: no flapping.
+        // Older plugins place first, so one applied later that wants a pin
+        // or an LED already granted on a node waits instead of taking it.
         let mut per_node: BTreeMap<String, Vec<Assignment>> = BTreeMap::new();
         let mut per_plugin: BTreeMap<String, Vec<&Node>> = BTreeMap::new();
-        for plugin in &plugins {
+        let mut clashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut placed_on: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
+        let mut by_age: Vec<&Plugin> = plugins.iter().collect();
+        by_age.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
+        for plugin in by_age {
             let Some(digest) = plugin.spec.digest else { continue };
             for node in nodes.iter().filter(|n| places(plugin, n)) {
+                let here = placed_on.entry(node.metadata.name.as_str()).or_default();
+                if let Some((other, what)) = here
+                    .iter()
+                    .find_map(|o| plugin.spec.grants.clash(&o.spec.grants).map(|w| (o, w)))
+                {
+                    clashes.entry(plugin.metadata.name.clone()).or_default().push(format!(
+                        "{what} is already granted to plugin {} on node {}",
+                        other.metadata.name, node.metadata.name
+                    ));
+                    continue;
+                }
+                here.push(plugin);
                 per_node
                     .entry(node.metadata.name.clone())
                     .or_default()
@@ -400,7 +418,9 @@ impl Reconciler {
                         String::new(),
                     )
                 },
-                if !failing.is_empty() {
+                if let Some(c) = clashes.get(name) {
+                    condition("Degraded", true, "GrantConflict", c.join("; "))
+                } else if !failing.is_empty() {
                     // A node's own reason (SignatureInvalid, PullFailed...) says more.
                     let reason = on_nodes
                         .values()

@@ -130,6 +130,9 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
             return Ok(document_error(&api, format!("document {}", i + 1), e, &[]));
         }
     }
+    if let Some((i, e)) = grant_clash(&api, &objects)? {
+        return Ok(document_error(&api, format!("document {}", i + 1), e, &[]));
+    }
     let mut results = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
         let (kind, name) = (object.kind(), object.name().to_string());
@@ -145,6 +148,56 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
         }
     }
     Ok(Json(json!({"results": results})).into_response())
+}
+
+/// The first Plugin of `objects` that would share an output pin or an LED
+/// with another plugin on a node registered now, and why. Nodes that
+/// register later are guarded by the reconciler (condition GrantConflict).
+fn grant_clash(api: &Api, objects: &[Object]) -> Result<Option<(usize, StoreError)>, ApiError> {
+    let incoming: Vec<(usize, &Plugin)> = objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Object::Plugin(p) => Some((i, p)),
+            _ => None,
+        })
+        .collect();
+    if incoming.is_empty() {
+        return Ok(None);
+    }
+    let mut stored: Vec<Plugin> = Vec::new();
+    for value in api.store.list(Kind::Plugin)? {
+        let p: Plugin = serde_json::from_value(value).map_err(StoreError::from)?;
+        if !incoming.iter().any(|(_, q)| q.metadata.name == p.metadata.name) {
+            stored.push(p);
+        }
+    }
+    let nodes: Vec<Node> = api
+        .store
+        .list(Kind::Node)?
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::from)?;
+    for (k, (i, p)) in incoming.iter().enumerate() {
+        let earlier = incoming[..k].iter().map(|(_, q)| *q);
+        for other in stored.iter().chain(earlier) {
+            let Some(what) = p.spec.grants.clash(&other.spec.grants) else {
+                continue;
+            };
+            let shared = nodes
+                .iter()
+                .find(|n| crate::reconciler::places(p, n) && crate::reconciler::places(other, n));
+            if let Some(node) = shared {
+                let message = format!(
+                    "spec.grants: {what} is already granted to plugin {} on node {} (two plugins on one node may not share an output pin or an LED)",
+                    other.metadata.name, node.metadata.name
+                );
+                return Ok(Some((*i, StoreError::Invalid(message))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Deserialize)]

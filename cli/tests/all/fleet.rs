@@ -532,3 +532,74 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
         "{said}"
     );
 }
+
+/// Two plugins on one node may not share an output pin or an LED: refused
+/// at apply when a node both would run on exists, and held back by the
+/// reconciler (the older plugin keeps it) when such a node appears later.
+#[test]
+fn plugins_may_not_share_a_pin_or_an_led_on_a_node() {
+    let mut fleet = Fleet::new();
+    let pi4 = fleet.start_node("pi4", "role=sensor", "leds");
+    fleet.apply(&fleet.plugin_yaml(
+        "first",
+        "role: sensor",
+        "{gpio: {pins: [5]}, leds: {indices: [1, 2]}}",
+        "1",
+    ));
+    fleet.cli_ok(&["rollout", "status", "plugin/first", "--timeout", "60s"]);
+
+    let file = fleet.dir.path().join("clash.yaml");
+    std::fs::write(
+        &file,
+        fleet.plugin_yaml("second", "", "{gpio: {pins: [6]}, leds: {indices: [2]}}", "1"),
+    )
+    .unwrap();
+    let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LED 2 is already granted to plugin first on node pi4"),
+        "{err}"
+    );
+    let out = fleet.cli(&["get", "plugin", "second"]);
+    assert!(!out.status.success(), "nothing was applied");
+    std::fs::write(
+        &file,
+        fleet.plugin_yaml("pins", "", "{gpio: {pins: [17]}}", "1")
+            + "---\n"
+            + &fleet.plugin_yaml("pins2", "", "{gpio: {pins: [17, 27]}}", "1"),
+    )
+    .unwrap();
+    let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GPIO pin 17 is already granted to plugin pins on node pi4"),
+        "{err}"
+    );
+
+    // No node for them yet: both are accepted; the node that comes later
+    // runs the older one, and the newer one says why it does not run there.
+    fleet.apply(&fleet.plugin_yaml("older", "role: lab", "{gpio: {pins: [20]}, leds: {indices: [5]}}", "1"));
+    fleet.apply(&fleet.plugin_yaml(
+        "newer",
+        "role: lab",
+        "{gpio: {pins: [21]}, leds: {indices: [5, 6]}}",
+        "1",
+    ));
+    let lab = fleet.start_node("lab", "role=lab", "leds");
+    wait_until(T, "older runs on lab", || runs(lab, "older", 1));
+    wait_until(T, "newer reports the conflict", || {
+        let p = fleet.plugin("newer");
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["reason"] == "GrantConflict"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("LED 5 is already granted to plugin older on node lab"))
+            })
+        })
+    });
+    assert_eq!(on_node(lab, "newer"), None);
+    assert!(runs(pi4, "first", 1));
+}

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cache;
 mod dashboard;
+mod deploy;
 mod fleet;
 mod hot_swap;
 mod process;

@@ -5,8 +5,12 @@
 //!   register-level fake), used on any machine that is not a Pi.
 //! - [`bme680`]: the BME680 driver wrapper and [`iaq`] the air-quality index.
 //! - [`sysfs`]: CPU temperature, uptime and load from Linux.
+//! - [`drivers`]: buzzer relay, WS2812B over SPI and DHT22 over embedded-hal,
+//!   tested against the timing- and bus-level fakes of [`fakes`].
 
 pub mod bme680;
+pub mod drivers;
+pub mod fakes;
 pub mod iaq;
 pub mod sim;
 pub mod sysfs;

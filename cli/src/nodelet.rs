@@ -14,8 +14,24 @@ use std::time::Duration;
 pub enum HardwareChoice {
     /// Simulated devices (any machine).
     Sim,
-    /// A Raspberry Pi if this is one, simulated devices otherwise.
+    /// This Raspberry Pi's devices (rppal): GPIO, I2C, SPI, DHT22, buzzer relay.
+    Rpi,
+    /// A Raspberry Pi's devices if this is one, simulated devices otherwise.
     Auto,
+}
+
+/// A BCM pin number, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybePin(pub Option<u8>);
+
+fn pin_or_none(s: &str) -> Result<MaybePin, String> {
+    if s == "none" {
+        return Ok(MaybePin(None));
+    }
+    match s.parse::<u8>() {
+        Ok(p) if p <= 27 => Ok(MaybePin(Some(p))),
+        _ => Err(format!("{s:?}: a BCM pin number 0-27, or none")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +60,15 @@ pub struct NodeletArgs {
     pub listen: SocketAddr,
     #[arg(long, value_enum, default_value_t = HardwareChoice::Auto)]
     pub hardware: HardwareChoice,
+    /// On a Pi: the DHT22's data pin (BCM), or none.
+    #[arg(long, value_name = "PIN", default_value = "4", value_parser = pin_or_none)]
+    pub dht22_pin: MaybePin,
+    /// On a Pi: the buzzer relay's input pin (BCM, active low), or none.
+    #[arg(long, value_name = "PIN", default_value = "17", value_parser = pin_or_none)]
+    pub buzzer_pin: MaybePin,
+    /// On a Pi: WS2812B LEDs on SPI0 MOSI (GPIO10); 0 for no strip.
+    #[arg(long, value_name = "N", default_value_t = 11)]
+    pub led_count: usize,
     /// Pin a simulated value: temperature=31, humidity=40, pressure=1000,
     /// gas=50000, cpu-temperature=75 (repeatable).
     #[arg(long = "sim", value_name = "KEY=VALUE")]
@@ -129,31 +154,55 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
     let on_pi = std::fs::read_to_string("/proc/device-tree/model")
         .map(|m| m.contains("Raspberry Pi"))
         .unwrap_or(false);
-    if args.hardware == HardwareChoice::Auto && on_pi {
-        tracing::warn!("this is a Raspberry Pi, but this build drives simulated devices only");
-    }
-    let devices: Vec<&str> = args
-        .sim_devices
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .collect();
-    if let Some(bad) = devices
-        .iter()
-        .find(|d| !["dht22", "bme680", "leds", "buzzer"].contains(d))
-    {
-        bail!("--sim-devices: unknown device {bad:?}; use dht22, bme680, leds, buzzer");
-    }
-    let profile = SimProfile {
-        led_count: if devices.contains(&"leds") { 11 } else { 0 },
-        buzzer: devices.contains(&"buzzer"),
-        dht22: devices.contains(&"dht22"),
-        bme680: devices.contains(&"bme680"),
-        seed: args.name.bytes().map(u64::from).sum(),
-        ..SimProfile::default()
+    let use_pi = match args.hardware {
+        HardwareChoice::Rpi => true,
+        HardwareChoice::Auto => on_pi,
+        HardwareChoice::Sim => false,
     };
-    let (hardware, handles) = sim::build(&profile);
-    apply_sim(&handles, &args.sim)?;
+    let (hardware, sim_buzzer) = if use_pi {
+        if !args.sim.is_empty() {
+            bail!("--sim pins simulated readings; this node drives real devices (--hardware sim to simulate)");
+        }
+        let config = harvester_nodelet::hardware::rpi::RpiConfig {
+            dht22_pin: args.dht22_pin.0,
+            buzzer_pin: args.buzzer_pin.0,
+            led_count: args.led_count,
+            ..Default::default()
+        };
+        let (hardware, notes) =
+            harvester_nodelet::hardware::rpi::build(&config).map_err(|e| anyhow::anyhow!("--hardware rpi: {e}"))?;
+        for n in notes {
+            tracing::warn!("{n}");
+        }
+        (hardware, None)
+    } else {
+        let devices: Vec<&str> = args
+            .sim_devices
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .collect();
+        if let Some(bad) = devices
+            .iter()
+            .find(|d| !["dht22", "bme680", "leds", "buzzer"].contains(d))
+        {
+            bail!("--sim-devices: unknown device {bad:?}; use dht22, bme680, leds, buzzer");
+        }
+        let profile = SimProfile {
+            led_count: if devices.contains(&"leds") { 11 } else { 0 },
+            buzzer: devices.contains(&"buzzer"),
+            dht22: devices.contains(&"dht22"),
+            bme680: devices.contains(&"bme680"),
+            seed: args.name.bytes().map(u64::from).sum(),
+            ..SimProfile::default()
+        };
+        let (hardware, handles) = sim::build(&profile);
+        apply_sim(&handles, &args.sim)?;
+        if args.hardware == HardwareChoice::Auto {
+            tracing::info!("not a Raspberry Pi: simulated devices (--hardware rpi for real ones)");
+        }
+        (hardware, profile.buzzer.then(|| handles.buzzer.clone()))
+    };
     tracing::info!(node = args.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
 
     let data = args.data.clone().unwrap_or_else(default_data_dir);
@@ -174,7 +223,6 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let listener_addr = listener.local_addr()?;
     tracing::info!("serving /status and /metrics on http://{listener_addr}");
-    let sim_buzzer = profile.buzzer.then(|| handles.buzzer.clone());
     let app = harvester_nodelet::server::router(args.name.clone(), runtime.clone(), sim_buzzer);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 

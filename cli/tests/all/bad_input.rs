@@ -95,3 +95,51 @@ fn a_plugin_that_raises_on_init_is_reported_and_others_keep_running() {
         node.runtime.plugin_status("good").unwrap().ticks > before + 3
     });
 }
+
+/// `--hardware rpi` off a Pi stops at once and says what to do; bad pin
+/// settings are named; `auto` falls back to simulated devices and says so.
+#[test]
+fn real_hardware_off_a_pi_is_refused_plainly() {
+    if std::fs::read_to_string("/proc/device-tree/model").is_ok_and(|m| m.contains("Raspberry Pi")) {
+        return; // On a Pi this machine has the real thing.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = repo().join("manifests/standalone-pi4.yaml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["nodelet", "--standalone", manifest.to_str().unwrap(), "--data"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--hardware", "rpi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--hardware rpi: this is not a Raspberry Pi") && err.contains("--hardware sim"),
+        "{err}"
+    );
+    let out = run(&["--hardware", "rpi", "--buzzer-pin", "40"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a BCM pin number 0-27, or none"));
+
+    let port = free_port();
+    let mut node = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["nodelet", "--standalone", manifest.to_str().unwrap(), "--data"])
+            .arg(dir.path())
+            .args(["--hardware", "auto", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(30), "node up", || status(port).is_some());
+    assert_eq!(status(port).unwrap()["hardware"]["backend"], "sim");
+    let stderr = node.0.stderr.take().unwrap();
+    drop(node);
+    let mut log = String::new();
+    use std::io::Read;
+    std::io::BufReader::new(stderr).read_to_string(&mut log).unwrap();
+    assert!(log.contains("not a Raspberry Pi: simulated devices"), "{log}");
+}

@@ -4,6 +4,7 @@
 //! - [`sim`]: simulated devices (the BME680 through the real driver against a
 //!   register-level fake), used on any machine that is not a Pi.
 //! - [`bme680`]: the BME680 driver wrapper and [`iaq`] the air-quality index.
+//! - [`rpi`]: the Raspberry Pi backend (rppal), devices probed at start.
 //! - [`sysfs`]: CPU temperature, uptime and load from Linux.
 //! - [`drivers`]: buzzer relay, WS2812B over SPI and DHT22 over embedded-hal,
 //!   tested against the timing- and bus-level fakes of [`fakes`].
@@ -12,6 +13,7 @@ pub mod bme680;
 pub mod drivers;
 pub mod fakes;
 pub mod iaq;
+pub mod rpi;
 pub mod sim;
 pub mod sysfs;
 

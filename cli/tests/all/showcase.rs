@@ -159,4 +159,15 @@ fn the_rust_buzzer_plugin_plays_commanded_patterns() {
             BuzzerAction::Pattern(BuzzerPattern::Long)
         ]
     );
+
+    // A plugin that goes away with its tone on leaves the buzzer silent.
+    node.runtime.command("buzzer", "tone-on", vec![]).unwrap();
+    assert_eq!(
+        node.sim.buzzer.events().last().map(|e| e.action.clone()),
+        Some(BuzzerAction::Tone(true))
+    );
+    assert!(node.runtime.remove("buzzer"));
+    wait_until(Duration::from_secs(10), "the buzzer silenced", || {
+        node.sim.buzzer.events().last().map(|e| e.action.clone()) == Some(BuzzerAction::Tone(false))
+    });
 }

@@ -31,7 +31,8 @@ enum BuzzerJob {
 /// Patterns play on the driver's own thread, so a plugin's call returns at
 /// once; a tone change or a new pattern cuts the one playing.
 pub struct RelayBuzzer {
-    jobs: Mutex<mpsc::Sender<BuzzerJob>>,
+    jobs: Mutex<Option<mpsc::Sender<BuzzerJob>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RelayBuzzer {
@@ -39,7 +40,7 @@ impl RelayBuzzer {
         pin.set_high()
             .map_err(|e| DeviceError::Failed(format!("cannot silence the buzzer relay: {e:?}")))?;
         let (tx, rx) = mpsc::channel::<BuzzerJob>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("buzzer".into())
             .spawn(move || {
                 let mut pending: Option<BuzzerJob> = None;
@@ -72,13 +73,27 @@ impl RelayBuzzer {
                 let _ = pin.set_high();
             })
             .map_err(|e| DeviceError::Failed(format!("cannot start the buzzer thread: {e}")))?;
-        Ok(RelayBuzzer { jobs: Mutex::new(tx) })
+        Ok(RelayBuzzer {
+            jobs: Mutex::new(Some(tx)),
+            thread: Some(thread),
+        })
     }
 
     fn send(&self, job: BuzzerJob) -> DeviceResult<()> {
         lock(&self.jobs)
-            .send(job)
-            .map_err(|_| DeviceError::Failed("the buzzer thread has stopped".into()))
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| DeviceError::Failed("the buzzer thread has stopped".into()))
+    }
+}
+
+impl Drop for RelayBuzzer {
+    /// Waits until the relay is released, so a node that exits leaves it silent.
+    fn drop(&mut self) {
+        lock(&self.jobs).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -246,7 +261,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(pin.levels().last(), Some(&false));
         drop(buzzer);
-        std::thread::sleep(Duration::from_millis(100));
         assert_eq!(pin.levels().last(), Some(&true), "silent when the node lets go");
     }
 

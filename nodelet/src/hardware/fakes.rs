@@ -120,7 +120,7 @@ pub fn decode_ws2812(transfer: &[u8]) -> Result<Vec<Rgb>, String> {
         ));
     }
     let data = &transfer[start..end];
-    if data.len() % 12 != 0 {
+    if !data.len().is_multiple_of(12) {
         return Err(format!("{} data bytes is not a whole number of LEDs", data.len()));
     }
     let bit = |nibble: u8| match nibble {

@@ -138,15 +138,15 @@ impl RpiGpio {
             )));
         }
         let mut pins = lock(&self.pins);
-        if !pins.contains_key(&pin) {
-            let p = self
-                .gpio
-                .get(pin)
-                .map_err(|e| DeviceError::Unavailable(gpio_error(e)))?
-                .into_io(if output { Mode::Output } else { Mode::Input });
-            pins.insert(pin, p);
-        }
-        let p = pins.get_mut(&pin).expect("inserted above");
+        let p = match pins.entry(pin) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                self.gpio
+                    .get(pin)
+                    .map_err(|e| DeviceError::Unavailable(gpio_error(e)))?
+                    .into_io(if output { Mode::Output } else { Mode::Input }),
+            ),
+        };
         if output && p.mode() != Mode::Output {
             p.set_mode(Mode::Output);
         }

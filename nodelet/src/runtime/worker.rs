@@ -156,7 +156,20 @@ impl Worker {
             }
         }
         self.instance = None;
+        self.silence();
         self.report.emit(&self.plugin, EventKind::Stopped);
+    }
+
+    /// A plugin that stops or crashes while its tone is on must not leave
+    /// the buzzer sounding.
+    fn silence(&self) {
+        let ctx = &self.version.ctx;
+        if ctx.grants.grants(harvester_api::Capability::Buzzer)
+            && let Some(b) = &ctx.hardware.buzzer
+            && let Err(e) = b.tone(false)
+        {
+            tracing::warn!(plugin = self.plugin, "cannot silence the buzzer: {e}");
+        }
     }
 
     fn tick(&mut self) {
@@ -223,6 +236,7 @@ impl Worker {
     fn trapped(&mut self, call: &str, failure: CallFailure) {
         // A trapped instance is poisoned: drop it and start a fresh one later.
         self.instance = None;
+        self.silence();
         self.failures += 1;
         self.healthy_ticks = 0;
         self.last_error = failure.message.clone();

@@ -38,9 +38,10 @@ fn spawn(args: &[&str]) -> Proc {
     )
 }
 
-fn plugin_doc(name: &str, digest: &Digest, version: usize, selector: &str) -> String {
+/// `pin`: plugins on one node may not share an output pin.
+fn plugin_doc(name: &str, digest: &Digest, version: usize, selector: &str, pin: usize) -> String {
     format!(
-        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: probe.wasm\n  digest: \"{digest}\"\n  nodeSelector: {{{selector}}}\n  grants: {{gpio: {{pins: [17]}}}}\n  config: {{VERSION: \"{version}\"}}\n  tickInterval: 1s\n"
+        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: probe.wasm\n  digest: \"{digest}\"\n  nodeSelector: {{{selector}}}\n  grants: {{gpio: {{pins: [{pin}]}}}}\n  config: {{VERSION: \"{version}\"}}\n  tickInterval: 1s\n"
     )
 }
 
@@ -133,7 +134,7 @@ async fn main() {
         let t = Instant::now();
         let r = http
             .post(format!("{base}/apply"))
-            .body(plugin_doc(&format!("p{i}"), &digest, 1, "none: none"))
+            .body(plugin_doc(&format!("p{i}"), &digest, 1, "none: none", 17))
             .send()
             .await
             .unwrap();
@@ -165,7 +166,7 @@ async fn main() {
             for i in 0..50 {
                 let r = http
                     .post(format!("{base}/apply"))
-                    .body(plugin_doc(&format!("c{w}-{i}"), &digest, 1, "none: none"))
+                    .body(plugin_doc(&format!("c{w}-{i}"), &digest, 1, "none: none", 17))
                     .send()
                     .await
                     .unwrap();
@@ -236,7 +237,7 @@ async fn main() {
         }
     };
     http.post(format!("{base}/apply"))
-        .body(plugin_doc("probe", &digest, 1, "bench: \"yes\""))
+        .body(plugin_doc("probe", &digest, 1, "bench: \"yes\"", 17))
         .send()
         .await
         .unwrap();
@@ -246,7 +247,7 @@ async fn main() {
         let t = Instant::now();
         let r = http
             .post(format!("{base}/apply"))
-            .body(plugin_doc("probe", &digest, v as usize, "bench: \"yes\""))
+            .body(plugin_doc("probe", &digest, v as usize, "bench: \"yes\"", 17))
             .send()
             .await
             .unwrap();
@@ -281,6 +282,7 @@ async fn main() {
             &digest,
             1,
             &format!("group: g{}", i % 10),
+            i / 10,
         ));
         stream.push_str("---\n");
     }

@@ -357,7 +357,8 @@ fn everything_converges_after_sigkill_of_the_controller_and_the_nodelets() {
         let file = fleet.dir.path().join(format!("k{i}.yaml"));
         std::fs::write(
             &file,
-            fleet.plugin_yaml(&format!("k{i}"), "", "{gpio: {pins: [17]}}", "1"),
+            // One pin each: plugins on one node may not share one.
+            fleet.plugin_yaml(&format!("k{i}"), "", &format!("{{gpio: {{pins: [{}]}}}}", 5 + i), "1"),
         )
         .unwrap();
         if fleet.cli(&["apply", "-f", file.to_str().unwrap()]).status.success() {

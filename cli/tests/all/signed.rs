@@ -70,9 +70,20 @@ fn push(fleet: &Fleet, bytes: &[u8], target: &str, key: Option<&Path>) -> String
 }
 
 fn plugin_yaml(name: &str, image: &str, digest: Option<&str>) -> String {
-    let pin = digest.map(|d| format!("  digest: {d}\n")).unwrap_or_default();
+    let pinned = digest.map(|d| format!("  digest: {d}\n")).unwrap_or_default();
+    // Plugins on one node may not share an output pin: one each.
+    let gpio = match name {
+        "good" => 5,
+        "unsigned" => 6,
+        "mallory" => 7,
+        "copied" => 8,
+        "tampered" => 9,
+        "theirs" => 11,
+        "missing" => 12,
+        _ => 13,
+    };
     format!(
-        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n{pin}  nodeSelector: {{role: sensor}}\n  grants: {{gpio: {{pins: [17]}}}}\n  config: {{VERSION: \"1\"}}\n  tickInterval: 100ms\n"
+        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n{pinned}  nodeSelector: {{role: sensor}}\n  grants: {{gpio: {{pins: [{gpio}]}}}}\n  config: {{VERSION: \"1\"}}\n  tickInterval: 100ms\n"
     )
 }
 

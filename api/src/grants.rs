@@ -239,6 +239,17 @@ impl Grants {
         pins
     }
 
+    /// Whether these grants hold anything no other plugin on the node may
+    /// hold too (an output pin, an LED).
+    pub fn holds_exclusive(&self) -> bool {
+        !self.output_pins().is_empty() || self.leds.as_ref().is_some_and(|l| !l.indices.is_empty())
+    }
+
+    /// The LED indices granted.
+    pub fn led_indices(&self) -> BTreeSet<u32> {
+        self.leds.iter().flat_map(|l| l.indices.iter().copied()).collect()
+    }
+
     /// The first exclusive resource both grant, if any: an output pin or an
     /// LED index. Two plugins on one node may not share those.
     pub fn clash(&self, other: &Grants) -> Option<String> {

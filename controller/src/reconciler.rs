@@ -288,24 +288,34 @@ impl Reconciler {
         let mut per_node: BTreeMap<String, Vec<Assignment>> = BTreeMap::new();
         let mut per_plugin: BTreeMap<String, Vec<&Node>> = BTreeMap::new();
         let mut clashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut placed_on: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
+        // Per node, who holds each output pin and each LED.
+        type Held<'a> = (BTreeMap<u8, &'a str>, BTreeMap<u32, &'a str>);
+        let mut held: BTreeMap<&str, Held> = BTreeMap::new();
         let mut by_age: Vec<&Plugin> = plugins.iter().collect();
         by_age.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
         for plugin in by_age {
             let Some(digest) = plugin.spec.digest else { continue };
+            let pins = plugin.spec.grants.output_pins();
+            let leds = plugin.spec.grants.led_indices();
+            let name = plugin.metadata.name.as_str();
             for node in nodes.iter().filter(|n| places(plugin, n)) {
-                let here = placed_on.entry(node.metadata.name.as_str()).or_default();
-                if let Some((other, what)) = here
+                let (node_pins, node_leds) = held.entry(node.metadata.name.as_str()).or_default();
+                let taken = pins
                     .iter()
-                    .find_map(|o| plugin.spec.grants.clash(&o.spec.grants).map(|w| (o, w)))
-                {
-                    clashes.entry(plugin.metadata.name.clone()).or_default().push(format!(
-                        "{what} is already granted to plugin {} on node {}",
-                        other.metadata.name, node.metadata.name
+                    .find_map(|p| node_pins.get(p).map(|o| (format!("GPIO pin {p}"), *o)))
+                    .or_else(|| {
+                        leds.iter()
+                            .find_map(|l| node_leds.get(l).map(|o| (format!("LED {l}"), *o)))
+                    });
+                if let Some((what, other)) = taken {
+                    clashes.entry(name.to_string()).or_default().push(format!(
+                        "{what} is already granted to plugin {other} on node {}",
+                        node.metadata.name
                     ));
                     continue;
                 }
-                here.push(plugin);
+                node_pins.extend(pins.iter().map(|p| (*p, name)));
+                node_leds.extend(leds.iter().map(|l| (*l, name)));
                 per_node
                     .entry(node.metadata.name.clone())
                     .or_default()

@@ -154,15 +154,29 @@ async fn apply_docs(State(api): State<Api>, body: String) -> Result<Response, Ap
 /// with another plugin on a node registered now, and why. Nodes that
 /// register later are guarded by the reconciler (condition GrantConflict).
 fn grant_clash(api: &Api, objects: &[Object]) -> Result<Option<(usize, StoreError)>, ApiError> {
+    // Only plugins holding an output pin or an LED can clash.
     let incoming: Vec<(usize, &Plugin)> = objects
         .iter()
         .enumerate()
         .filter_map(|(i, o)| match o {
-            Object::Plugin(p) => Some((i, p)),
+            Object::Plugin(p) if p.spec.grants.holds_exclusive() => Some((i, p)),
             _ => None,
         })
         .collect();
     if incoming.is_empty() {
+        return Ok(None);
+    }
+    let nodes: Vec<Node> = api
+        .store
+        .list(Kind::Node)?
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::from)?;
+    let placed = |p: &Plugin| -> Vec<&Node> { nodes.iter().filter(|n| crate::reconciler::places(p, n)).collect() };
+    // Plugins that land on no node now cannot clash now; the reconciler
+    // guards the nodes that come later. Most applies stop here.
+    if incoming.iter().all(|(_, p)| placed(p).is_empty()) {
         return Ok(None);
     }
     let mut stored: Vec<Plugin> = Vec::new();
@@ -172,23 +186,17 @@ fn grant_clash(api: &Api, objects: &[Object]) -> Result<Option<(usize, StoreErro
             stored.push(p);
         }
     }
-    let nodes: Vec<Node> = api
-        .store
-        .list(Kind::Node)?
-        .into_iter()
-        .map(serde_json::from_value)
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::from)?;
     for (k, (i, p)) in incoming.iter().enumerate() {
+        let mine = placed(p);
+        if mine.is_empty() {
+            continue;
+        }
         let earlier = incoming[..k].iter().map(|(_, q)| *q);
         for other in stored.iter().chain(earlier) {
             let Some(what) = p.spec.grants.clash(&other.spec.grants) else {
                 continue;
             };
-            let shared = nodes
-                .iter()
-                .find(|n| crate::reconciler::places(p, n) && crate::reconciler::places(other, n));
-            if let Some(node) = shared {
+            if let Some(node) = mine.iter().find(|n| crate::reconciler::places(other, n)) {
                 let message = format!(
                     "spec.grants: {what} is already granted to plugin {} on node {} (two plugins on one node may not share an output pin or an LED)",
                     other.metadata.name, node.metadata.name

@@ -49,6 +49,15 @@ impl Client {
         bail!("{} ({status})", body["message"].as_str().unwrap_or("request failed"))
     }
 
+    /// Sends `req` to `path` under the API; an unreachable controller is named.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        req.send().await.with_context(|| self.connect_err())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
     fn connect_err(&self) -> String {
         format!(
             "cannot reach the controller at {}",
@@ -57,45 +66,30 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .get(format!("{}/{path}", self.base))
-            .send()
-            .await
-            .with_context(|| self.connect_err())?;
+        let resp = self.send(self.http.get(self.url(path))).await?;
         self.check(resp).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .delete(format!("{}/{path}", self.base))
-            .send()
-            .await
-            .with_context(|| self.connect_err())?;
+        let resp = self.send(self.http.delete(self.url(path))).await?;
         self.check(resp).await
     }
 
     pub async fn apply(&self, yaml: String) -> anyhow::Result<Value> {
         let resp = self
-            .http
-            .post(format!("{}/apply", self.base))
-            .header("content-type", "application/yaml")
-            .body(yaml)
-            .send()
-            .await
-            .with_context(|| self.connect_err())?;
+            .send(
+                self.http
+                    .post(self.url("apply"))
+                    .header("content-type", "application/yaml")
+                    .body(yaml),
+            )
+            .await?;
         self.check(resp).await
     }
 
     /// A streaming GET (NDJSON): the response, once its status is good.
     pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let resp = self
-            .http
-            .get(format!("{}/{path}", self.base))
-            .send()
-            .await
-            .with_context(|| self.connect_err())?;
+        let resp = self.send(self.http.get(self.url(path))).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -110,13 +104,7 @@ impl Client {
     /// A POST whose answer carries per-node results even when some failed:
     /// returns whether all went well, and the body.
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(bool, Value)> {
-        let resp = self
-            .http
-            .post(format!("{}/{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .with_context(|| self.connect_err())?;
+        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
         let status = resp.status();
         if status == reqwest::StatusCode::BAD_GATEWAY {
             return Ok((false, resp.json().await.unwrap_or(Value::Null)));
@@ -126,12 +114,8 @@ impl Client {
 
     pub async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         let resp = self
-            .http
-            .put(format!("{}/blobs/{digest}", self.base))
-            .body(bytes)
-            .send()
-            .await
-            .with_context(|| self.connect_err())?;
+            .send(self.http.put(self.url(&format!("blobs/{digest}"))).body(bytes))
+            .await?;
         self.check(resp).await.map(|_| ())
     }
 }

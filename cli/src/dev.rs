@@ -8,7 +8,7 @@ use crate::build;
 use crate::client::Client;
 use anyhow::{Context, bail};
 use harvester_api::resources::is_local_path;
-use harvester_registry::{Registry, SigningKey, parse_reference, progress_bar};
+use harvester_registry::{Registry, SigningKey, parse_reference};
 use notify::Watcher;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -186,17 +186,7 @@ impl Dev<'_> {
         let registry = self.registry.as_ref().context("no registry")?;
         let tag = format!("dev-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S%3f"));
         let reference = parse_reference(&format!("{repository}:{tag}"))?;
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let title = file.file_name().and_then(|n| n.to_str()).unwrap_or("plugin.wasm");
-        let pushed = registry
-            .push(&reference, &bytes, title, &progress_bar(&format!("pushing {title}")))
-            .await?;
-        print!("pushed {}", pushed.reference);
-        if let Some(key) = &self.key {
-            registry.sign(&reference, &pushed.digest, key).await?;
-            print!(", signed with key {}", key.fingerprint);
-        }
-        println!();
+        let pushed = crate::oci::push_signed(registry, &reference, file, self.key.as_ref()).await?;
         Ok(format!("{repository}@{}", pushed.digest))
     }
 

@@ -82,12 +82,23 @@ pub async fn push(file: &Path, target: &str, key: Option<&Path>, insecure: &[Str
     }
     // Decrypt first: a wrong password should not leave an unsigned push behind.
     let key = key.map(signing_key).transpose()?;
+    push_signed(&registry(insecure)?, &reference, file, key.as_ref()).await?;
+    Ok(())
+}
+
+/// Pushes `file` to `reference` (a tag) with a progress bar, then signs the
+/// pushed digest with `key` if given; says what it did.
+pub async fn push_signed(
+    registry: &Registry,
+    reference: &harvester_registry::Reference,
+    file: &Path,
+    key: Option<&SigningKey>,
+) -> anyhow::Result<harvester_registry::Pushed> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let title = file.file_name().and_then(|n| n.to_str()).unwrap_or("plugin.wasm");
-    let registry = registry(insecure)?;
     let started = std::time::Instant::now();
     let pushed = registry
-        .push(&reference, &bytes, title, &progress_bar(&format!("pushing {title}")))
+        .push(reference, &bytes, title, &progress_bar(&format!("pushing {title}")))
         .await?;
     println!(
         "pushed {} ({:.1} MB) in {:.2}s",
@@ -96,13 +107,13 @@ pub async fn push(file: &Path, target: &str, key: Option<&Path>, insecure: &[Str
         started.elapsed().as_secs_f64()
     );
     if let Some(key) = key {
-        let n = registry.sign(&reference, &pushed.digest, &key).await?;
+        let n = registry.sign(reference, &pushed.digest, key).await?;
         println!(
             "signed {} with key {} ({n} signature(s))",
             pushed.reference, key.fingerprint
         );
     }
-    Ok(())
+    Ok(pushed)
 }
 
 pub async fn sign(target: &str, key: &Path, insecure: &[String]) -> anyhow::Result<()> {

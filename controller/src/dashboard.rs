@@ -8,7 +8,7 @@
 //! and a matching Origin, so another site open in the same browser cannot
 //! send it.
 
-use crate::server::{Api, ApiError, run_command};
+use crate::server::{Api, ApiError, run_command, with_heartbeat};
 use crate::store::Kind;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -85,14 +85,16 @@ struct StateQuery {
 /// their status, the time zone.
 fn snapshot(page: &Page, history: bool) -> Result<serde_json::Value, ApiError> {
     let api = &page.api;
-    let mut nodes = api.store.list(Kind::Node)?;
+    let mut nodes: Vec<serde_json::Value> = api
+        .store
+        .list(Kind::Node)?
+        .into_iter()
+        .map(|n| with_heartbeat(api, Kind::Node, n))
+        .collect();
     for n in &mut nodes {
         let Some(name) = n["metadata"]["name"].as_str().map(str::to_string) else {
             continue;
         };
-        if let Some(at) = api.reconciler.last_heartbeat_ms(&name) {
-            n["status"]["lastHeartbeat"] = json!(at);
-        }
         n["live"] = json!(api.live.view(&name, history));
         n["connected"] = json!(api.live.connected(&name));
     }

@@ -276,21 +276,19 @@ impl Live {
             name: name.to_string(),
             args,
         };
-        let sent = tx.send(command).await.is_ok();
-        let result = if sent {
-            tokio::time::timeout(timeout, answer).await
-        } else {
-            lock(&self.pending).remove(&id);
-            return Err(CommandError::NotConnected(node.to_string()));
+        // Either way the pending entry goes: answered, timed out, or unsent.
+        let outcome = match tx.send(command).await {
+            Ok(()) => tokio::time::timeout(timeout, answer).await.ok().and_then(Result::ok),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                return Err(CommandError::NotConnected(node.to_string()));
+            }
         };
         lock(&self.pending).remove(&id);
-        match result {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) | Err(_) => Err(CommandError::Timeout {
-                node: node.to_string(),
-                timeout,
-            }),
-        }
+        outcome.ok_or_else(|| CommandError::Timeout {
+            node: node.to_string(),
+            timeout,
+        })
     }
 
     /// A node answered; false when nobody waits for that id any more.

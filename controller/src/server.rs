@@ -214,7 +214,7 @@ struct ListQuery {
     label_selector: Option<String>,
 }
 
-fn with_heartbeat(api: &Api, kind: Kind, mut obj: serde_json::Value) -> serde_json::Value {
+pub(crate) fn with_heartbeat(api: &Api, kind: Kind, mut obj: serde_json::Value) -> serde_json::Value {
     if kind == Kind::Node
         && let Some(name) = obj["metadata"]["name"].as_str()
         && let Some(at) = api.reconciler.last_heartbeat_ms(name)

@@ -1,5 +1,6 @@
 //! Harvester's resource types, shared by the CLI, the controller and the nodelet.
 //!
+//! - [`compiled`]: code a hub compiles for its nodes, and what it vouches for.
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
 //! - [`live`]: what nodes push to the hub (logs, readings, LEDs) and commands sent down.
@@ -12,6 +13,7 @@
 //! Every type rejects unknown fields: a typo in a manifest is an error, never a
 //! silently ignored setting.
 
+pub mod compiled;
 pub mod digest;
 pub mod grants;
 pub mod live;

@@ -150,6 +150,9 @@ pub struct NodeStatusV1 {
     pub devices: Vec<String>,
     #[serde(default)]
     pub led_count: usize,
+    /// How the node gets runnable code (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::compiled::EngineInfo>,
     /// Where the node serves /metrics and /status.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,

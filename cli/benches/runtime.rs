@@ -18,7 +18,6 @@ use harvester_nodelet::{PluginSpec, Runtime, RuntimeOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn component(dir: &str) -> PathBuf {
@@ -36,7 +35,7 @@ fn spec(name: &str, path: &Path, grants: &str) -> PluginSpec {
     PluginSpec {
         name: name.into(),
         source: path.display().to_string(),
-        component: Arc::new(std::fs::read(path).unwrap()),
+        component: std::fs::read(path).unwrap().into(),
         grants: serde_yaml::from_str::<Grants>(grants).unwrap(),
         config: Default::default(),
         tick_interval: DurationSpec(Duration::from_secs(3600)),

@@ -46,6 +46,14 @@ enum Command {
         /// keeps up to 2,000 lines within its share).
         #[arg(long, value_name = "SIZE", default_value = "64Mi")]
         log_memory: harvester_api::MemorySize,
+        /// The key the hub signs the code it compiles for nodes with (made
+        /// on first start; its public half is written beside it as .pub,
+        /// for the nodes' --trust-compiler). Default: DATA/compiler.key.
+        #[arg(long, value_name = "FILE")]
+        compile_key: Option<PathBuf>,
+        /// Compile nothing for nodes: each node compiles for itself.
+        #[arg(long, conflicts_with = "compile_key")]
+        no_compile: bool,
     },
     /// Show log lines of a node or a plugin, as the hub received them.
     Logs {
@@ -274,6 +282,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_dashboard,
             timezone,
             log_memory,
+            compile_key,
+            no_compile,
         } => {
             let timezone = match timezone {
                 Some(t) => {
@@ -284,7 +294,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             harvester_controller::run(
                 harvester_controller::ControllerOptions {
-                    data,
                     listen,
                     node_timeout: node_timeout.as_duration(),
                     resync: std::time::Duration::from_secs(2),
@@ -292,6 +301,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dashboard: (!no_dashboard).then_some(dashboard),
                     timezone,
                     log_memory: log_memory.bytes() as usize,
+                    compile_key: (!no_compile).then(|| compile_key.unwrap_or_else(|| data.join("compiler.key"))),
+                    data,
                 },
                 nodelet::shutdown_signal(),
             )

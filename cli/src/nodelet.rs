@@ -94,6 +94,23 @@ pub struct NodeletArgs {
     /// Reach this registry over plain HTTP (loopback registries always are).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+    /// Load code the hub compiled for this node when signed by this public
+    /// key (the hub's DATA/compiler.pub; repeat for several).
+    #[arg(long = "trust-compiler", value_name = "FILE")]
+    pub trust_compilers: Vec<PathBuf>,
+    /// Where runnable code comes from: `hub` (code the hub compiled; this
+    /// board never runs the compiler), `local` (compile here), or `auto`:
+    /// the hub's code when a --trust-compiler key is given, compiling here
+    /// when the hub cannot help and the board has 1 GiB of memory or more.
+    #[arg(long, value_enum, default_value_t = CompileChoice::Auto)]
+    pub compile: CompileChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompileChoice {
+    Auto,
+    Hub,
+    Local,
 }
 
 fn default_name() -> String {
@@ -149,7 +166,23 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
             .map(|p| harvester_registry::TrustedKey::load(p).map_err(|e| anyhow::anyhow!("--trust-key: {e:#}")))
             .collect::<anyhow::Result<_>>()?,
         allow_unsigned: args.allow_unsigned,
+        compilers: args
+            .trust_compilers
+            .iter()
+            .map(|p| harvester_registry::TrustedKey::load(p).map_err(|e| anyhow::anyhow!("--trust-compiler: {e:#}")))
+            .collect::<anyhow::Result<_>>()?,
     };
+    let compile = match args.compile {
+        CompileChoice::Auto => harvester_nodelet::agent::CompileMode::Auto,
+        CompileChoice::Hub => harvester_nodelet::agent::CompileMode::Hub,
+        CompileChoice::Local => harvester_nodelet::agent::CompileMode::Local,
+    };
+    if compile == harvester_nodelet::agent::CompileMode::Hub && trust.compilers.is_empty() {
+        bail!("--compile hub needs --trust-compiler FILE: the hub's public key (DATA/compiler.pub on the hub)");
+    }
+    if compile == harvester_nodelet::agent::CompileMode::Hub && args.standalone.is_some() {
+        bail!("--compile hub needs a hub: use it with --controller, not --standalone");
+    }
     let registry = crate::oci::registry(&args.insecure_registry)?.options().clone();
     let on_pi = std::fs::read_to_string("/proc/device-tree/model")
         .map(|m| m.contains("Raspberry Pi"))
@@ -250,6 +283,7 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
                     trust,
                     registry,
                     logs: Some(harvester_nodelet::uplink::enable_log_tap()),
+                    compile,
                 },
                 shutdown_signal(),
             )

@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: desired state in sled, the event log for watches, blobs.
 //! - [`apply`]: server-side apply: generations, digest pinning, optimistic concurrency.
+//! - [`compile`]: code compiled for the nodes' targets, signed by the hub.
 //! - [`reconciler`]: placement, Plugin and Node status, heartbeat leases.
 //! - [`server`]: the HTTP API, `/metrics` and Prometheus service discovery.
 //! - [`metrics`]: the hub's Prometheus metrics.
@@ -9,6 +10,7 @@
 //! - [`dashboard`]: the hub dashboard (its own listener).
 
 pub mod apply;
+pub mod compile;
 pub mod dashboard;
 pub mod live;
 pub mod metrics;
@@ -37,6 +39,9 @@ pub struct ControllerOptions {
     pub timezone: String,
     /// Memory for the nodes' recent log lines, all together.
     pub log_memory: usize,
+    /// Compile components for nodes that ask (with the hub's signing key
+    /// at this path, made on first start), or not at all.
+    pub compile_key: Option<PathBuf>,
 }
 
 pub fn now_ms() -> u64 {
@@ -71,7 +76,20 @@ pub async fn run(
         options.data.display(),
         store.resource_version()
     );
+    let compiler = match &options.compile_key {
+        Some(key) => {
+            let c = compile::Compiler::new(&options.data.join("compiled"), key)?;
+            tracing::info!(
+                key = c.fingerprint(),
+                "compiling components for nodes; nodes trust this hub's code with --trust-compiler {}",
+                c.public_key().display()
+            );
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
     let api = server::Api {
+        compiler,
         store,
         reconciler,
         registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),

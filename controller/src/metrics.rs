@@ -16,6 +16,7 @@ pub struct Metrics {
     pub reconcile_errors: IntCounter,
     pub apply_requests: IntCounterVec,
     pub watch_connections: IntGaugeVec,
+    pub compile_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -105,8 +106,22 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            compile_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "harvester_hub_compile_requests_total",
+                        "Nodes asking the hub for compiled code: compiled now, served from the hub's cache, or refused",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
+        for o in ["compiled", "cached", "refused"] {
+            m.compile_requests.with_label_values(&[o]);
+        }
         for o in APPLY_OUTCOMES {
             m.apply_requests.with_label_values(&[o]);
         }

@@ -35,6 +35,8 @@ pub struct Api {
     pub registry: Arc<harvester_registry::Registry>,
     /// Logs, readings and commands in flight (memory only).
     pub live: Arc<Live>,
+    /// Compiles components for nodes (none: nodes compile themselves).
+    pub compiler: Option<Arc<crate::compile::Compiler>>,
 }
 
 pub struct ApiError(StatusCode, serde_json::Value);
@@ -101,6 +103,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1alpha1/nodes/{name}/commands/{id}", post(command_result))
         .route("/api/v1alpha1/plugins/{name}/commands/{command}", post(plugin_command))
         .route("/api/v1alpha1/logs", get(logs))
+        .route("/api/v1alpha1/compiled/{artifact}", get(compiled))
         .layer(DefaultBodyLimit::max(MANIFEST_LIMIT))
         .with_state(api)
 }
@@ -788,4 +791,69 @@ async fn prometheus_targets(State(api): State<Api>) -> Result<Response, ApiError
         groups.push(json!({"targets": [node.status.address], "labels": labels}));
     }
     Ok(Json(groups).into_response())
+}
+
+#[derive(Deserialize)]
+struct CompiledQuery {
+    target: String,
+    engine: String,
+}
+
+/// Code compiled by the hub for a node's target, signed by the hub's key.
+async fn compiled(
+    State(api): State<Api>,
+    Path(artifact): Path<String>,
+    Query(q): Query<CompiledQuery>,
+) -> Result<Response, ApiError> {
+    use harvester_api::compiled::{SIGNATURE_HEADER, STATEMENT_HEADER};
+    let requests = &api.reconciler.metrics().compile_requests;
+    let Some(compiler) = api.compiler.clone() else {
+        requests.with_label_values(&["refused"]).inc();
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            json!({"reason": "NotCompiling", "message": "this hub does not compile components for nodes (started with --no-compile)"}),
+        ));
+    };
+    let artifact: Digest = artifact.parse().map_err(bad_request)?;
+    let code = match compiler
+        .code_for(&api.store, &api.registry, artifact, &q.target, &q.engine)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            requests.with_label_values(&["refused"]).inc();
+            tracing::warn!(%artifact, target = q.target, "not serving compiled code: {e}");
+            let code = match &e {
+                crate::compile::CompileFailure::Target(_) | crate::compile::CompileFailure::Invalid { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                crate::compile::CompileFailure::EngineMismatch { .. } => StatusCode::CONFLICT,
+                crate::compile::CompileFailure::Unknown(_) => StatusCode::NOT_FOUND,
+                crate::compile::CompileFailure::Source { .. } => StatusCode::BAD_GATEWAY,
+                crate::compile::CompileFailure::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return Err(ApiError(code, json!({"reason": e.reason(), "message": e.to_string()})));
+        }
+    };
+    requests
+        .with_label_values(&[if code.fresh { "compiled" } else { "cached" }])
+        .inc();
+    let file = tokio::fs::File::open(&code.path).await.map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"reason": "Internal", "message": e.to_string()}),
+        )
+    })?;
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(axum::http::header::CONTENT_LENGTH, code.size)
+        .header(STATEMENT_HEADER, code.statement)
+        .header(SIGNATURE_HEADER, code.signature)
+        .body(axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)))
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"reason": "Internal", "message": e.to_string()}),
+            )
+        })
 }

@@ -5,7 +5,7 @@
 //! plugin's state upstream.
 
 use crate::events::{EventKind, Phase};
-use crate::runtime::{PluginSpec, Runtime};
+use crate::runtime::{ComponentSource, PluginSpec, Runtime};
 use futures::StreamExt;
 use harvester_api::Digest;
 use harvester_api::live::{Command, CommandResult, NodeMessage};
@@ -33,6 +33,42 @@ pub struct AgentOptions {
     pub registry: RegistryOptions,
     /// This process's log lines, sent to the hub with the live report.
     pub logs: Option<Arc<crate::uplink::LogBuffer>>,
+    pub compile: CompileMode,
+}
+
+/// Where this node's runnable code comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompileMode {
+    /// Ask the hub for code it compiled (signed by a `--trust-compiler`
+    /// key); compile here when it cannot help and this board has the memory.
+    #[default]
+    Auto,
+    /// Only code from the hub: this board never runs the compiler.
+    Hub,
+    /// Always compile here.
+    Local,
+}
+
+impl CompileMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompileMode::Auto => "auto",
+            CompileMode::Hub => "hub",
+            CompileMode::Local => "local",
+        }
+    }
+}
+
+/// Below this much memory a board does not compile a component itself
+/// (Cranelift needs ~350 MB for a Python one); a Pi Zero 2W has 512 MB.
+pub const LOCAL_COMPILE_MIN_MEMORY: u64 = 1 << 30;
+
+/// The machine's memory, from /proc/meminfo.
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// What this node runs. Keys come from the node's own configuration, never
@@ -43,6 +79,8 @@ pub struct TrustPolicy {
     /// Run components without a valid signature (development only). Digests
     /// are still checked.
     pub allow_unsigned: bool,
+    /// Hub keys whose compiled code this node loads (`--trust-compiler`).
+    pub compilers: Vec<TrustedKey>,
 }
 
 /// Why an assignment is not running as asked.
@@ -167,66 +205,228 @@ impl Agent {
         Ok(bytes)
     }
 
-    /// An OCI image pinned by digest: its signature checked against this
-    /// node's keys (once; remembered for restarts), then its bytes pulled
-    /// and checked. Returns the component and whether it runs unsigned.
-    async fn oci_artifact(&self, a: &Assignment) -> Result<(Vec<u8>, bool), Failure> {
+    /// Checks an OCI image pinned by digest is signed by a key this node
+    /// trusts (once; remembered for restarts). Returns whether it runs
+    /// unsigned (--allow-unsigned).
+    async fn verify_oci(&self, a: &Assignment, reference: &harvester_registry::Reference) -> Result<bool, Failure> {
         let g = a.generation;
-        let reference = parse_reference(&a.image).map_err(|e| Failure {
-            generation: g,
-            reason: "InvalidArtifact",
-            message: format!("{e:#}"),
-            refusal: None,
-        })?;
-        let repository = harvester_registry::repository(&reference);
+        let repository = harvester_registry::repository(reference);
         let record_path = verified_path(&self.opts.data_dir, &a.digest);
         let trusted_before = std::fs::read(&record_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<VerifiedRecord>(&b).ok())
             .is_some_and(|r| r.repository == repository && self.opts.trust.keys.iter().any(|k| k.fingerprint == r.key));
-        let mut unsigned = false;
-        let mut verified = None;
-        let metrics = self.runtime.metrics();
-        if !trusted_before {
-            let started = std::time::Instant::now();
-            let outcome = self.registry.verify(&reference, &a.digest, &self.opts.trust.keys).await;
-            metrics
-                .fetch_seconds
-                .with_label_values(&["verify"])
-                .observe(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(v) => verified = Some(v),
-                Err(PullError::Refused(r)) if self.opts.trust.allow_unsigned && r.reason() == "SignatureInvalid" => {
-                    tracing::warn!(
-                        plugin = a.name,
-                        "RUNNING UNVERIFIED CODE because of --allow-unsigned: {r}"
-                    );
-                    unsigned = true;
-                }
-                Err(PullError::Refused(r)) => return Err(Failure::refused(g, &r)),
-                Err(PullError::Registry(e)) => return Err(Failure::transient(g, "PullFailed", format!("{e:#}"))),
-            }
+        if trusted_before {
+            return Ok(false);
         }
+        let started = std::time::Instant::now();
+        let outcome = self.registry.verify(reference, &a.digest, &self.opts.trust.keys).await;
+        self.runtime
+            .metrics()
+            .fetch_seconds
+            .with_label_values(&["verify"])
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(v) => {
+                tracing::info!(plugin = a.name, image = %a.image, digest = %a.digest, key = v.key, "signature verified");
+                let record = serde_json::to_vec(&VerifiedRecord { repository, key: v.key })
+                    .map_err(|e| Failure::transient(g, "PullFailed", e))?;
+                let _ = harvester_registry::store::write_atomic(&record_path, &record);
+                Ok(false)
+            }
+            Err(PullError::Refused(r)) if self.opts.trust.allow_unsigned && r.reason() == "SignatureInvalid" => {
+                tracing::warn!(
+                    plugin = a.name,
+                    "RUNNING UNVERIFIED CODE because of --allow-unsigned: {r}"
+                );
+                Ok(true)
+            }
+            Err(PullError::Refused(r)) => Err(Failure::refused(g, &r)),
+            Err(PullError::Registry(e)) => Err(Failure::transient(g, "PullFailed", format!("{e:#}"))),
+        }
+    }
+
+    /// The component bytes of a verified OCI image, pulled and checked.
+    async fn oci_bytes(&self, a: &Assignment, reference: &harvester_registry::Reference) -> Result<Vec<u8>, Failure> {
+        let g = a.generation;
         let started = std::time::Instant::now();
         let pulled = self
             .registry
-            .pull(&reference, &a.digest, &self.store, &indicatif::ProgressBar::hidden())
+            .pull(reference, &a.digest, &self.store, &indicatif::ProgressBar::hidden())
             .await;
-        metrics
+        self.runtime
+            .metrics()
             .fetch_seconds
             .with_label_values(&["pull"])
             .observe(started.elapsed().as_secs_f64());
-        let bytes = pulled.map_err(|e| match e {
+        pulled.map_err(|e| match e {
             PullError::Refused(r) => Failure::refused(g, &r),
             PullError::Registry(e) => Failure::transient(g, "PullFailed", format!("{e:#}")),
-        })?;
-        if let Some(v) = verified {
-            tracing::info!(plugin = a.name, image = %a.image, digest = %a.digest, key = v.key, "signature verified");
-            let record = serde_json::to_vec(&VerifiedRecord { repository, key: v.key })
-                .map_err(|e| Failure::transient(g, "PullFailed", e))?;
-            let _ = harvester_registry::store::write_atomic(&record_path, &record);
+        })
+    }
+
+    /// Whether this node asks the hub for compiled code.
+    fn asks_hub(&self) -> bool {
+        self.opts.compile != CompileMode::Local && !self.opts.trust.compilers.is_empty()
+    }
+
+    /// Whether this node may run the compiler itself.
+    fn compiles_here(&self) -> bool {
+        match self.opts.compile {
+            CompileMode::Local => true,
+            CompileMode::Hub => false,
+            CompileMode::Auto => {
+                self.opts.trust.compilers.is_empty() || total_memory().is_none_or(|m| m >= LOCAL_COMPILE_MIN_MEMORY)
+            }
         }
-        Ok((bytes, unsigned))
+    }
+
+    /// Fetches the code the hub compiled for `a` (whose component is
+    /// `component`) into the compile cache, after checking the hub's key
+    /// signed a statement naming this artifact, component, target and
+    /// engine, and that the bytes are the ones it names.
+    async fn hub_code(&self, a: &Assignment, component: Digest) -> Result<(), Failure> {
+        use base64::Engine as _;
+        use harvester_api::compiled::{CompiledStatement, SIGNATURE_HEADER, STATEMENT_HEADER};
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt;
+
+        let g = a.generation;
+        let unavailable = |m: String| Failure::transient(g, "CompileUnavailable", m);
+        let refused = |m: String| Failure {
+            generation: g,
+            reason: "CompiledCodeRefused",
+            message: m,
+            refusal: Some("compiled_code"),
+        };
+        let engine = self.runtime.engine();
+        let target = crate::engine::host_target();
+        let started = std::time::Instant::now();
+        let url = self.url(&format!(
+            "compiled/{}?target={target}&engine={}",
+            a.digest,
+            engine.portable_hash()
+        ));
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("asking the hub for compiled code: {e}")))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            return Err(unavailable(format!(
+                "the hub has no compiled code for {}: {status} {message}",
+                a.digest
+            )));
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .ok_or_else(|| refused(format!("the hub's answer for {} has no {name} header", a.digest)))
+        };
+        let statement = base64::engine::general_purpose::STANDARD
+            .decode(header(STATEMENT_HEADER)?)
+            .map_err(|e| refused(format!("the hub's statement for {} is not base64: {e}", a.digest)))?;
+        let signature = header(SIGNATURE_HEADER)?;
+        let trusted = &self.opts.trust.compilers;
+        let Some(key) = trusted.iter().find(|k| k.verifies_bytes(&statement, &signature)) else {
+            return Err(refused(format!(
+                "the code the hub compiled for {} is not signed by a compiler key this node trusts ({})",
+                a.digest,
+                trusted
+                    .iter()
+                    .map(|k| k.fingerprint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let st: CompiledStatement = serde_json::from_slice(&statement)
+            .map_err(|e| refused(format!("the hub's statement for {}: {e}", a.digest)))?;
+        let hash = engine.portable_hash();
+        for (what, theirs, ours) in [
+            ("artifact", st.artifact.to_string(), a.digest.to_string()),
+            ("component", st.component.to_string(), component.to_string()),
+            ("target", st.target.clone(), target.clone()),
+            ("engine", st.engine.clone(), hash.to_string()),
+        ] {
+            if theirs != ours {
+                return Err(refused(format!(
+                    "the hub's signed statement for {} names {what} {theirs}, this node needs {ours}",
+                    a.digest
+                )));
+            }
+        }
+        let cache = self.runtime.cache();
+        let path = cache.portable_path(engine, &component);
+        let tmp = cache.scratch_path(&path);
+        let written = async {
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| unavailable(format!("{}: {e}", tmp.display())))?;
+            let mut sha = sha2::Sha256::new();
+            let mut size = 0u64;
+            let mut body = resp.bytes_stream();
+            // Streamed to disk: the code of a Python component is ~30 MB
+            // and never sits in this process's memory.
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| unavailable(format!("downloading compiled code for {}: {e}", a.digest)))?;
+                size += chunk.len() as u64;
+                if size > st.size {
+                    return Err(refused(format!(
+                        "the hub sent more than the {} bytes its statement for {} names",
+                        st.size, a.digest
+                    )));
+                }
+                sha.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| unavailable(format!("{}: {e}", tmp.display())))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| unavailable(format!("{}: {e}", tmp.display())))?;
+            let actual: Digest = format!("sha256:{}", hex::encode(sha.finalize()))
+                .parse()
+                .map_err(|e: String| unavailable(e))?;
+            if size != st.size || actual != st.code {
+                return Err(refused(format!(
+                    "the code the hub sent for {} is not what it signed: {size} bytes with digest {actual}, signed {} bytes with {}",
+                    a.digest, st.size, st.code
+                )));
+            }
+            Ok(size)
+        }
+        .await;
+        let size = match written {
+            Ok(size) => size,
+            Err(f) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(f);
+            }
+        };
+        std::fs::rename(&tmp, &path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        self.runtime
+            .metrics()
+            .fetch_seconds
+            .with_label_values(&["hub-code"])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            plugin = a.name,
+            %component,
+            key = key.fingerprint,
+            bytes = size,
+            ms = started.elapsed().as_millis() as u64,
+            "compiled code from the hub verified"
+        );
+        Ok(())
     }
 
     /// Makes the runtime match `assignments`. Returns whether something
@@ -287,25 +487,64 @@ impl Agent {
         {
             return Ok(());
         }
-        let (bytes, unsigned) = if is_local_path(&a.image) {
+        let g = a.generation;
+        let local = is_local_path(&a.image);
+        let (reference, unsigned) = if local {
             if !self.opts.trust.allow_unsigned {
                 return Err(Failure::refused(
-                    a.generation,
+                    g,
                     &Refusal::Unsigned {
                         image: format!("{} (a local component uploaded to the controller)", a.image),
                         tag: "-: push it with `harvester push --key` and apply the OCI reference, or start this node with --allow-unsigned".into(),
                     },
                 ));
             }
-            (self.controller_blob(a).await?, true)
+            (None, true)
         } else {
-            self.oci_artifact(a).await?
+            let reference = parse_reference(&a.image).map_err(|e| Failure {
+                generation: g,
+                reason: "InvalidArtifact",
+                message: format!("{e:#}"),
+                refusal: None,
+            })?;
+            let unsigned = self.verify_oci(a, &reference).await?;
+            (Some(reference), unsigned)
         };
-        let component = Digest::of(&bytes);
+        let mut code = None;
+        if self.asks_hub() {
+            let component = match &reference {
+                None => a.digest,
+                Some(r) => self
+                    .registry
+                    .component_digest(r, &a.digest, &self.store)
+                    .await
+                    .map_err(|e| match e {
+                        PullError::Refused(r) => Failure::refused(g, &r),
+                        PullError::Registry(e) => Failure::transient(g, "PullFailed", format!("{e:#}")),
+                    })?,
+            };
+            if self.runtime.cache().contains(self.runtime.engine(), &component) {
+                code = Some(ComponentSource::Precompiled(component));
+            } else {
+                match self.hub_code(a, component).await {
+                    Ok(()) => code = Some(ComponentSource::Precompiled(component)),
+                    Err(f) if self.compiles_here() && f.refusal.is_none() => {
+                        tracing::warn!(plugin = a.name, "compiling here: {}", f.message);
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+        }
+        let code = match (code, &reference) {
+            (Some(c), _) => c,
+            (None, None) => self.controller_blob(a).await?.into(),
+            (None, Some(r)) => self.oci_bytes(a, r).await?.into(),
+        };
+        let component = code.digest();
         let spec = PluginSpec {
             name: a.name.clone(),
             source: a.image.clone(),
-            component: Arc::new(bytes),
+            component: code,
             grants: a.grants.clone(),
             config: a.config.clone(),
             tick_interval: a.tick_interval,
@@ -344,6 +583,11 @@ impl Agent {
                 backend: inv.backend,
                 devices: inv.devices,
                 led_count: inv.led_count,
+                engine: Some(harvester_api::compiled::EngineInfo {
+                    target: crate::engine::host_target(),
+                    hash: self.runtime.engine().portable_hash().to_string(),
+                    compile: self.opts.compile.as_str().to_string(),
+                }),
                 address: self.opts.address.clone(),
                 trusted_keys: self.opts.trust.keys.iter().map(|k| k.fingerprint.clone()).collect(),
                 allow_unsigned: self.opts.trust.allow_unsigned,

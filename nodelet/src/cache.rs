@@ -28,6 +28,8 @@ pub struct CompileCache {
 pub enum CompileError {
     #[error("not a WebAssembly component: {0}")]
     Invalid(String),
+    #[error("no compiled code for {0} in the compile cache")]
+    NotCompiled(Digest),
     #[error("compile cache {path}: {source}")]
     Io {
         path: PathBuf,
@@ -66,6 +68,64 @@ impl CompileCache {
             .join(format!("{}-{}.cwasm", digest.hex(), engine.compat_hash()))
     }
 
+    /// Where code a hub compiled for this node is kept.
+    pub fn portable_path(&self, engine: &PluginEngine, digest: &Digest) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.cwasm", digest.hex(), engine.portable_hash()))
+    }
+
+    /// A fresh name in the cache folder for a file being written, renamed
+    /// into place once complete: a crash mid-write never leaves a truncated
+    /// entry. Unique per writer: two threads may write the same digest.
+    pub fn scratch_path(&self, path: &Path) -> PathBuf {
+        static WRITERS: AtomicU64 = AtomicU64::new(0);
+        path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            WRITERS.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Whether compiled code for `digest` is here (compiled by this node or
+    /// by a hub for it).
+    pub fn contains(&self, engine: &PluginEngine, digest: &Digest) -> bool {
+        self.path_for(engine, digest).exists() || self.portable_path(engine, digest).exists()
+    }
+
+    /// The cached code for `digest`, if usable. An entry that does not load
+    /// is removed so that it gets replaced.
+    fn cached(&self, engine: &PluginEngine, digest: &Digest) -> Option<Component> {
+        for path in [self.path_for(engine, digest), self.portable_path(engine, digest)] {
+            if !path.exists() {
+                continue;
+            }
+            match deserialize(engine, &path) {
+                Ok(c) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "discarding unusable compiled component: {e:#}");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        None
+    }
+
+    /// Loads code compiled elsewhere and already stored in the cache.
+    pub fn load_precompiled(
+        &self,
+        engine: &PluginEngine,
+        digest: &Digest,
+    ) -> Result<(Component, CacheOutcome, Duration), CompileError> {
+        let started = Instant::now();
+        match self.cached(engine, digest) {
+            Some(c) => Ok((c, CacheOutcome::Hit, started.elapsed())),
+            None => Err(CompileError::NotCompiled(*digest)),
+        }
+    }
+
     /// Returns the component for `bytes` (whose digest is `digest`), from the
     /// cache when possible, and how long it took.
     pub fn load(
@@ -75,18 +135,10 @@ impl CompileCache {
         bytes: &[u8],
     ) -> Result<(Component, CacheOutcome, Duration), CompileError> {
         let started = Instant::now();
-        let path = self.path_for(engine, digest);
-        if path.exists() {
-            match deserialize(engine, &path) {
-                Ok(c) => {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok((c, CacheOutcome::Hit, started.elapsed()));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "discarding unusable compiled component: {e}")
-                }
-            }
+        if let Some(c) = self.cached(engine, digest) {
+            return Ok((c, CacheOutcome::Hit, started.elapsed()));
         }
+        let path = self.path_for(engine, digest);
         if !wasmparser_is_component(bytes) {
             return Err(CompileError::Invalid(describe_non_component(bytes)));
         }
@@ -95,14 +147,7 @@ impl CompileCache {
             .precompile_component(bytes)
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        // Write-then-rename: a crash mid-write never leaves a truncated entry.
-        // Unique per writer: two threads may compile the same digest at once.
-        static WRITERS: AtomicU64 = AtomicU64::new(0);
-        let tmp = path.with_extension(format!(
-            "tmp{}-{}",
-            std::process::id(),
-            WRITERS.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.scratch_path(&path);
         let io = |source| CompileError::Io {
             path: path.clone(),
             source,

@@ -4,6 +4,7 @@
 //! `precompile_compatibility_hash`): a `.cwasm` written by one configuration
 //! never loads into another.
 
+use sha2::Digest as _;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,27 +19,76 @@ pub const EPOCH_PERIOD: Duration = Duration::from_millis(10);
 pub struct PluginEngine {
     engine: Engine,
     compat_hash: String,
+    portable_hash: String,
     stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
+}
+
+/// The targets a hub can compile components for.
+pub const COMPILE_TARGETS: &[&str] = &["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
+
+/// The triple of the machine this binary runs on, as wasmtime names it.
+pub fn host_target() -> String {
+    format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
+}
+
+/// The one wasmtime configuration: for this host with the CPU features it
+/// detects (`target: None`), or for `target` with that architecture's
+/// baseline features, as a hub compiles for its nodes.
+pub fn config(target: Option<&str>) -> anyhow::Result<Config> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Deadlines per call, without fuel's per-instruction cost.
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    // On-demand allocation: the pooling allocator reserves terabytes of
+    // address space, which 39-bit Raspberry Pi kernels cannot give.
+    // Copy-on-write memory images keep a Python instance at a few MB.
+    config.memory_init_cow(true);
+    if let Some(t) = target {
+        if !COMPILE_TARGETS.contains(&t) {
+            anyhow::bail!(
+                "cannot compile for {t:?}: the targets are {}",
+                COMPILE_TARGETS.join(", ")
+            );
+        }
+        config.target(t).map_err(anyhow::Error::from)?;
+    }
+    Ok(config)
+}
+
+/// An engine that only compiles, for `target`.
+pub fn compiler_for(target: &str) -> anyhow::Result<Engine> {
+    Engine::new(&config(Some(target))?).map_err(anyhow::Error::from)
+}
+
+/// A name for everything a `.cwasm` depends on (wasmtime version, settings,
+/// target and CPU features), stable across processes and machines so a hub
+/// and a node can compare theirs.
+pub fn engine_hash(engine: &Engine) -> String {
+    struct Sha(sha2::Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            let d = self.0.clone().finalize();
+            u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = Sha(sha2::Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    hex::encode(&h.0.finalize()[..8])
 }
 
 impl PluginEngine {
     pub fn new() -> anyhow::Result<PluginEngine> {
         disable_transparent_huge_pages();
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        // Deadlines per call, without fuel's per-instruction cost.
-        config.epoch_interruption(true);
-        config.cranelift_opt_level(OptLevel::Speed);
-        // On-demand allocation: the pooling allocator reserves terabytes of
-        // address space, which 39-bit Raspberry Pi kernels cannot give.
-        // Copy-on-write memory images keep a Python instance at a few MB.
-        config.memory_init_cow(true);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let compat_hash = format!("{:016x}", h.finish());
+        let engine = Engine::new(&config(None)?).map_err(anyhow::Error::from)?;
+        let compat_hash = engine_hash(&engine);
+        // What a hub compiling for this machine's architecture produces;
+        // such code loads here because this CPU has every baseline feature.
+        let portable_hash = engine_hash(&compiler_for(&host_target())?);
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -54,6 +104,7 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             compat_hash,
+            portable_hash,
             stop,
             ticker: Some(ticker),
         })
@@ -66,6 +117,12 @@ impl PluginEngine {
     /// Identifies this engine's code format; part of every compile cache key.
     pub fn compat_hash(&self) -> &str {
         &self.compat_hash
+    }
+
+    /// The engine hash of code a hub compiles for this node (see
+    /// [`compiler_for`]); such code is kept under this hash in the cache.
+    pub fn portable_hash(&self) -> &str {
+        &self.portable_hash
     }
 
     /// Epoch ticks for a deadline. The epoch may be about to advance when

@@ -5,6 +5,16 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Why an artifact (or code compiled for it) was refused, as metric labels.
+pub const REFUSAL_LABELS: [&str; 6] = [
+    "unsigned",
+    "untrusted",
+    "identity_mismatch",
+    "digest_mismatch",
+    "not_a_component",
+    "compiled_code",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub ticks: IntCounterVec,
@@ -76,14 +86,14 @@ impl Metrics {
             HistogramVec::new(
                 HistogramOpts::new(
                     "harvester_artifact_fetch_duration_seconds",
-                    "Time to get an assigned artifact ready to load: verify its signature, pull its bytes",
+                    "Time to get an assigned artifact ready to load: verify its signature, pull its bytes, or fetch the code the hub compiled for it",
                 )
                 .buckets(vec![0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["step"],
             )
             .expect("valid metric"),
         );
-        for step in ["verify", "pull"] {
+        for step in ["verify", "pull", "hub-code"] {
             fetch_seconds.with_label_values(&[step]);
         }
         let phase = register(&registry, IntGaugeVec::new(
@@ -265,13 +275,7 @@ impl Metrics {
 
     /// Refusal reasons start at zero too, once a plugin is assigned.
     pub fn init_refusals(&self, plugin: &str) {
-        for reason in [
-            "unsigned",
-            "untrusted",
-            "identity_mismatch",
-            "digest_mismatch",
-            "not_a_component",
-        ] {
+        for reason in REFUSAL_LABELS {
             self.refusals.with_label_values(&[plugin, reason]);
         }
     }
@@ -325,13 +329,7 @@ impl Metrics {
             let _ = self.call_seconds.remove_label_values(&[plugin, call]);
         }
         let _ = self.instantiate_seconds.remove_label_values(&[plugin]);
-        for reason in [
-            "unsigned",
-            "untrusted",
-            "identity_mismatch",
-            "digest_mismatch",
-            "not_a_component",
-        ] {
+        for reason in REFUSAL_LABELS {
             let _ = self.refusals.remove_label_values(&[plugin, reason]);
         }
     }

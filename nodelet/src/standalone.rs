@@ -47,7 +47,7 @@ pub async fn sync(runtime: &Arc<Runtime>, manifest: &StandaloneManifest) -> usiz
         let spec = PluginSpec {
             name: p.name.clone(),
             source,
-            component: Arc::new(bytes),
+            component: bytes.into(),
             grants: p.grants.clone(),
             config: p.config.clone(),
             tick_interval: p.tick_interval,

@@ -452,6 +452,57 @@ impl Registry {
         Ok(bytes)
     }
 
+    /// The manifest of `reference@digest`, from `store` when present and
+    /// intact, else from the registry, checked against the digest and kept.
+    async fn pinned_manifest(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        store: &BlobStore,
+    ) -> Result<Vec<u8>, PullError> {
+        let at = pinned(reference, digest);
+        let io = |e: std::io::Error| PullError::Registry(anyhow::anyhow!("local store: {e}"));
+        if let Some(m) = store.get(digest).map_err(io)? {
+            return Ok(m);
+        }
+        let (bytes, actual) = self.manifest(&at).await.map_err(|e| match e {
+            OciDistributionError::DigestError(DigestError::VerificationError { actual, .. }) => {
+                PullError::Refused(Refusal::DigestMismatch {
+                    what: format!("manifest of {at}"),
+                    expected: *digest,
+                    actual: actual.parse().unwrap_or(*digest),
+                })
+            }
+            e => PullError::Registry(Self::context(&at, "reading", e)),
+        })?;
+        if &actual != digest {
+            return Err(Refusal::DigestMismatch {
+                what: format!("manifest of {at}"),
+                expected: *digest,
+                actual,
+            }
+            .into());
+        }
+        store.put(digest, &bytes).map_err(io)?;
+        Ok(bytes)
+    }
+
+    /// The digest of the component inside `reference@digest`, reading only
+    /// its manifest (kept in `store`).
+    pub async fn component_digest(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        store: &BlobStore,
+    ) -> Result<Digest, PullError> {
+        let manifest = self.pinned_manifest(reference, digest, store).await?;
+        let layer = artifact::component_layer(&manifest).map_err(|problem| Refusal::NotAComponent {
+            image: pinned(reference, digest).whole(),
+            problem,
+        })?;
+        Ok(layer.digest)
+    }
+
     /// The component of `reference@digest`: its manifest and layer from
     /// `store` when present and intact, else from the registry, checked and
     /// kept. Signatures are not checked here: call `verify` first.
@@ -464,31 +515,7 @@ impl Registry {
     ) -> Result<Vec<u8>, PullError> {
         let at = pinned(reference, digest);
         let io = |e: std::io::Error| PullError::Registry(anyhow::anyhow!("local store: {e}"));
-        let manifest = match store.get(digest).map_err(io)? {
-            Some(m) => m,
-            None => {
-                let (bytes, actual) = self.manifest(&at).await.map_err(|e| match e {
-                    OciDistributionError::DigestError(DigestError::VerificationError { actual, .. }) => {
-                        PullError::Refused(Refusal::DigestMismatch {
-                            what: format!("manifest of {at}"),
-                            expected: *digest,
-                            actual: actual.parse().unwrap_or(*digest),
-                        })
-                    }
-                    e => PullError::Registry(Self::context(&at, "reading", e)),
-                })?;
-                if &actual != digest {
-                    return Err(Refusal::DigestMismatch {
-                        what: format!("manifest of {at}"),
-                        expected: *digest,
-                        actual,
-                    }
-                    .into());
-                }
-                store.put(digest, &bytes).map_err(io)?;
-                bytes
-            }
-        };
+        let manifest = self.pinned_manifest(reference, digest, store).await?;
         let layer = artifact::component_layer(&manifest).map_err(|problem| Refusal::NotAComponent {
             image: at.whole(),
             problem,

@@ -84,6 +84,10 @@ impl SigningKey {
                 path.display()
             )
         })?;
+        SigningKey::from_pair(&pair, path)
+    }
+
+    fn from_pair(pair: &SigStoreKeyPair, path: &Path) -> anyhow::Result<SigningKey> {
         let der = pair
             .public_key_to_der()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -98,6 +102,61 @@ impl SigningKey {
             public_pem,
             fingerprint: fingerprint_of(&der),
         })
+    }
+
+    /// A service's own key, kept unencrypted (mode 0600) in its state folder
+    /// because it signs unattended: loaded, or made on first use together
+    /// with its public half beside it (`.pub`), which others then trust.
+    pub fn load_or_create_unattended(path: &Path) -> anyhow::Result<SigningKey> {
+        let public_path = path.with_extension("pub");
+        if path.exists() {
+            let pem = Zeroizing::new(
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("reading signing key {}: {e}", path.display()))?,
+            );
+            let pair = SigStoreKeyPair::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: not an unencrypted ECDSA P-256 private key: {e}", path.display()))?;
+            let key = SigningKey::from_pair(&pair, path)?;
+            if !public_path.exists() {
+                crate::store::write_atomic(&public_path, key.public_pem.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", public_path.display()))?;
+            }
+            return Ok(key);
+        }
+        let pair = SCHEME
+            .create_signer()
+            .and_then(|s| s.to_sigstore_keypair())
+            .map_err(|e| anyhow::anyhow!("generating a key pair: {e}"))?;
+        let private = pair
+            .private_key_to_pem()
+            .map_err(|e| anyhow::anyhow!("encoding the private key: {e}"))?;
+        let key = SigningKey::from_pair(&pair, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        }
+        let tmp = path.with_extension("key.tmp");
+        {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(&tmp)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+            f.write_all(private.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        crate::store::write_atomic(&public_path, key.public_pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", public_path.display()))?;
+        Ok(key)
+    }
+
+    /// A base64 signature of `payload` itself.
+    pub fn sign_bytes(&self, payload: &[u8]) -> anyhow::Result<String> {
+        let sig = self.signer.sign(payload).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(sig))
     }
 
     pub fn public_pem(&self) -> &str {
@@ -177,8 +236,13 @@ impl TrustedKey {
     }
 
     fn verifies(&self, sig: &SignatureLayer) -> bool {
+        self.verifies_bytes(&sig.payload, &sig.signature)
+    }
+
+    /// Whether `signature` (base64) is this key's signature of `payload`.
+    pub fn verifies_bytes(&self, payload: &[u8], signature: &str) -> bool {
         self.key
-            .verify_signature(Signature::Base64Encoded(sig.signature.as_bytes()), &sig.payload)
+            .verify_signature(Signature::Base64Encoded(signature.as_bytes()), payload)
             .is_ok()
     }
 }
@@ -407,5 +471,35 @@ mod tests {
         let err = TrustedKey::from_pem(&p, private.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("not a cosign public key"), "{err}");
         assert!(TrustedKey::from_pem(&p, public.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn an_unattended_key_is_made_once_kept_private_and_its_signatures_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/compiler.key");
+        let made = SigningKey::load_or_create_unattended(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let again = SigningKey::load_or_create_unattended(&path).unwrap();
+        assert_eq!(made.fingerprint, again.fingerprint, "a restart keeps the key");
+        let public = TrustedKey::load(&path.with_extension("pub")).unwrap();
+        assert_eq!(public.fingerprint, made.fingerprint);
+
+        let sig = again.sign_bytes(b"statement").unwrap();
+        assert!(public.verifies_bytes(b"statement", &sig));
+        assert!(!public.verifies_bytes(b"statemenT", &sig));
+        assert!(!public.verifies_bytes(b"statement", "bm90IGEgc2lnbmF0dXJl"));
+        let (_, other) = key_pair(dir.path(), "other");
+        assert!(!other.verifies_bytes(b"statement", &sig));
+
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = SigningKey::load_or_create_unattended(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("compiler.key") && err.contains("not an unencrypted"),
+            "{err}"
+        );
     }
 }

@@ -4,12 +4,11 @@
 use crate::support::*;
 use harvester_nodelet::PluginSpec;
 use harvester_nodelet::events::Phase;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn raw(name: &str, bytes: &[u8]) -> PluginSpec {
     let mut s = spec(name, "probe", "gpio: {pins: [17]}", &[]);
-    s.component = Arc::new(bytes.to_vec());
+    s.component = bytes.to_vec().into();
     s.source = format!("/plugins/{name}.wasm");
     s
 }

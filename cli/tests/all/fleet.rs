@@ -54,7 +54,7 @@ impl Fleet {
         });
     }
 
-    fn kill_controller(&mut self) {
+    pub fn kill_controller(&mut self) {
         // Drop kills with SIGKILL and reaps.
         self.controller = None;
     }

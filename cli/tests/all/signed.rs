@@ -551,3 +551,133 @@ fn a_registry_that_wants_credentials_gets_them_from_the_docker_config() {
     let out = harvester_ok(&fleet, &["verify", &target, "--key", public.to_str().unwrap()]);
     assert!(out.contains("Verified"), "{out}");
 }
+
+fn metric(port: u16, series: &str) -> f64 {
+    let (_, body) = http("GET", port, "/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+}
+
+#[test]
+fn small_boards_run_python_plugins_from_code_the_hub_compiled_and_refuse_code_they_cannot_trust() {
+    let s = setup();
+    let mut f = s.fleet;
+    let host = s.registry.host();
+    let hub_key = f.dir.path().join("controller/compiler.pub");
+    assert!(hub_key.exists(), "the hub makes its compile key on first start");
+
+    // A node that may only run code from the hub needs the hub's key.
+    let out = harvester(
+        &f,
+        &["nodelet", "--controller", "http://127.0.0.1:9", "--compile", "hub"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--trust-compiler"), "{err}");
+
+    let trust = ["--trust-key", s.public.to_str().unwrap()];
+    let hub_only = |compiler: &std::path::Path| {
+        vec![
+            trust[0].to_string(),
+            trust[1].to_string(),
+            "--trust-compiler".to_string(),
+            compiler.to_str().unwrap().to_string(),
+            "--compile".to_string(),
+            "hub".to_string(),
+        ]
+    };
+    let args = hub_only(&hub_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let zero = f.start_node_with("zero", "role=small", "dht22,leds", &args);
+    let zero2 = f.start_node_with("zero2", "role=small", "dht22,leds", &args);
+    // This one trusts some other hub's key.
+    let (_, stranger) = keygen(&f, "stranger");
+    let args = hub_only(&stranger);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let wary = f.start_node_with("wary", "role=small", "dht22,leds", &args);
+
+    let image = format!("{host}/plugins/dht22:1.0");
+    let digest = push(&f, &component("dht22"), &image, Some(&s.key));
+    f.apply(&format!(
+        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: dht22}}\nspec:\n  image: {image}\n  nodeSelector: {{role: small}}\n  grants: {{dht22: {{pin: 4}}, leds: {{indices: [1]}}}}\n  tickInterval: 200ms\n"
+    ));
+    for port in [zero, zero2] {
+        wait_until(Duration::from_secs(180), "dht22 running from the hub's code", || {
+            runs(port, "dht22", 1)
+        });
+        assert_eq!(
+            metric(port, "harvester_component_compiles_total"),
+            0.0,
+            "the board compiled nothing"
+        );
+        assert_eq!(metric(port, "harvester_component_cache_hits_total"), 1.0);
+    }
+    wait_until(T, "ticks with readings", || ticks(zero, "dht22") >= 2);
+    assert_eq!(
+        metric(f.port, "harvester_hub_compile_requests_total{result=\"compiled\"}"),
+        1.0,
+        "the hub compiles an artifact once for all nodes of a target"
+    );
+    let node: Value = serde_json::from_str(&f.cli_ok(&["get", "node", "zero", "-o", "json"])).unwrap();
+    let engine = &node["status"]["engine"];
+    assert_eq!(engine["compile"], "hub", "{node}");
+    assert_eq!(
+        engine["target"],
+        format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
+    );
+
+    // Code signed by a key the node does not trust is never loaded.
+    wait_until(T, "the wary node refuses", || {
+        node_view(&f, "wary", "dht22").is_some_and(|v| v.2 == "CompiledCodeRefused")
+    });
+    let p = f.plugin("dht22");
+    let message = p["status"]["nodes"]["wary"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("not signed by a compiler key this node trusts"),
+        "{message}"
+    );
+    assert!(on_node(wary, "dht22").is_none(), "nothing runs on the wary node");
+    assert_eq!(refusals(wary, "dht22", "compiled_code"), 1);
+    assert_eq!(metric(wary, "harvester_component_compiles_total"), 0.0);
+    assert!(
+        std::fs::read_dir(f.dir.path().join("wary/compiled"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no refused code is kept"
+    );
+
+    // Requests the hub refuses, each saying why.
+    let path =
+        |target: &str, engine: &str, d: &str| format!("/api/v1alpha1/compiled/{d}?target={target}&engine={engine}");
+    let ours = engine["hash"].as_str().unwrap().to_string();
+    let (code, body) = http("GET", f.port, &path("riscv64gc-unknown-linux-gnu", &ours, &digest)).unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("aarch64-unknown-linux-gnu"), "{body}");
+    let (code, body) = http(
+        "GET",
+        f.port,
+        &path(engine["target"].as_str().unwrap(), "0123456789abcdef", &digest),
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("different Harvester versions"), "{body}");
+    let unknown = format!("sha256:{}", "ab".repeat(32));
+    let (code, body) = http(
+        "GET",
+        f.port,
+        &path(engine["target"].as_str().unwrap(), &ours, &unknown),
+    )
+    .unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no Plugin on this hub runs artifact"), "{body}");
+
+    // Without the hub, a restarted board runs the same code from its cache.
+    f.kill_controller();
+    f.kill_node("zero");
+    let args = hub_only(&hub_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let zero = f.start_node_with("zero", "role=small", "dht22,leds", &args);
+    wait_until(T, "dht22 running again without the hub", || runs(zero, "dht22", 1));
+    assert_eq!(metric(zero, "harvester_component_compiles_total"), 0.0);
+}

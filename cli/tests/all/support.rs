@@ -179,7 +179,7 @@ pub fn spec(name: &str, plugin: &str, grants_yaml: &str, config: &[(&str, &str)]
     PluginSpec {
         name: name.to_string(),
         source: format!("{plugin}.wasm"),
-        component: component(plugin),
+        component: component(plugin).into(),
         grants: grants(grants_yaml),
         config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         tick_interval: DurationSpec(Duration::from_millis(100)),

@@ -29,13 +29,44 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 pub use worker::RestartPolicy;
 
+/// The code of a version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComponentSource {
+    /// The component itself: compiled here unless the cache has it.
+    Bytes(Arc<Vec<u8>>),
+    /// A component with this digest whose compiled code is already in the
+    /// compile cache (a hub compiled it for this node): nothing to compile.
+    Precompiled(Digest),
+}
+
+impl ComponentSource {
+    pub fn digest(&self) -> Digest {
+        match self {
+            ComponentSource::Bytes(b) => Digest::of(b),
+            ComponentSource::Precompiled(d) => *d,
+        }
+    }
+}
+
+impl From<Vec<u8>> for ComponentSource {
+    fn from(bytes: Vec<u8>) -> ComponentSource {
+        ComponentSource::Bytes(Arc::new(bytes))
+    }
+}
+
+impl From<Arc<Vec<u8>>> for ComponentSource {
+    fn from(bytes: Arc<Vec<u8>>) -> ComponentSource {
+        ComponentSource::Bytes(bytes)
+    }
+}
+
 /// Everything needed to run one version of a plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginSpec {
     pub name: String,
     /// Where the component came from (a path or an image reference), for messages.
     pub source: String,
-    pub component: Arc<Vec<u8>>,
+    pub component: ComponentSource,
     pub grants: Grants,
     pub config: BTreeMap<String, String>,
     pub tick_interval: DurationSpec,
@@ -48,7 +79,7 @@ pub struct PluginSpec {
 impl PluginSpec {
     fn without_component(&self) -> PluginSpec {
         PluginSpec {
-            component: Arc::new(Vec::new()),
+            component: ComponentSource::Bytes(Arc::new(Vec::new())),
             ..self.clone()
         }
     }
@@ -211,7 +242,7 @@ impl Runtime {
     /// from a blocking thread. On error the previous version keeps running.
     pub fn apply(&self, spec: PluginSpec) -> Result<Applied, LoadError> {
         let _one_at_a_time = lock(&self.loading);
-        let digest = Digest::of(&spec.component);
+        let digest = spec.component.digest();
         if let Some(r) = lock(&self.plugins).get(&spec.name)
             && r.digest == digest
             && r.spec == spec.without_component()
@@ -255,7 +286,7 @@ impl Runtime {
     /// version without running it: what `apply` does before the swap.
     pub fn load(&self, spec: &PluginSpec) -> Result<(Arc<Version>, instance::Instance), LoadError> {
         let _one_at_a_time = lock(&self.loading);
-        self.prepare(spec, Digest::of(&spec.component), 0)
+        self.prepare(spec, spec.component.digest(), 0)
     }
 
     fn prepare(
@@ -266,14 +297,15 @@ impl Runtime {
     ) -> Result<(Arc<Version>, instance::Instance), LoadError> {
         let plugin = spec.name.clone();
         let source_ref = spec.source.clone();
-        let (component, outcome, took) = self
-            .cache
-            .load(&self.engine, &digest, &spec.component)
-            .map_err(|error| LoadError::Compile {
-                plugin: plugin.clone(),
-                source_ref: source_ref.clone(),
-                error,
-            })?;
+        let loaded = match &spec.component {
+            ComponentSource::Bytes(bytes) => self.cache.load(&self.engine, &digest, bytes),
+            ComponentSource::Precompiled(_) => self.cache.load_precompiled(&self.engine, &digest),
+        };
+        let (component, outcome, took) = loaded.map_err(|error| LoadError::Compile {
+            plugin: plugin.clone(),
+            source_ref: source_ref.clone(),
+            error,
+        })?;
         let metrics = &self.report.metrics;
         match outcome {
             CacheOutcome::Hit => metrics.cache_hits.inc(),

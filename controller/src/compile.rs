@@ -1,0 +1,285 @@
+//! Compiling components for the nodes, so that a small board never runs
+//! Cranelift: the hub compiles each artifact once per target and engine,
+//! signs what it produced with its own key, and serves it to nodes that
+//! trust that key (see `harvester_api::compiled`).
+//!
+//! The hub compiles only artifacts its desired state runs: a component
+//! uploaded to it, or an OCI artifact a Plugin is pinned to.
+
+use crate::store::{Kind, Store};
+use base64::Engine as _;
+use harvester_api::Digest;
+use harvester_api::compiled::CompiledStatement;
+use harvester_api::resources::{Plugin, is_local_path};
+use harvester_registry::store::BlobStore;
+use harvester_registry::{PullError, Registry, SigningKey};
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use wasmtime::Engine;
+
+/// Code ready to send.
+pub struct Compiled {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Base64 of the statement's JSON bytes, exactly as signed.
+    pub statement: String,
+    pub signature: String,
+    /// Whether this request ran the compiler.
+    pub fresh: bool,
+}
+
+/// Why the hub cannot give a node code for an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileFailure {
+    #[error("{0}")]
+    Target(String),
+    #[error(
+        "this hub's engine for {target} is {hub}, the node's is {node}: they run different Harvester versions; run the same version on both, or let the node compile (--compile auto or local)"
+    )]
+    EngineMismatch { target: String, hub: String, node: String },
+    #[error("no Plugin on this hub runs artifact {0}: the hub compiles only what its desired state runs")]
+    Unknown(Digest),
+    #[error("getting {artifact}: {message}")]
+    Source { artifact: Digest, message: String },
+    #[error("{artifact} does not compile: {message}")]
+    Invalid { artifact: Digest, message: String },
+    #[error("the hub's compile cache: {0}")]
+    Io(String),
+}
+
+impl CompileFailure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CompileFailure::Target(_) => "UnsupportedTarget",
+            CompileFailure::EngineMismatch { .. } => "EngineMismatch",
+            CompileFailure::Unknown(_) => "NotFound",
+            CompileFailure::Source { .. } => "PullFailed",
+            CompileFailure::Invalid { .. } => "InvalidArtifact",
+            CompileFailure::Io(_) => "Internal",
+        }
+    }
+}
+
+enum Source {
+    /// Uploaded to the hub (`harvester apply` of a local path).
+    Blob,
+    Oci(harvester_registry::Reference),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SignedRecord {
+    statement: String,
+    signature: String,
+}
+
+pub struct Compiler {
+    key: SigningKey,
+    public_key: PathBuf,
+    dir: PathBuf,
+    /// Manifests and components pulled to compile them.
+    pulled: BlobStore,
+    engines: Mutex<BTreeMap<String, (Engine, String)>>,
+    /// One compile at a time: a Python component takes hundreds of MB.
+    one_at_a_time: tokio::sync::Mutex<()>,
+    compiles: AtomicU64,
+}
+
+fn io(e: impl std::fmt::Display) -> CompileFailure {
+    CompileFailure::Io(e.to_string())
+}
+
+impl Compiler {
+    /// Uses (or makes) the hub's key `key` and keeps code under `dir`.
+    pub fn new(dir: &Path, key: &Path) -> anyhow::Result<Compiler> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        let signing = SigningKey::load_or_create_unattended(key)?;
+        Ok(Compiler {
+            key: signing,
+            public_key: key.with_extension("pub"),
+            dir: dir.to_path_buf(),
+            pulled: BlobStore::new(dir.join("pulled")),
+            engines: Mutex::new(BTreeMap::new()),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+            compiles: AtomicU64::new(0),
+        })
+    }
+
+    /// The public key nodes pass to `--trust-compiler`.
+    pub fn public_key(&self) -> &Path {
+        &self.public_key
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.key.fingerprint
+    }
+
+    /// Times this hub ran the compiler.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    fn engine(&self, target: &str) -> Result<(Engine, String), CompileFailure> {
+        let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = engines.get(target) {
+            return Ok(e.clone());
+        }
+        let engine =
+            harvester_nodelet::engine::compiler_for(target).map_err(|e| CompileFailure::Target(format!("{e:#}")))?;
+        let hash = harvester_nodelet::engine::engine_hash(&engine);
+        engines.insert(target.to_string(), (engine.clone(), hash.clone()));
+        Ok((engine, hash))
+    }
+
+    fn source(&self, store: &Store, artifact: &Digest) -> Result<Source, CompileFailure> {
+        if store.has_blob(artifact).map_err(io)? {
+            return Ok(Source::Blob);
+        }
+        for value in store.list(Kind::Plugin).map_err(io)? {
+            let Ok(p) = serde_json::from_value::<Plugin>(value) else {
+                continue;
+            };
+            if p.spec.digest == Some(*artifact) && !is_local_path(&p.spec.image) {
+                let reference =
+                    harvester_registry::parse_reference(&p.spec.image).map_err(|e| CompileFailure::Source {
+                        artifact: *artifact,
+                        message: format!("{e:#}"),
+                    })?;
+                return Ok(Source::Oci(reference));
+            }
+        }
+        Err(CompileFailure::Unknown(*artifact))
+    }
+
+    /// The code of `artifact` for `target`, compiled now or earlier, if
+    /// the node's engine hash is the hub's for that target.
+    pub async fn code_for(
+        &self,
+        store: &Store,
+        registry: &Registry,
+        artifact: Digest,
+        target: &str,
+        node_engine: &str,
+    ) -> Result<Compiled, CompileFailure> {
+        let (engine, hash) = self.engine(target)?;
+        if node_engine != hash {
+            return Err(CompileFailure::EngineMismatch {
+                target: target.to_string(),
+                hub: hash,
+                node: node_engine.to_string(),
+            });
+        }
+        let source = self.source(store, &artifact)?;
+        let pull_error = |e: PullError| CompileFailure::Source {
+            artifact,
+            message: match e {
+                PullError::Refused(r) => r.to_string(),
+                PullError::Registry(e) => format!("{e:#}"),
+            },
+        };
+        let component = match &source {
+            Source::Blob => artifact,
+            Source::Oci(r) => registry
+                .component_digest(r, &artifact, &self.pulled)
+                .await
+                .map_err(pull_error)?,
+        };
+        let code_path = self.dir.join(format!("{}-{hash}.cwasm", component.hex()));
+        let record_path = self.dir.join(format!("{}-{hash}.json", artifact.hex()));
+        // Nodes rolling out together ask at once: the first compiles, the
+        // others wait here and find the code.
+        let _one = self.one_at_a_time.lock().await;
+        let mut fresh = false;
+        if !code_path.exists() {
+            let bytes = match &source {
+                Source::Blob => store
+                    .get_blob(&artifact)
+                    .map_err(io)?
+                    .map(|b| b.to_vec())
+                    .ok_or(CompileFailure::Unknown(artifact))?,
+                Source::Oci(r) => registry
+                    .pull(r, &artifact, &self.pulled, &indicatif::ProgressBar::hidden())
+                    .await
+                    .map_err(pull_error)?,
+            };
+            let started = std::time::Instant::now();
+            let target_name = target.to_string();
+            let path = code_path.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), CompileFailure> {
+                let code = engine
+                    .precompile_component(&bytes)
+                    .map_err(|e| CompileFailure::Invalid {
+                        artifact,
+                        message: format!("{e:#}"),
+                    })?;
+                drop(bytes);
+                harvester_registry::store::write_atomic(&path, &code).map_err(io)?;
+                drop(code);
+                harvester_nodelet::cache::release_freed_memory();
+                Ok(())
+            })
+            .await
+            .map_err(io)??;
+            self.compiles.fetch_add(1, Ordering::Relaxed);
+            fresh = true;
+            tracing::info!(
+                %artifact,
+                %component,
+                target = target_name,
+                engine = hash,
+                ms = started.elapsed().as_millis() as u64,
+                "compiled for nodes"
+            );
+        }
+        let size = std::fs::metadata(&code_path).map_err(io)?.len();
+        let record = match std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SignedRecord>(&b).ok())
+        {
+            Some(r) if !fresh => r,
+            _ => {
+                let statement = CompiledStatement {
+                    artifact,
+                    component,
+                    target: target.to_string(),
+                    engine: hash.clone(),
+                    code: sha256_file(&code_path).map_err(io)?,
+                    size,
+                };
+                let json = serde_json::to_vec(&statement).map_err(io)?;
+                let record = SignedRecord {
+                    signature: self.key.sign_bytes(&json).map_err(io)?,
+                    statement: base64::engine::general_purpose::STANDARD.encode(&json),
+                };
+                harvester_registry::store::write_atomic(&record_path, &serde_json::to_vec(&record).map_err(io)?)
+                    .map_err(io)?;
+                record
+            }
+        };
+        Ok(Compiled {
+            path: code_path,
+            size,
+            statement: record.statement,
+            signature: record.signature,
+            fresh,
+        })
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<Digest> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let hex = hex::encode(h.finalize());
+    format!("sha256:{hex}").parse().map_err(std::io::Error::other)
+}

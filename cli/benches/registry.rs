@@ -6,7 +6,10 @@
 //! 3. apply-to-running of a new digest on two real nodelet processes that
 //!    trust the key, split into verify, pull and compile as the nodes' own
 //!    metrics measure them; the rest is the controller, the watch, the
-//!    instantiation, `init` and the swap.
+//!    instantiation, `init` and the swap;
+//! 4. the same for two small boards (`--compile hub`) running two Python
+//!    plugins, as a Pi Zero 2W does: the hub compiles, the boards fetch its
+//!    signed code; and the boards' peak memory over all of it.
 //!
 //! Results go to stdout and `target/bench-registry.md`.
 
@@ -108,6 +111,20 @@ async fn main() {
     let components = [
         ("Rust (probe)", build("cli/tests/plugins/probe")),
         ("Python (dht22)", build("plugins/dht22")),
+    ];
+    let small_board_plugins = [
+        (
+            "bme680",
+            build("plugins/bme680"),
+            "{bme680: {address: 0x77}, leds: {indices: [2]}}",
+            "{}",
+        ),
+        (
+            "netmon",
+            build("plugins/netmon"),
+            "{net: {hosts: [127.0.0.1]}}",
+            "{HOSTS: \"127.0.0.1\"}",
+        ),
     ];
 
     let dir = tempfile::tempdir().unwrap();
@@ -322,6 +339,154 @@ async fn main() {
             "new digest: compiled each time",
         );
     }
+
+    // 4. Small boards: code from the hub only.
+    let hub_key = dir.path().join("controller/compiler.pub");
+    let mut small = Vec::new();
+    for name in ["zero1", "zero2"] {
+        let p = free_port();
+        let proc = spawn(
+            bin,
+            &[
+                "nodelet",
+                "--name",
+                name,
+                "--labels",
+                "small=yes",
+                "--sim-devices",
+                "bme680,leds",
+                "--controller",
+                &server,
+                "--listen",
+                &format!("127.0.0.1:{p}"),
+                "--data",
+                dir.path().join(name).to_str().unwrap(),
+                "--trust-key",
+                dir.path().join("cosign.pub").to_str().unwrap(),
+                "--trust-compiler",
+                hub_key.to_str().unwrap(),
+                "--compile",
+                "hub",
+            ],
+        );
+        wait_for("small nodelet", Duration::from_secs(30), async || {
+            http.get(format!("http://127.0.0.1:{p}/status")).send().await.is_ok()
+        })
+        .await;
+        small.push((proc, p));
+    }
+    let small_ports: Vec<u16> = small.iter().map(|s| s.1).collect();
+    let running = async |name: &str, generation: u64| {
+        for p in &small_ports {
+            let Ok(r) = http.get(format!("http://127.0.0.1:{p}/status")).send().await else {
+                return false;
+            };
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            let ok = v["plugins"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|x| x["name"] == name && x["generation"] == generation && x["phase"] == "Running")
+            });
+            if !ok {
+                return false;
+            }
+        }
+        true
+    };
+    let rollout = async |round: u64| -> Duration {
+        let mut doc = String::new();
+        for (name, bytes, grants, config) in &small_board_plugins {
+            // Round 0 starts both plugins; later rounds roll out bme680 only.
+            if round > 0 && *name != "bme680" {
+                continue;
+            }
+            let image = format!("{host}/small/{name}:{round}");
+            let r = parse_reference(&image).unwrap();
+            let pushed = registry
+                .push(&r, &variant(bytes, &format!("small-{round}")), "bench.wasm", &hidden)
+                .await
+                .unwrap();
+            registry.sign(&r, &pushed.digest, &key).await.unwrap();
+            doc.push_str(&format!(
+                "---\napiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n  nodeSelector: {{small: \"yes\"}}\n  grants: {grants}\n  config: {config}\n  tickInterval: 1s\n"
+            ));
+        }
+        let t = Instant::now();
+        let resp = http
+            .post(format!("{server}/api/v1alpha1/apply"))
+            .body(doc)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        wait_for("small-board rollout", Duration::from_secs(300), async || {
+            running("bme680", round + 1).await && running("netmon", 1).await
+        })
+        .await;
+        t.elapsed()
+    };
+    let first = rollout(0).await;
+    let fetch_before = {
+        let mut sum = 0.0;
+        for p in &small_ports {
+            sum += metric_sum(
+                &http,
+                *p,
+                "harvester_artifact_fetch_duration_seconds_sum{step=\"hub-code\"}",
+            )
+            .await;
+        }
+        sum
+    };
+    let second = rollout(1).await;
+    let mut fetch = -fetch_before;
+    let mut compiled_on_board = 0.0;
+    for p in &small_ports {
+        fetch += metric_sum(
+            &http,
+            *p,
+            "harvester_artifact_fetch_duration_seconds_sum{step=\"hub-code\"}",
+        )
+        .await;
+        compiled_on_board += metric_sum(&http, *p, "harvester_component_compiles_total").await;
+    }
+    assert_eq!(compiled_on_board, 0.0, "a --compile hub board ran the compiler");
+    let (mut rss, mut peak) = (0u64, 0u64);
+    for (proc, _) in &small {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", proc.0.id())).unwrap();
+        let kb = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        rss = rss.max(kb("VmRSS:") * 1024);
+        peak = peak.max(kb("VmHWM:") * 1024);
+    }
+    drop(small);
+    row(
+        "small boards (--compile hub): bme680 + netmon, Python, to running on 2 nodes",
+        ms(first),
+        "the hub compiles each once",
+    );
+    row(
+        "small boards: roll out a new bme680 to running on 2 nodes",
+        ms(second),
+        &format!(
+            "per node: waiting for the hub's compile and fetching its code {:.0} ms",
+            fetch / small_ports.len() as f64 * 1e3
+        ),
+    );
+    row(
+        "small board nodelet peak RSS over both (2 Python plugins)",
+        format!("{:.1} MB", peak as f64 / 1e6),
+        "target < 100 MB",
+    );
+    row(
+        "small board nodelet RSS afterwards",
+        format!("{:.1} MB", rss as f64 / 1e6),
+        "",
+    );
 
     let mut md = String::from("| measurement | result | note |\n|---|---|---|\n");
     for (a, b, c) in &rows {

@@ -59,7 +59,12 @@ pub fn config(target: Option<&str>) -> anyhow::Result<Config> {
 
 /// An engine that only compiles, for `target`.
 pub fn compiler_for(target: &str) -> anyhow::Result<Engine> {
-    Engine::new(&config(Some(target))?).map_err(anyhow::Error::from)
+    Engine::new(&config(Some(target))?).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot compile for {target} on this {} machine ({e}): run the hub on the nodes' architecture",
+            std::env::consts::ARCH
+        )
+    })
 }
 
 /// A name for everything a `.cwasm` depends on (wasmtime version, settings,
@@ -152,5 +157,27 @@ fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE only changes this process's paging policy.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_hashes_are_stable_and_name_the_target() {
+        let host = compiler_for(&host_target()).unwrap();
+        assert_eq!(engine_hash(&host), engine_hash(&compiler_for(&host_target()).unwrap()));
+        assert_eq!(engine_hash(&host).len(), 16);
+        let err = config(Some("riscv64gc-unknown-linux-gnu")).err().unwrap().to_string();
+        assert!(err.contains("aarch64-unknown-linux-gnu"), "{err}");
+        // This build carries only its own architecture's code generator.
+        let other = if cfg!(target_arch = "x86_64") {
+            "aarch64-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        };
+        let err = compiler_for(other).err().unwrap().to_string();
+        assert!(err.contains("run the hub on the nodes' architecture"), "{err}");
     }
 }

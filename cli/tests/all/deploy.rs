@@ -144,6 +144,11 @@ fn the_install_lays_out_units_that_systemd_accepts_and_that_start() {
         "--trust-key",
         dir.path().join("cosign.pub").to_str().unwrap(),
     );
+    swap(
+        &mut node,
+        "--trust-compiler",
+        dir.path().join("controller/compiler.pub").to_str().unwrap(),
+    );
     swap(&mut node, "--listen", &format!("127.0.0.1:{port}"));
     node.extend(["--name".to_string(), "board".to_string()]);
     let _node = Proc(

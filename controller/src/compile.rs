@@ -17,8 +17,8 @@ use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use wasmtime::Engine;
 
 /// Code ready to send.
@@ -28,8 +28,8 @@ pub struct Compiled {
     /// Base64 of the statement's JSON bytes, exactly as signed.
     pub statement: String,
     pub signature: String,
-    /// Whether this request ran the compiler.
-    pub fresh: bool,
+    /// How long the compiler ran for this request (none: compiled before).
+    pub compiled_in: Option<std::time::Duration>,
 }
 
 /// Why the hub cannot give a node code for an artifact.
@@ -76,8 +76,33 @@ struct SignedRecord {
     signature: String,
 }
 
+/// Compiled functions by Cranelift's key for them, on disk: a restarted hub
+/// recompiles only what changed too.
+struct FunctionCache(sled::Tree);
+
+impl std::fmt::Debug for FunctionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FunctionCache({} entries)", self.0.len())
+    }
+}
+
+impl wasmtime::CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.0
+            .get(key)
+            .ok()
+            .flatten()
+            .map(|v| std::borrow::Cow::Owned(v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        self.0.insert(key, value).is_ok()
+    }
+}
+
 pub struct Compiler {
     key: SigningKey,
+    functions: Arc<dyn wasmtime::CacheStore>,
     public_key: PathBuf,
     dir: PathBuf,
     /// Manifests and components pulled to compile them.
@@ -97,8 +122,17 @@ impl Compiler {
     pub fn new(dir: &Path, key: &Path) -> anyhow::Result<Compiler> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         let signing = SigningKey::load_or_create_unattended(key)?;
+        let db = sled::Config::new()
+            .path(dir.join("functions"))
+            .cache_capacity(32 << 20)
+            .open()
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.join("functions").display()))?;
+        let functions = db
+            .open_tree("cranelift")
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.join("functions").display()))?;
         Ok(Compiler {
             key: signing,
+            functions: Arc::new(FunctionCache(functions)),
             public_key: key.with_extension("pub"),
             dir: dir.to_path_buf(),
             pulled: BlobStore::new(dir.join("pulled")),
@@ -127,8 +161,8 @@ impl Compiler {
         if let Some(e) = engines.get(target) {
             return Ok(e.clone());
         }
-        let engine =
-            harvester_nodelet::engine::compiler_for(target).map_err(|e| CompileFailure::Target(format!("{e:#}")))?;
+        let engine = harvester_nodelet::engine::compiler_with_cache(target, Some(self.functions.clone()))
+            .map_err(|e| CompileFailure::Target(format!("{e:#}")))?;
         let hash = harvester_nodelet::engine::engine_hash(&engine);
         engines.insert(target.to_string(), (engine.clone(), hash.clone()));
         Ok((engine, hash))
@@ -192,7 +226,7 @@ impl Compiler {
         // Nodes rolling out together ask at once: the first compiles, the
         // others wait here and find the code.
         let _one = self.one_at_a_time.lock().await;
-        let mut fresh = false;
+        let mut compiled_in = None;
         if !code_path.exists() {
             let bytes = match &source {
                 Source::Blob => store
@@ -224,7 +258,7 @@ impl Compiler {
             .await
             .map_err(io)??;
             self.compiles.fetch_add(1, Ordering::Relaxed);
-            fresh = true;
+            compiled_in = Some(started.elapsed());
             tracing::info!(
                 %artifact,
                 %component,
@@ -239,7 +273,7 @@ impl Compiler {
             .ok()
             .and_then(|b| serde_json::from_slice::<SignedRecord>(&b).ok())
         {
-            Some(r) if !fresh => r,
+            Some(r) if compiled_in.is_none() => r,
             _ => {
                 let statement = CompiledStatement {
                     artifact,
@@ -264,7 +298,7 @@ impl Compiler {
             size,
             statement: record.statement,
             signature: record.signature,
-            fresh,
+            compiled_in,
         })
     }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub apply_requests: IntCounterVec,
     pub watch_connections: IntGaugeVec,
     pub compile_requests: IntCounterVec,
+    pub compile_seconds: Histogram,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -114,6 +115,17 @@ impl Metrics {
                         "Nodes asking the hub for compiled code: compiled now, served from the hub's cache, or refused",
                     ),
                     &["result"],
+                )
+                .expect("valid metric"),
+            ),
+            compile_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "harvester_hub_compile_duration_seconds",
+                        "Time the hub took to compile a component for nodes",
+                    )
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
                 )
                 .expect("valid metric"),
             ),

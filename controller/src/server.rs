@@ -835,9 +835,14 @@ async fn compiled(
             return Err(ApiError(code, json!({"reason": e.reason(), "message": e.to_string()})));
         }
     };
-    requests
-        .with_label_values(&[if code.fresh { "compiled" } else { "cached" }])
-        .inc();
+    let metrics = api.reconciler.metrics();
+    match code.compiled_in {
+        Some(took) => {
+            metrics.compile_requests.with_label_values(&["compiled"]).inc();
+            metrics.compile_seconds.observe(took.as_secs_f64());
+        }
+        None => metrics.compile_requests.with_label_values(&["cached"]).inc(),
+    }
     let file = tokio::fs::File::open(&code.path).await.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -398,7 +398,7 @@ async fn main() {
     std::fs::create_dir_all(edited.parent().unwrap()).unwrap();
     let copied = std::process::Command::new("cp")
         .args([
-            "-r",
+            "-rL",
             repo().join("plugins/bme680").to_str().unwrap(),
             edited.to_str().unwrap(),
         ])

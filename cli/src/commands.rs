@@ -375,6 +375,20 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
                 ""
             }
         );
+        let e = &s["engine"];
+        if e.is_object() {
+            let how = match e["compile"].as_str().unwrap_or_default() {
+                "hub" => "code compiled by the hub only",
+                "auto" => "code compiled by the hub when it has a trusted key, else here",
+                "local" => "compiles here",
+                other => other,
+            };
+            println!(
+                "Compile:       {how} ({}, engine {})",
+                e["target"].as_str().unwrap_or_default(),
+                e["hash"].as_str().unwrap_or_default()
+            );
+        }
         println!("Heartbeat:     {} ago", age(s["lastHeartbeat"].as_u64().unwrap_or(0)));
         println!("Plugins:");
         for (p, st) in s["plugins"].as_object().cloned().unwrap_or_default() {

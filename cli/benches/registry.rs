@@ -69,6 +69,24 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> boo
     }
 }
 
+/// Whether every node in `ports` runs `name` at `generation`.
+async fn all_running(http: &reqwest::Client, ports: &[u16], name: &str, generation: u64) -> bool {
+    for p in ports {
+        let Ok(r) = http.get(format!("http://127.0.0.1:{p}/status")).send().await else {
+            return false;
+        };
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        let ok = v["plugins"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|x| x["name"] == name && x["generation"] == generation && x["phase"] == "Running")
+        });
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sum of a histogram's `_sum` series with this label, from a node's /metrics.
 async fn metric_sum(http: &reqwest::Client, port: u16, series: &str) -> f64 {
     let text = http
@@ -294,20 +312,7 @@ async fn main() {
             assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
             let generation = (i + 1) as u64;
             wait_for("rollout", Duration::from_secs(120), async || {
-                for p in &ports {
-                    let Ok(r) = http.get(format!("http://127.0.0.1:{p}/status")).send().await else {
-                        return false;
-                    };
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    let ok = v["plugins"].as_array().is_some_and(|ps| {
-                        ps.iter()
-                            .any(|x| x["name"] == name && x["generation"] == generation && x["phase"] == "Running")
-                    });
-                    if !ok {
-                        return false;
-                    }
-                }
-                true
+                all_running(&http, &ports, name, generation).await
             })
             .await;
             totals.push(t.elapsed());
@@ -376,22 +381,7 @@ async fn main() {
         small.push((proc, p));
     }
     let small_ports: Vec<u16> = small.iter().map(|s| s.1).collect();
-    let running = async |name: &str, generation: u64| {
-        for p in &small_ports {
-            let Ok(r) = http.get(format!("http://127.0.0.1:{p}/status")).send().await else {
-                return false;
-            };
-            let v: Value = r.json().await.unwrap_or(Value::Null);
-            let ok = v["plugins"].as_array().is_some_and(|ps| {
-                ps.iter()
-                    .any(|x| x["name"] == name && x["generation"] == generation && x["phase"] == "Running")
-            });
-            if !ok {
-                return false;
-            }
-        }
-        true
-    };
+    let running = async |name: &str, generation: u64| all_running(&http, &small_ports, name, generation).await;
     // The new version changes a colour in the plugin's source, as an edit
     // would: a different script and heap snapshot, the same interpreter.
     let edited = dir.path().join("edited/bme680");

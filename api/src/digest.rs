@@ -14,6 +14,12 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The digest of everything fed to `hasher`, for bytes hashed as they
+    /// stream by.
+    pub fn from_sha256(hasher: Sha256) -> Digest {
+        Digest(hasher.finalize().into())
+    }
+
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }

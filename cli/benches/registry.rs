@@ -69,6 +69,17 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> boo
     }
 }
 
+/// Applies the manifest `doc` through the controller's API.
+async fn apply(http: &reqwest::Client, server: &str, doc: String) {
+    let resp = http
+        .post(format!("{server}/api/v1alpha1/apply"))
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+}
+
 /// Whether every node in `ports` runs `name` at `generation`.
 async fn all_running(http: &reqwest::Client, ports: &[u16], name: &str, generation: u64) -> bool {
     for p in ports {
@@ -303,13 +314,7 @@ async fn main() {
                 "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n  nodeSelector: {{bench: \"yes\"}}\n  grants: {grants}\n  config: {config}\n  tickInterval: 1s\n"
             );
             let t = Instant::now();
-            let resp = http
-                .post(format!("{server}/api/v1alpha1/apply"))
-                .body(doc)
-                .send()
-                .await
-                .unwrap();
-            assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+            apply(&http, &server, doc).await;
             let generation = (i + 1) as u64;
             wait_for("rollout", Duration::from_secs(120), async || {
                 all_running(&http, &ports, name, generation).await
@@ -422,13 +427,7 @@ async fn main() {
             ));
         }
         let t = Instant::now();
-        let resp = http
-            .post(format!("{server}/api/v1alpha1/apply"))
-            .body(doc)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        apply(&http, &server, doc).await;
         wait_for("small-board rollout", Duration::from_secs(300), async || {
             running("bme680", round + 1).await && running("netmon", 1).await
         })

@@ -15,9 +15,7 @@ use harvester_registry::store::BlobStore;
 use harvester_registry::{PullError, Registry, SigningKey};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::Engine;
 
@@ -110,7 +108,6 @@ pub struct Compiler {
     engines: Mutex<BTreeMap<String, (Engine, String)>>,
     /// One compile at a time: a Python component takes hundreds of MB.
     one_at_a_time: tokio::sync::Mutex<()>,
-    compiles: AtomicU64,
 }
 
 fn io(e: impl std::fmt::Display) -> CompileFailure {
@@ -138,7 +135,6 @@ impl Compiler {
             pulled: BlobStore::new(dir.join("pulled")),
             engines: Mutex::new(BTreeMap::new()),
             one_at_a_time: tokio::sync::Mutex::new(()),
-            compiles: AtomicU64::new(0),
         })
     }
 
@@ -149,11 +145,6 @@ impl Compiler {
 
     pub fn fingerprint(&self) -> &str {
         &self.key.fingerprint
-    }
-
-    /// Times this hub ran the compiler.
-    pub fn compiles(&self) -> u64 {
-        self.compiles.load(Ordering::Relaxed)
     }
 
     fn engine(&self, target: &str) -> Result<(Engine, String), CompileFailure> {
@@ -243,6 +234,7 @@ impl Compiler {
         // others wait here and find the code.
         let _one = self.one_at_a_time.lock().await;
         let mut compiled_in = None;
+        let mut code_digest = None;
         if !code_path.exists() {
             let bytes = match &source {
                 Source::Blob => store
@@ -258,7 +250,7 @@ impl Compiler {
             let started = std::time::Instant::now();
             let target_name = target.to_string();
             let path = code_path.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), CompileFailure> {
+            let digest = tokio::task::spawn_blocking(move || -> Result<Digest, CompileFailure> {
                 let code = engine
                     .precompile_component(&bytes)
                     .map_err(|e| CompileFailure::Invalid {
@@ -267,13 +259,14 @@ impl Compiler {
                     })?;
                 drop(bytes);
                 harvester_registry::store::write_atomic(&path, &code).map_err(io)?;
+                let digest = Digest::of(&code);
                 drop(code);
                 harvester_nodelet::cache::release_freed_memory();
-                Ok(())
+                Ok(digest)
             })
             .await
             .map_err(io)??;
-            self.compiles.fetch_add(1, Ordering::Relaxed);
+            code_digest = Some(digest);
             compiled_in = Some(started.elapsed());
             tracing::info!(
                 %artifact,
@@ -293,7 +286,12 @@ impl Compiler {
                     component,
                     target: target.to_string(),
                     engine: hash.clone(),
-                    code: sha256_file(&code_path).map_err(io)?,
+                    // Code compiled for another artifact with the same
+                    // component is hashed from its file.
+                    code: match code_digest {
+                        Some(d) => d,
+                        None => sha256_file(&code_path).map_err(io)?,
+                    },
                     size,
                 };
                 let json = serde_json::to_vec(&statement).map_err(io)?;
@@ -317,16 +315,7 @@ impl Compiler {
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<Digest> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let hex = hex::encode(h.finalize());
-    format!("sha256:{hex}").parse().map_err(std::io::Error::other)
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(Digest::from_sha256(hasher))
 }

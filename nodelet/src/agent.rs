@@ -103,6 +103,14 @@ impl Failure {
         }
     }
 
+    /// A registry's answer: a refusal, or a failure worth retrying.
+    fn pulling(generation: u64, e: PullError) -> Failure {
+        match e {
+            PullError::Refused(r) => Failure::refused(generation, &r),
+            PullError::Registry(e) => Failure::transient(generation, "PullFailed", format!("{e:#}")),
+        }
+    }
+
     fn transient(generation: u64, reason: &'static str, e: impl std::fmt::Display) -> Failure {
         Failure {
             generation,
@@ -241,8 +249,7 @@ impl Agent {
                 );
                 Ok(true)
             }
-            Err(PullError::Refused(r)) => Err(Failure::refused(g, &r)),
-            Err(PullError::Registry(e)) => Err(Failure::transient(g, "PullFailed", format!("{e:#}"))),
+            Err(e) => Err(Failure::pulling(g, e)),
         }
     }
 
@@ -259,10 +266,7 @@ impl Agent {
             .fetch_seconds
             .with_label_values(&["pull"])
             .observe(started.elapsed().as_secs_f64());
-        pulled.map_err(|e| match e {
-            PullError::Refused(r) => Failure::refused(g, &r),
-            PullError::Registry(e) => Failure::transient(g, "PullFailed", format!("{e:#}")),
-        })
+        pulled.map_err(|e| Failure::pulling(g, e))
     }
 
     /// Whether this node asks the hub for compiled code.
@@ -393,9 +397,7 @@ impl Agent {
             file.sync_all()
                 .await
                 .map_err(|e| unavailable(format!("{}: {e}", tmp.display())))?;
-            let actual: Digest = format!("sha256:{}", hex::encode(sha.finalize()))
-                .parse()
-                .map_err(|e: String| unavailable(e))?;
+            let actual = Digest::from_sha256(sha);
             if size != st.size || actual != st.code {
                 return Err(refused(format!(
                     "the code the hub sent for {} is not what it signed: {size} bytes with digest {actual}, signed {} bytes with {}",
@@ -488,8 +490,7 @@ impl Agent {
             return Ok(());
         }
         let g = a.generation;
-        let local = is_local_path(&a.image);
-        let (reference, unsigned) = if local {
+        let (reference, unsigned) = if is_local_path(&a.image) {
             if !self.opts.trust.allow_unsigned {
                 return Err(Failure::refused(
                     g,
@@ -518,10 +519,7 @@ impl Agent {
                     .registry
                     .component_digest(r, &a.digest, &self.store)
                     .await
-                    .map_err(|e| match e {
-                        PullError::Refused(r) => Failure::refused(g, &r),
-                        PullError::Registry(e) => Failure::transient(g, "PullFailed", format!("{e:#}")),
-                    })?,
+                    .map_err(|e| Failure::pulling(g, e))?,
             };
             if self.runtime.cache().contains(self.runtime.engine(), &component) {
                 code = Some(ComponentSource::Precompiled(component));

@@ -253,11 +253,9 @@ impl Grants {
     /// The first exclusive resource both grant, if any: an output pin or an
     /// LED index. Two plugins on one node may not share those.
     pub fn clash(&self, other: &Grants) -> Option<String> {
-        if let Some(pin) = self.output_pins().intersection(&other.output_pins()).next() {
-            return Some(format!("GPIO pin {pin}"));
-        }
-        let leds = |g: &Grants| -> BTreeSet<u32> { g.leds.iter().flat_map(|l| l.indices.iter().copied()).collect() };
-        leds(self).intersection(&leds(other)).next().map(|i| format!("LED {i}"))
+        let mut held = Holdings::default();
+        held.take("other", other);
+        held.clashes(self).first().map(|c| c.what.to_string())
     }
 
     /// Checks every scope; `path` is where these grants sit, like `spec.grants`.
@@ -373,6 +371,71 @@ fn check_pins(pins: &[u8], path: &str, errors: &mut ValidationErrors) {
     }
 }
 
+/// Something only one plugin on a node may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusive {
+    /// An output pin (a `gpio` pin or the `dht22` data pin).
+    Pin(u8),
+    Led(u32),
+}
+
+impl fmt::Display for Exclusive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusive::Pin(p) => write!(f, "GPIO pin {p}"),
+            Exclusive::Led(i) => write!(f, "LED {i}"),
+        }
+    }
+}
+
+/// A resource a plugin wants that another already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clash<'a> {
+    pub what: Exclusive,
+    pub holder: &'a str,
+}
+
+/// Who holds each output pin and LED on one node: the one rule for
+/// exclusive grants, used by the standalone manifest, the hub's placement
+/// and its apply-time admission check alike.
+#[derive(Debug, Clone, Default)]
+pub struct Holdings<'a> {
+    pins: std::collections::BTreeMap<u8, &'a str>,
+    leds: std::collections::BTreeMap<u32, &'a str>,
+}
+
+impl<'a> Holdings<'a> {
+    /// What `grants` would take from someone else: pins first, then LEDs.
+    pub fn clashes(&self, grants: &Grants) -> Vec<Clash<'a>> {
+        let pins = grants
+            .output_pins()
+            .into_iter()
+            .filter_map(|p| self.pins.get(&p).map(|h| (Exclusive::Pin(p), *h)));
+        let leds = grants
+            .led_indices()
+            .into_iter()
+            .filter_map(|i| self.leds.get(&i).map(|h| (Exclusive::Led(i), *h)));
+        pins.chain(leds).map(|(what, holder)| Clash { what, holder }).collect()
+    }
+
+    /// Records `holder` as holding everything exclusive in `grants`.
+    pub fn take(&mut self, holder: &'a str, grants: &Grants) {
+        self.pins.extend(grants.output_pins().into_iter().map(|p| (p, holder)));
+        self.leds.extend(grants.led_indices().into_iter().map(|i| (i, holder)));
+    }
+
+    /// Takes everything in `grants` for `holder`, or nothing if any of it
+    /// is held by someone else already.
+    pub fn claim(&mut self, holder: &'a str, grants: &Grants) -> Result<(), Vec<Clash<'a>>> {
+        let clashes = self.clashes(grants);
+        if !clashes.is_empty() {
+            return Err(clashes);
+        }
+        self.take(holder, grants);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +456,33 @@ mod tests {
         assert_eq!(led.clash(&a).as_deref(), Some("LED 1"));
         assert_eq!(a.clash(&bus), None, "a shared I2C bus is serialised, not refused");
         assert_eq!(pin.clash(&led), None);
+    }
+
+    #[test]
+    fn a_claim_takes_all_or_nothing_and_names_every_clash() {
+        let a = parse("{gpio: {pins: [17, 27]}, leds: {indices: [1]}}").unwrap();
+        let b = parse("{dht22: {pin: 27}, leds: {indices: [1, 2]}}").unwrap();
+        let c = parse("{leds: {indices: [2]}}").unwrap();
+        let mut held = Holdings::default();
+        assert!(held.claim("a", &a).is_ok());
+        let clashes = held.claim("b", &b).unwrap_err();
+        assert_eq!(
+            clashes,
+            vec![
+                Clash {
+                    what: Exclusive::Pin(27),
+                    holder: "a"
+                },
+                Clash {
+                    what: Exclusive::Led(1),
+                    holder: "a"
+                }
+            ]
+        );
+        // b took nothing, so LED 2 is still free.
+        assert!(held.claim("c", &c).is_ok());
+        let last = &held.clashes(&b)[2];
+        assert_eq!((last.what.to_string(), last.holder), ("LED 2".to_string(), "c"));
     }
 
     #[test]

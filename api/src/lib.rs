@@ -7,7 +7,11 @@
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
 //!   appear in manifests.
 //! - [`resources`]: the `harvester.dev/v1alpha1` kinds `Plugin` and `Node`, multi-document parsing.
+//! - [`run_spec`]: how to run a plugin (grants, config, tick interval, limits), one
+//!   shape shared by a Plugin's spec, a node's assignment and a standalone manifest.
 //! - [`standalone`]: the local manifest a nodelet runs in `--standalone` mode.
+//! - [`status`]: a plugin's `Phase` on a node, the `Reason` behind every state and
+//!   condition, and the condition types.
 //! - [`validation`]: errors that name the field path that was wrong.
 //!
 //! Every type rejects unknown fields: a typo in a manifest is an error, never a
@@ -19,10 +23,26 @@ pub mod grants;
 pub mod live;
 pub mod quantity;
 pub mod resources;
+pub mod run_spec;
 pub mod standalone;
+pub mod status;
 pub mod validation;
 
 pub use digest::Digest;
 pub use grants::{Capability, Grants};
 pub use quantity::{DurationSpec, MemorySize};
+pub use run_spec::{Limits, RunSpec};
+pub use status::{ConditionType, Phase, Reason};
 pub use validation::{FieldError, ValidationErrors};
+
+/// Milliseconds since the Unix epoch: the one clock of timestamps on the
+/// wire (log lines, heartbeats, conditions).
+pub fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// A time as milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

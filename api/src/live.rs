@@ -4,6 +4,65 @@
 //! outbound connection.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How much a log line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    /// The plugin's `log` import.
+    Plugin,
+    /// The plugin's WASI stdout.
+    Stdout,
+    /// The plugin's WASI stderr (Python tracebacks land here).
+    Stderr,
+    /// The node itself, about a plugin or not.
+    Node,
+}
+
+impl LogSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Plugin => "plugin",
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+            LogSource::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for LogSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One log line of a node or of one of its plugins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,10 +76,8 @@ pub struct LogLine {
     /// The plugin it is about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
-    /// `debug`, `info`, `warn` or `error`.
-    pub level: String,
-    /// `node` (the nodelet itself), `plugin` (its log import), `stdout`, `stderr`.
-    pub source: String,
+    pub level: LogLevel,
+    pub source: LogSource,
     pub message: String,
 }
 

@@ -3,12 +3,12 @@
 
 use crate::digest::Digest;
 use crate::grants::{Capability, Grants};
-use crate::quantity::DurationSpec;
-use crate::standalone::{Limits, validate_name, validate_timing};
+use crate::run_spec::runs_a_plugin;
+use crate::standalone::validate_name;
+use crate::status::{ConditionType, Phase, Reason};
 use crate::validation::ValidationErrors;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 pub const API_VERSION: &str = "harvester.dev/v1alpha1";
 
@@ -40,35 +40,20 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Run `image` on every node matching `nodeSelector` that has the hardware
-/// its grants need.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PluginSpecV1 {
-    /// An OCI reference (`host/repo:tag`, resolved to a digest at apply) or,
-    /// for development, a path to a `.wasm` file.
-    pub image: String,
-    /// The content digest the image was resolved to, set at apply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<Digest>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_selector: Labels,
-    #[serde(default)]
-    pub grants: Grants,
-    #[serde(
-        default,
-        skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "crate::standalone::config_map"
-    )]
-    pub config: BTreeMap<String, String>,
-    #[serde(default = "default_tick")]
-    pub tick_interval: DurationSpec,
-    #[serde(default)]
-    pub limits: Limits,
-}
-
-fn default_tick() -> DurationSpec {
-    DurationSpec(Duration::from_secs(3))
+runs_a_plugin! {
+    /// Run `image` on every node matching `nodeSelector` that has the hardware
+    /// its grants need.
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PluginSpecV1 (wire PluginSpecWire) {
+        /// An OCI reference (`host/repo:tag`, resolved to a digest at apply) or,
+        /// for development, a path to a `.wasm` file.
+        pub image: String,
+        /// The content digest the image was resolved to, set at apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub digest: Option<Digest>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub node_selector: Labels,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,13 +63,23 @@ pub enum ConditionStatus {
     Unknown,
 }
 
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ConditionType,
     pub status: ConditionStatus,
-    pub reason: String,
+    pub reason: Reason,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// Milliseconds since the Unix epoch.
@@ -95,7 +90,7 @@ pub struct Condition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginOnNode {
-    pub phase: String,
+    pub phase: Phase,
     /// The Plugin generation this node runs (0 for none yet).
     pub generation: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,8 +101,12 @@ pub struct PluginOnNode {
     /// (`SignatureInvalid`, `DigestMismatch`, `PullFailed`...), or
     /// `Unsigned` when it runs one without a valid signature because it was
     /// started with --allow-unsigned.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::status::optional_reason"
+    )]
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
@@ -259,8 +258,7 @@ impl Plugin {
             );
         }
         validate_labels(&self.spec.node_selector, "spec.nodeSelector", &mut errors);
-        self.spec.grants.validate("spec.grants", &mut errors);
-        validate_timing(self.spec.tick_interval, &self.spec.limits, "spec", &mut errors);
+        self.spec.run.validate("spec", &mut errors);
         errors.into_result()
     }
 }
@@ -378,9 +376,9 @@ mod tests {
     fn a_plugin_document_parses_with_defaults() {
         let objs = parse_documents(PLUGIN).unwrap();
         let Object::Plugin(p) = &objs[0] else { panic!() };
-        assert_eq!(p.spec.config["HIGH_TEMP"], "30.0");
-        assert_eq!(p.spec.tick_interval.0, Duration::from_secs(3));
-        assert_eq!(required_devices(&p.spec.grants), vec!["leds", "dht22"]);
+        assert_eq!(p.spec.run.config["HIGH_TEMP"], "30.0");
+        assert_eq!(p.spec.run.tick_interval.0, std::time::Duration::from_secs(3));
+        assert_eq!(required_devices(&p.spec.run.grants), vec!["leds", "dht22"]);
     }
 
     #[test]
@@ -417,19 +415,16 @@ mod tests {
     }
 }
 
-/// One plugin a node must run, exactly as the controller decided it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Assignment {
-    pub name: String,
-    pub generation: u64,
-    pub digest: Digest,
-    pub image: String,
-    pub grants: Grants,
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-    pub tick_interval: DurationSpec,
-    pub limits: Limits,
+runs_a_plugin! {
+    /// One plugin a node must run, exactly as the controller decided it.
+    /// Unknown fields are ignored: a newer hub may send more.
+    #[serde(rename_all = "camelCase")]
+    pub struct Assignment (wire AssignmentWire) {
+        pub name: String,
+        pub generation: u64,
+        pub digest: Digest,
+        pub image: String,
+    }
 }
 
 /// Everything a node must run: the full desired state for it, so a

@@ -11,13 +11,12 @@
 //!     limits: {memory: 64Mi, callTimeout: 200ms}
 //! ```
 
-use crate::grants::Grants;
-use crate::quantity::{DurationSpec, MemorySize};
+use crate::grants::{Exclusive, Holdings};
+use crate::run_spec::runs_a_plugin;
 use crate::validation::ValidationErrors;
-use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A whole standalone manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,81 +25,14 @@ pub struct StandaloneManifest {
     pub plugins: Vec<StandalonePlugin>,
 }
 
-/// One plugin of a standalone manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct StandalonePlugin {
-    pub name: String,
-    /// Path of the `.wasm` component, relative to the manifest file.
-    pub component: PathBuf,
-    #[serde(default)]
-    pub grants: Grants,
-    #[serde(default, deserialize_with = "config_map")]
-    pub config: BTreeMap<String, String>,
-    #[serde(default = "default_tick_interval")]
-    pub tick_interval: DurationSpec,
-    #[serde(default)]
-    pub limits: Limits,
-}
-
-/// Resource limits of one plugin instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Limits {
-    /// Cap on the plugin's linear memories and tables together.
-    #[serde(default = "default_memory")]
-    pub memory: MemorySize,
-    /// Longest a single call into the plugin (init, tick, command) may run.
-    #[serde(default = "default_call_timeout")]
-    pub call_timeout: DurationSpec,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory: default_memory(),
-            call_timeout: default_call_timeout(),
-        }
+runs_a_plugin! {
+    /// One plugin of a standalone manifest.
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct StandalonePlugin (wire StandalonePluginWire) {
+        pub name: String,
+        /// Path of the `.wasm` component, relative to the manifest file.
+        pub component: PathBuf,
     }
-}
-
-fn default_memory() -> MemorySize {
-    MemorySize::mebibytes(64)
-}
-
-fn default_call_timeout() -> DurationSpec {
-    DurationSpec(Duration::from_millis(500))
-}
-
-fn default_tick_interval() -> DurationSpec {
-    DurationSpec(Duration::from_secs(3))
-}
-
-/// Config values are strings for the plugin, but users write `HIGH_TEMP: 30.0`.
-/// Keep the number exactly as written rather than round-tripping through f64.
-pub(crate) fn config_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(k, v)| {
-            let s = match v {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                other => {
-                    return Err(serde::de::Error::custom(format!(
-                        "config.{k}: expected a string, number or boolean, found {}",
-                        match other {
-                            serde_yaml::Value::Null => "nothing",
-                            serde_yaml::Value::Sequence(_) => "a list",
-                            serde_yaml::Value::Mapping(_) => "a mapping",
-                            _ => "another type",
-                        }
-                    )));
-                }
-            };
-            Ok((k, s))
-        })
-        .collect()
 }
 
 /// A manifest that could not be used, with the file it came from.
@@ -156,8 +88,7 @@ impl StandaloneManifest {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let mut names = HashMap::new();
-        let mut pins: HashMap<u8, &str> = HashMap::new();
-        let mut leds: HashMap<u32, &str> = HashMap::new();
+        let mut held = Holdings::default();
         for (i, p) in self.plugins.iter().enumerate() {
             let at = format!("plugins[{i}]");
             validate_name(&p.name, &format!("{at}.name"), &mut errors);
@@ -173,24 +104,15 @@ impl StandaloneManifest {
                     "give the path of the plugin's .wasm component",
                 );
             }
-            p.grants.validate(&format!("{at}.grants"), &mut errors);
-            validate_timing(p.tick_interval, &p.limits, &at, &mut errors);
-            for pin in p.grants.output_pins() {
-                if let Some(other) = pins.insert(pin, &p.name) {
-                    errors.push(
-                        format!("{at}.grants"),
-                        format!("pin {pin} is already granted to plugin {other:?}"),
-                    );
-                }
+            p.run.validate(&at, &mut errors);
+            for clash in held.clashes(&p.run.grants) {
+                let (path, what) = match clash.what {
+                    Exclusive::Pin(pin) => (format!("{at}.grants"), format!("pin {pin}")),
+                    Exclusive::Led(i) => (format!("{at}.grants.leds"), format!("LED {i}")),
+                };
+                errors.push(path, format!("{what} is already granted to plugin {:?}", clash.holder));
             }
-            for idx in p.grants.leds.iter().flat_map(|l| l.indices.iter()) {
-                if let Some(other) = leds.insert(*idx, &p.name) {
-                    errors.push(
-                        format!("{at}.grants.leds"),
-                        format!("LED {idx} is already granted to plugin {other:?}"),
-                    );
-                }
-            }
+            held.take(&p.name, &p.run.grants);
         }
         errors.into_result()
     }
@@ -222,28 +144,6 @@ pub fn validate_name(name: &str, path: &str, errors: &mut ValidationErrors) {
     }
 }
 
-/// Bounds that keep one plugin from hogging a small board.
-pub fn validate_timing(tick: DurationSpec, limits: &Limits, at: &str, errors: &mut ValidationErrors) {
-    if tick.0 < Duration::from_millis(10) {
-        errors.push(
-            format!("{at}.tickInterval"),
-            format!("{tick} is too short (at least 10ms)"),
-        );
-    }
-    if limits.memory.bytes() < (1 << 20) || limits.memory.bytes() > (4 << 30) {
-        errors.push(
-            format!("{at}.limits.memory"),
-            format!("{} is out of range (1Mi-4Gi)", limits.memory),
-        );
-    }
-    if limits.call_timeout.0 < Duration::from_millis(10) || limits.call_timeout.0 > Duration::from_secs(60) {
-        errors.push(
-            format!("{at}.limits.callTimeout"),
-            format!("{} is out of range (10ms-60s)", limits.call_timeout),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,10 +154,10 @@ mod tests {
             "plugins:\n- name: dht22\n  component: a.wasm\n  grants: {dht22: {pin: 4}, leds: {indices: [1]}}\n  config: {HIGH_TEMP: 30.0, NAME: x}\n",
         )
         .unwrap();
-        let p = &m.plugins[0];
+        let p = &m.plugins[0].run;
         assert_eq!(p.config["HIGH_TEMP"], "30.0");
-        assert_eq!(p.tick_interval.0, Duration::from_secs(3));
-        assert_eq!(p.limits, Limits::default());
+        assert_eq!(p.tick_interval.0, std::time::Duration::from_secs(3));
+        assert_eq!(p.limits, crate::run_spec::Limits::default());
     }
 
     #[test]

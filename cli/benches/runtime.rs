@@ -8,10 +8,10 @@
 mod common;
 use common::*;
 
-use harvester_api::standalone::Limits;
 use harvester_api::{Digest, DurationSpec, Grants, MemorySize};
-use harvester_nodelet::cache::CompileCache;
-use harvester_nodelet::engine::PluginEngine;
+use harvester_api::{Limits, RunSpec};
+use harvester_engine::CompileCache;
+use harvester_engine::PluginEngine;
 use harvester_nodelet::hardware::sim::{self, SimProfile};
 use harvester_nodelet::runtime::RestartPolicy;
 use harvester_nodelet::{PluginSpec, Runtime, RuntimeOptions};
@@ -36,12 +36,14 @@ fn spec(name: &str, path: &Path, grants: &str) -> PluginSpec {
         name: name.into(),
         source: path.display().to_string(),
         component: std::fs::read(path).unwrap().into(),
-        grants: serde_yaml::from_str::<Grants>(grants).unwrap(),
-        config: Default::default(),
-        tick_interval: DurationSpec(Duration::from_secs(3600)),
-        limits: Limits {
-            memory: MemorySize::mebibytes(64),
-            call_timeout: DurationSpec(Duration::from_secs(10)),
+        run: RunSpec {
+            grants: serde_yaml::from_str::<Grants>(grants).unwrap(),
+            config: Default::default(),
+            tick_interval: DurationSpec(Duration::from_secs(3600)),
+            limits: Limits {
+                memory: MemorySize::mebibytes(64),
+                call_timeout: DurationSpec(Duration::from_secs(10)),
+            },
         },
         generation: None,
     }

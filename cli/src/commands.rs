@@ -121,11 +121,7 @@ fn age(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let s = now.saturating_sub(ms) / 1000;
+    let s = harvester_api::now_ms().saturating_sub(ms) / 1000;
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),

@@ -5,7 +5,7 @@ use crate::client::Client;
 use anyhow::{Context, bail};
 use chrono::TimeZone;
 use futures::StreamExt;
-use harvester_api::live::LogLine;
+use harvester_api::live::{LogLine, LogSource};
 use serde_json::Value;
 
 /// Where timestamps are shown: a named IANA zone, else the machine's own.
@@ -54,8 +54,8 @@ pub fn system_zone() -> String {
 }
 
 fn render(line: &LogLine, zone: Zone) -> String {
-    let source = match (&line.plugin, line.source.as_str()) {
-        (Some(p), "plugin" | "node") => format!("[{p}]"),
+    let source = match (&line.plugin, line.source) {
+        (Some(p), LogSource::Plugin | LogSource::Node) => format!("[{p}]"),
         (Some(p), s) => format!("[{p} {s}]"),
         (None, _) => "[nodelet]".into(),
     };
@@ -63,7 +63,7 @@ fn render(line: &LogLine, zone: Zone) -> String {
         "{} {} {:<5} {source} {}",
         zone.format(line.at),
         line.node,
-        line.level.to_uppercase(),
+        line.level.as_str().to_uppercase(),
         line.message
     )
 }

@@ -4,11 +4,11 @@
 
 use crate::store::{Kind, Store, StoreError, Write};
 use harvester_api::Digest;
+use harvester_api::now_ms;
 use harvester_api::resources::{Node, Object, Plugin, is_local_path};
 use harvester_registry::{PullError, Registry};
 use serde::Serialize;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,13 +27,6 @@ pub struct Applied {
     pub generation: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn new_uid(kind: &str, name: &str) -> String {
@@ -88,6 +81,49 @@ pub async fn resolve(store: &Store, registry: &Registry, plugin: &mut Plugin) ->
     store.put_blob(&digest, &bytes).await?;
     plugin.spec.digest = Some(digest);
     Ok(())
+}
+
+/// Admission for exclusive grants: the first Plugin of `objects` (by
+/// position) that would share an output pin or an LED with another plugin
+/// on a node registered now, and why. Placement decides, as it does for
+/// the reconciler; nodes that register later are guarded there
+/// (condition GrantConflict).
+pub(crate) fn refused_by_exclusive_grants(
+    store: &Store,
+    objects: &[Object],
+) -> Result<Option<(usize, StoreError)>, StoreError> {
+    let incoming: Vec<(usize, &Plugin)> = objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Object::Plugin(p) if p.spec.run.grants.holds_exclusive() => Some((i, p)),
+            _ => None,
+        })
+        .collect();
+    if incoming.is_empty() {
+        return Ok(None);
+    }
+    let nodes: Vec<Node> = store
+        .list(Kind::Node)?
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()?;
+    let plugins: Vec<&Plugin> = incoming.iter().map(|(_, p)| *p).collect();
+    if !plugins
+        .iter()
+        .any(|p| nodes.iter().any(|n| crate::reconciler::placement::places(p, n)))
+    {
+        return Ok(None);
+    }
+    let stored: Vec<Plugin> = store
+        .list(Kind::Plugin)?
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()?;
+    Ok(
+        crate::reconciler::placement::refused_at_apply(&stored, &plugins, &nodes)
+            .map(|(k, why)| (incoming[k].0, StoreError::Invalid(why))),
+    )
 }
 
 /// Creates or updates one object. `expected_rv` (from the object's
@@ -171,7 +207,7 @@ pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result
 
 /// Labels come from whoever applies the Node; status only from the node
 /// itself (`with_status`).
-pub fn node_update(
+pub(crate) fn node_update(
     current: Option<&serde_json::Value>,
     incoming: &Node,
     with_status: bool,

@@ -152,9 +152,9 @@ impl Compiler {
         if let Some(e) = engines.get(target) {
             return Ok(e.clone());
         }
-        let engine = harvester_nodelet::engine::compiler_with_cache(target, Some(self.functions.clone()))
+        let engine = harvester_engine::config::compiler_with_cache(target, Some(self.functions.clone()))
             .map_err(|e| CompileFailure::Target(format!("{e:#}")))?;
-        let hash = harvester_nodelet::engine::engine_hash(&engine);
+        let hash = harvester_engine::config::engine_hash(&engine);
         engines.insert(target.to_string(), (engine.clone(), hash.clone()));
         Ok((engine, hash))
     }
@@ -261,7 +261,7 @@ impl Compiler {
                 harvester_registry::store::write_atomic(&path, &code).map_err(io)?;
                 let digest = Digest::of(&code);
                 drop(code);
-                harvester_nodelet::cache::release_freed_memory();
+                harvester_engine::cache::release_freed_memory();
                 Ok(digest)
             })
             .await

@@ -1,22 +1,28 @@
-//! The Harvester controller (the hub).
+//! The Harvester controller (the hub). [`run`] is its composition root:
+//! it opens the store, makes the metrics, starts the reconciler and serves
+//! the API and the dashboard, handing each part what it needs.
 //!
-//! - [`store`]: desired state in sled, the event log for watches, blobs.
-//! - [`apply`]: server-side apply: generations, digest pinning, optimistic concurrency.
-//! - [`compile`]: code compiled for the nodes' targets, signed by the hub.
-//! - [`reconciler`]: placement, Plugin and Node status, heartbeat leases.
-//! - [`server`]: the HTTP API, `/metrics` and Prometheus service discovery.
-//! - [`metrics`]: the hub's Prometheus metrics.
-//! - [`live`]: logs, readings and LED frames the nodes push; commands to nodes.
-//! - [`dashboard`]: the hub dashboard (its own listener).
+//! - `store`: desired state in sled, the event log for watches, blobs.
+//! - `apply`: server-side apply: generations, digest pinning, optimistic
+//!   concurrency, admission of exclusive grants.
+//! - `reconciler/`: the level-triggered loop; `placement` (which plugins run
+//!   where), `status` (conditions from facts), `events` (for `describe`).
+//! - `http/`: the API by audience (`objects` for people, `nodes` for the
+//!   node protocol, `ops`, `compiled`), its error shape, NDJSON streams,
+//!   and the `dashboard`.
+//! - `commands`: plugin commands fanned out to the nodes running the plugin.
+//! - `compile`: code compiled for the nodes' targets, signed by the hub.
+//! - `live`: logs, readings and LED frames the nodes push; commands to nodes.
+//! - `metrics`: the hub's Prometheus metrics.
 
-pub mod apply;
-pub mod compile;
-pub mod dashboard;
-pub mod live;
-pub mod metrics;
-pub mod reconciler;
-pub mod server;
-pub mod store;
+mod apply;
+mod commands;
+mod compile;
+mod http;
+mod live;
+mod metrics;
+mod reconciler;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,12 +50,6 @@ pub struct ControllerOptions {
     pub compile_key: Option<PathBuf>,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Opens the store, starts the reconciler and serves the API until `shutdown`.
 pub async fn run(
     options: ControllerOptions,
@@ -61,8 +61,10 @@ pub async fn run(
         store::Store::open(&options.data.join("store"))
             .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", options.data.display()))?,
     );
+    let metrics = Arc::new(metrics::Metrics::new());
     let reconciler = Arc::new(reconciler::Reconciler::new(
         store.clone(),
+        metrics.clone(),
         options.node_timeout,
         options.resync,
     ));
@@ -88,10 +90,11 @@ pub async fn run(
         }
         None => None,
     };
-    let api = server::Api {
+    let api = http::Api {
         compiler,
         store,
         reconciler,
+        metrics,
         registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),
         live: Arc::new(live::Live::new(options.log_memory)),
     };
@@ -103,7 +106,7 @@ pub async fn run(
                 .await
                 .map_err(|e| anyhow::anyhow!("dashboard: cannot listen on {addr}: {e}"))?;
             tracing::info!("dashboard on http://{}/", listener.local_addr()?);
-            let app = dashboard::router(api.clone(), options.timezone.clone());
+            let app = http::dashboard::router(api.clone(), options.timezone.clone());
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 axum::serve(listener, app)
@@ -115,7 +118,7 @@ pub async fn run(
         }
         None => None,
     };
-    let app = server::router(api);
+    let app = http::router(api);
     let shutdown = async move {
         shutdown.await;
         // Watches, log follows and the page's event streams end now, so the

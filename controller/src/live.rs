@@ -41,11 +41,9 @@ pub struct Series {
 fn line_cost(l: &LogLine) -> usize {
     const PER_ALLOCATION: usize = 16;
     std::mem::size_of::<LogLine>()
-        + 5 * PER_ALLOCATION
+        + 3 * PER_ALLOCATION
         + l.message.len()
         + l.node.len()
-        + l.level.len()
-        + l.source.len()
         + l.plugin.as_ref().map_or(0, String::len)
 }
 
@@ -324,8 +322,8 @@ mod tests {
             at,
             node: String::new(),
             plugin: plugin.map(str::to_string),
-            level: "info".into(),
-            source: "node".into(),
+            level: harvester_api::live::LogLevel::Info,
+            source: harvester_api::live::LogSource::Node,
             message: message.into(),
         }
     }

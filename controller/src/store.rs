@@ -68,6 +68,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    /// The write could not be made durable; it was not acknowledged.
+    #[error("storage: cannot flush the write to disk: {0}")]
+    Flush(String),
     #[error("stored object is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
@@ -259,7 +262,7 @@ impl Store {
             let db = self.db.clone();
             tokio::task::spawn_blocking(move || db.flush())
                 .await
-                .map_err(|e| StoreError::Invalid(format!("flush task failed: {e}")))??;
+                .map_err(|e| StoreError::Flush(e.to_string()))??;
         }
         if let Some(ev) = &event {
             if ev.resource_version.is_multiple_of((self.history / 10).max(1)) {
@@ -314,7 +317,7 @@ impl Store {
             let db = self.db.clone();
             tokio::task::spawn_blocking(move || db.flush())
                 .await
-                .map_err(|e| StoreError::Invalid(format!("flush task failed: {e}")))??;
+                .map_err(|e| StoreError::Flush(e.to_string()))??;
         }
         Ok(())
     }

@@ -7,11 +7,11 @@
 use crate::events::{EventKind, Phase};
 use crate::runtime::{ComponentSource, PluginSpec, Runtime};
 use futures::StreamExt;
-use harvester_api::Digest;
 use harvester_api::live::{Command, CommandResult, NodeMessage};
 use harvester_api::resources::{
     API_VERSION, Assignment, Assignments, Labels, Node, NodeStatusV1, ObjectMeta, PluginOnNode, is_local_path,
 };
+use harvester_api::{Digest, Reason};
 use harvester_registry::{BlobStore, PullError, Refusal, Registry, RegistryOptions, TrustedKey, parse_reference};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ pub struct TrustPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Failure {
     generation: u64,
-    reason: &'static str,
+    reason: Reason,
     message: String,
     /// Set for refusals, counted in harvester_signature_refusals_total.
     refusal: Option<&'static str>,
@@ -107,11 +107,11 @@ impl Failure {
     fn pulling(generation: u64, e: PullError) -> Failure {
         match e {
             PullError::Refused(r) => Failure::refused(generation, &r),
-            PullError::Registry(e) => Failure::transient(generation, "PullFailed", format!("{e:#}")),
+            PullError::Registry(e) => Failure::transient(generation, Reason::PullFailed, format!("{e:#}")),
         }
     }
 
-    fn transient(generation: u64, reason: &'static str, e: impl std::fmt::Display) -> Failure {
+    fn transient(generation: u64, reason: Reason, e: impl std::fmt::Display) -> Failure {
         Failure {
             generation,
             reason,
@@ -178,8 +178,8 @@ impl Agent {
         let store = self.store.clone();
         let local = tokio::task::spawn_blocking(move || store.get(&digest))
             .await
-            .map_err(|e| Failure::transient(a.generation, "PullFailed", e))?
-            .map_err(|e| Failure::transient(a.generation, "PullFailed", format!("local store: {e}")))?;
+            .map_err(|e| Failure::transient(a.generation, Reason::PullFailed, e))?
+            .map_err(|e| Failure::transient(a.generation, Reason::PullFailed, format!("local store: {e}")))?;
         if let Some(bytes) = local {
             return Ok(bytes);
         }
@@ -192,7 +192,7 @@ impl Agent {
         };
         let bytes = fetch
             .await
-            .map_err(|e: anyhow::Error| Failure::transient(a.generation, "PullFailed", format!("{e:#}")))?;
+            .map_err(|e: anyhow::Error| Failure::transient(a.generation, Reason::PullFailed, format!("{e:#}")))?;
         let actual = Digest::of(&bytes);
         if actual != digest {
             return Err(Failure::refused(
@@ -208,8 +208,8 @@ impl Agent {
         let b = bytes.clone();
         tokio::task::spawn_blocking(move || store.put(&digest, &b))
             .await
-            .map_err(|e| Failure::transient(a.generation, "PullFailed", e))?
-            .map_err(|e| Failure::transient(a.generation, "PullFailed", format!("local store: {e}")))?;
+            .map_err(|e| Failure::transient(a.generation, Reason::PullFailed, e))?
+            .map_err(|e| Failure::transient(a.generation, Reason::PullFailed, format!("local store: {e}")))?;
         Ok(bytes)
     }
 
@@ -238,11 +238,11 @@ impl Agent {
             Ok(v) => {
                 tracing::info!(plugin = a.name, image = %a.image, digest = %a.digest, key = v.key, "signature verified");
                 let record = serde_json::to_vec(&VerifiedRecord { repository, key: v.key })
-                    .map_err(|e| Failure::transient(g, "PullFailed", e))?;
+                    .map_err(|e| Failure::transient(g, Reason::PullFailed, e))?;
                 let _ = harvester_registry::store::write_atomic(&record_path, &record);
                 Ok(false)
             }
-            Err(PullError::Refused(r)) if self.opts.trust.allow_unsigned && r.reason() == "SignatureInvalid" => {
+            Err(PullError::Refused(r)) if self.opts.trust.allow_unsigned && r.reason() == Reason::SignatureInvalid => {
                 tracing::warn!(
                     plugin = a.name,
                     "RUNNING UNVERIFIED CODE because of --allow-unsigned: {r}"
@@ -296,15 +296,15 @@ impl Agent {
         use tokio::io::AsyncWriteExt;
 
         let g = a.generation;
-        let unavailable = |m: String| Failure::transient(g, "CompileUnavailable", m);
+        let unavailable = |m: String| Failure::transient(g, Reason::CompileUnavailable, m);
         let refused = |m: String| Failure {
             generation: g,
-            reason: "CompiledCodeRefused",
+            reason: Reason::CompiledCodeRefused,
             message: m,
             refusal: Some("compiled_code"),
         };
         let engine = self.runtime.engine();
-        let target = crate::engine::host_target();
+        let target = harvester_engine::config::host_target();
         let started = std::time::Instant::now();
         let url = self.url(&format!(
             "compiled/{}?target={target}&engine={}",
@@ -446,7 +446,7 @@ impl Agent {
                         tracing::error!(
                             plugin = a.name,
                             generation = a.generation,
-                            reason = f.reason,
+                            reason = %f.reason,
                             "{}",
                             f.message
                         );
@@ -474,7 +474,7 @@ impl Agent {
         self.report_now.notify_one();
         // The same bytes and config fail to load the same way every time;
         // a registry may come back, and a signature may be added.
-        lock(&self.failures).values().any(|f| f.reason != "LoadFailed")
+        lock(&self.failures).values().any(|f| f.reason != Reason::LoadFailed)
     }
 
     async fn run_assignment(&self, a: &Assignment) -> Result<(), Failure> {
@@ -504,7 +504,7 @@ impl Agent {
         } else {
             let reference = parse_reference(&a.image).map_err(|e| Failure {
                 generation: g,
-                reason: "InvalidArtifact",
+                reason: Reason::InvalidArtifact,
                 message: format!("{e:#}"),
                 refusal: None,
             })?;
@@ -543,17 +543,14 @@ impl Agent {
             name: a.name.clone(),
             source: a.image.clone(),
             component: code,
-            grants: a.grants.clone(),
-            config: a.config.clone(),
-            tick_interval: a.tick_interval,
-            limits: a.limits,
+            run: a.run.clone(),
             generation: Some(a.generation),
         };
         let rt = self.runtime.clone();
         tokio::task::spawn_blocking(move || rt.apply(spec))
             .await
-            .map_err(|e| Failure::transient(a.generation, "LoadFailed", e))?
-            .map_err(|e| Failure::transient(a.generation, "LoadFailed", format!("{e:#}")))?;
+            .map_err(|e| Failure::transient(a.generation, Reason::LoadFailed, e))?
+            .map_err(|e| Failure::transient(a.generation, Reason::LoadFailed, format!("{e:#}")))?;
         lock(&self.applied).insert(
             a.name.clone(),
             Applied {
@@ -582,14 +579,14 @@ impl Agent {
                 devices: inv.devices,
                 led_count: inv.led_count,
                 engine: Some(harvester_api::compiled::EngineInfo {
-                    target: crate::engine::host_target(),
+                    target: harvester_engine::config::host_target(),
                     hash: self.runtime.engine().portable_hash().to_string(),
                     compile: self.opts.compile.as_str().to_string(),
                 }),
                 address: self.opts.address.clone(),
                 trusted_keys: self.opts.trust.keys.iter().map(|k| k.fingerprint.clone()).collect(),
                 allow_unsigned: self.opts.trust.allow_unsigned,
-                last_heartbeat: crate::now_ms(),
+                last_heartbeat: harvester_api::now_ms(),
                 plugins: self.plugin_states(),
                 conditions: Vec::new(),
             },
@@ -602,21 +599,21 @@ impl Agent {
         let mut out = BTreeMap::new();
         for s in self.runtime.status() {
             let ours = applied.get(&s.name).filter(|a| s.digest == Some(a.component));
-            let (reason, message) = match (s.phase, failures.get(&s.name)) {
-                (_, Some(f)) => (f.reason.to_string(), f.message.clone()),
+            let (reason, message) = match (&s.phase, failures.get(&s.name)) {
+                (_, Some(f)) => (Some(f.reason.clone()), f.message.clone()),
                 (Phase::Failed | Phase::CrashLoopBackOff | Phase::Restarting, _) => {
-                    (String::new(), s.last_error.clone().unwrap_or_default())
+                    (None, s.last_error.clone().unwrap_or_default())
                 }
                 _ if ours.is_some_and(|a| a.unsigned) => (
-                    "Unsigned".to_string(),
+                    Some(Reason::Unsigned),
                     "running a component without a valid signature: this node was started with --allow-unsigned".into(),
                 ),
-                _ => (String::new(), String::new()),
+                _ => (None, String::new()),
             };
             out.insert(
                 s.name.clone(),
                 PluginOnNode {
-                    phase: format!("{:?}", s.phase),
+                    phase: s.phase.clone(),
                     generation: s.generation,
                     // The artifact digest the controller knows, not the layer's.
                     digest: ours.map(|a| a.artifact).or(s.digest),
@@ -629,11 +626,11 @@ impl Agent {
         // Refused before anything ever ran here.
         for (name, f) in failures {
             out.entry(name).or_insert(PluginOnNode {
-                phase: "Failed".into(),
+                phase: Phase::Failed,
                 generation: 0,
                 digest: None,
                 restarts: 0,
-                reason: f.reason.to_string(),
+                reason: Some(f.reason),
                 message: f.message,
             });
         }

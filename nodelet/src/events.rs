@@ -1,6 +1,8 @@
 //! What happens to plugins, as events (for logs, the hub and tests) and as a
 //! status table (for `/status`, the dashboard and `harvester get`).
 
+pub use harvester_api::Phase;
+pub use harvester_api::live::{LogLevel, LogSource};
 use harvester_api::{Capability, Digest};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -13,29 +15,6 @@ pub struct Event {
     pub plugin: String,
     #[serde(flatten)]
     pub kind: EventKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogSource {
-    /// The plugin's `log` import.
-    Plugin,
-    /// The plugin's WASI stdout.
-    Stdout,
-    /// The plugin's WASI stderr (Python tracebacks land here).
-    Stderr,
-    /// The node, about this plugin.
-    Node,
 }
 
 /// Why a call into a plugin failed.
@@ -107,20 +86,6 @@ pub enum EventKind {
     Stopped,
 }
 
-/// A plugin's phase, as `harvester get` and the dashboard show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Phase {
-    /// Being compiled, instantiated and initialised for the first time.
-    Loading,
-    Running,
-    /// Trapped; waiting for the restart backoff.
-    Restarting,
-    CrashLoopBackOff,
-    /// Could not be loaded and nothing older is running.
-    Failed,
-    Stopped,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Reading {
     pub value: f64,
@@ -168,10 +133,9 @@ impl PluginStatus {
 
 pub(crate) mod unix_millis {
     use serde::Serializer;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        s.serialize_u64(ms)
+        s.serialize_u64(harvester_api::unix_ms(*t))
     }
 }

@@ -5,7 +5,6 @@
 //! - [`sandbox`]: import checks against grants, memory cap, locked-down WASI.
 //! - [`capabilities`]: the host side of each WIT interface, with scope checks.
 //! - [`hardware`]: one trait per device; simulated and (later) Raspberry Pi backends.
-//! - [`engine`]: the one wasmtime configuration; [`cache`]: compiled components on disk.
 //! - [`events`], [`report`], [`metrics`]: status, events, log lines and Prometheus metrics.
 //! - [`agent`]: the link to the controller: watch, converge, report, run from disk when offline.
 //! - [`standalone`]: `harvester nodelet --standalone FILE`, with file watching.
@@ -14,9 +13,7 @@
 
 pub mod agent;
 pub mod bindings;
-pub mod cache;
 pub mod capabilities;
-pub mod engine;
 pub mod events;
 pub mod hardware;
 pub mod metrics;
@@ -28,11 +25,3 @@ pub mod standalone;
 pub mod uplink;
 
 pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}

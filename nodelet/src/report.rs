@@ -1,7 +1,7 @@
 //! One place where plugin events become log lines, metrics, status and
 //! broadcast events: every state change is observable the same way.
 
-use crate::events::{Event, EventKind, LogLevel, LogSource, Phase, PluginStatus, Reading, TrapKind};
+use crate::events::{Event, EventKind, LogLevel, Phase, PluginStatus, Reading, TrapKind};
 use crate::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,12 +82,7 @@ impl Reporter {
         let at = SystemTime::now();
         match &kind {
             EventKind::Log { level, source, message } => {
-                let source = match source {
-                    LogSource::Plugin => "plugin",
-                    LogSource::Stdout => "stdout",
-                    LogSource::Stderr => "stderr",
-                    LogSource::Node => "node",
-                };
+                let source = source.as_str();
                 match level {
                     LogLevel::Debug => tracing::debug!(plugin, source, "{message}"),
                     LogLevel::Info => tracing::info!(plugin, source, "{message}"),

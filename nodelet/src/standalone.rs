@@ -48,10 +48,7 @@ pub async fn sync(runtime: &Arc<Runtime>, manifest: &StandaloneManifest) -> usiz
             name: p.name.clone(),
             source,
             component: bytes.into(),
-            grants: p.grants.clone(),
-            config: p.config.clone(),
-            tick_interval: p.tick_interval,
-            limits: p.limits,
+            run: p.run.clone(),
             generation: None,
         };
         let rt = runtime.clone();

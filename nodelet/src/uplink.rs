@@ -9,10 +9,10 @@
 
 use crate::events::EventKind;
 use crate::runtime::Runtime;
-use harvester_api::live::{BuzzerActivity, LiveReading, LiveReport, LogLine};
+use harvester_api::live::{BuzzerActivity, LiveReading, LiveReport, LogLevel, LogLine, LogSource};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 
@@ -151,20 +151,22 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
         let mut f = Fields::default();
         event.record(&mut f);
         let level = match *event.metadata().level() {
-            tracing::Level::ERROR => "error",
-            tracing::Level::WARN => "warn",
-            tracing::Level::INFO => "info",
-            _ => "debug",
+            tracing::Level::ERROR => LogLevel::Error,
+            tracing::Level::WARN => LogLevel::Warn,
+            tracing::Level::INFO => LogLevel::Info,
+            _ => LogLevel::Debug,
         };
-        let source = match (&f.plugin, f.source) {
-            (_, Some(s)) => s,
-            (Some(_), None) | (None, None) => "node".to_string(),
+        let source = match f.source.as_deref() {
+            Some("plugin") => LogSource::Plugin,
+            Some("stdout") => LogSource::Stdout,
+            Some("stderr") => LogSource::Stderr,
+            _ => LogSource::Node,
         };
         buffer.push(LogLine {
-            at: crate::now_ms(),
+            at: harvester_api::now_ms(),
             node: String::new(),
             plugin: f.plugin,
-            level: level.into(),
+            level,
             source,
             message: f.message + &f.rest,
         });
@@ -207,12 +209,12 @@ pub async fn run(http: reqwest::Client, url: String, runtime: Arc<Runtime>, logs
                                 name,
                                 value,
                                 unit,
-                                at: ev.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                                at: harvester_api::unix_ms(ev.at),
                             });
                         }
                         EventKind::Buzzer { action } => {
                             pending.buzzer.push(BuzzerActivity {
-                                at: ev.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                                at: harvester_api::unix_ms(ev.at),
                                 plugin: ev.plugin,
                                 action,
                             });
@@ -269,8 +271,8 @@ mod tests {
             at: i as u64,
             node: String::new(),
             plugin: None,
-            level: "info".into(),
-            source: "node".into(),
+            level: harvester_api::live::LogLevel::Info,
+            source: harvester_api::live::LogSource::Node,
             message: format!("line {i}"),
         }
     }

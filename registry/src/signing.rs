@@ -287,13 +287,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// The reason a status condition shows.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> harvester_api::Reason {
+        use harvester_api::Reason;
         match self {
             Refusal::Unsigned { .. } | Refusal::Untrusted { .. } | Refusal::IdentityMismatch { .. } => {
-                "SignatureInvalid"
+                Reason::SignatureInvalid
             }
-            Refusal::DigestMismatch { .. } => "DigestMismatch",
-            Refusal::NotAComponent { .. } => "InvalidArtifact",
+            Refusal::DigestMismatch { .. } => Reason::DigestMismatch,
+            Refusal::NotAComponent { .. } => Reason::InvalidArtifact,
         }
     }
 
@@ -420,7 +421,7 @@ mod tests {
         assert_eq!(err.label(), "unsigned");
         let err = verify(repo, &d, &[layer(&mallory, repo, &d)], std::slice::from_ref(&alice_pub)).unwrap_err();
         assert_eq!(err.label(), "untrusted");
-        assert_eq!(err.reason(), "SignatureInvalid");
+        assert_eq!(err.reason(), harvester_api::Reason::SignatureInvalid);
         let err = verify(repo, &d, std::slice::from_ref(&ok), &[]).unwrap_err();
         assert!(err.to_string().contains("--trust-key"), "{err}");
         // The same signature for another digest or another repository.

@@ -51,7 +51,7 @@ fn a_restart_loads_from_the_compile_cache_without_compiling() {
 #[test]
 fn code_a_hub_compiled_for_this_architecture_runs_without_compiling_here() {
     use harvester_api::Digest;
-    use harvester_nodelet::engine::{compiler_for, engine_hash, host_target};
+    use harvester_engine::{compiler_for, engine_hash, host_target};
     use harvester_nodelet::runtime::ComponentSource;
 
     let dir = tempfile::tempdir().unwrap();

@@ -43,7 +43,7 @@ fn hot_swap_loses_no_tick() {
 
     // A config-only change: a new instance, swapped in between two ticks.
     let mut spec_v2 = spec_v1.clone();
-    spec_v2.config.insert("VERSION".into(), "2".into());
+    spec_v2.run.config.insert("VERSION".into(), "2".into());
     assert_eq!(
         node.runtime.apply(spec_v2).unwrap(),
         Applied::Swapped {

@@ -37,7 +37,7 @@ fn dht22_turns_led1_red_above_high_temp_and_green_when_it_is_lowered() {
 
     // Lower HIGH_TEMP through config alone: swapped in, no rebuild.
     let mut lowered = base.clone();
-    lowered.config.insert("HIGH_TEMP".into(), "20.0".into());
+    lowered.run.config.insert("HIGH_TEMP".into(), "20.0".into());
     node.runtime.apply(lowered).unwrap();
     node.sim.world.set_temperature(Some(22.0));
     wait_led(&node, 1, RED, "22 C is above a HIGH_TEMP of 20");

@@ -1,8 +1,8 @@
 //! Shared helpers: real components built from the repo's plugins (cached by
 //! source hash), nodes with simulated hardware, and bounded waits.
 
-use harvester_api::standalone::Limits;
 use harvester_api::{DurationSpec, Grants, MemorySize};
+use harvester_api::{Limits, RunSpec};
 use harvester_nodelet::events::{Event, EventKind};
 use harvester_nodelet::hardware::sim::{self, SimHandles, SimProfile};
 use harvester_nodelet::runtime::RestartPolicy;
@@ -180,24 +180,26 @@ pub fn spec(name: &str, plugin: &str, grants_yaml: &str, config: &[(&str, &str)]
         name: name.to_string(),
         source: format!("{plugin}.wasm"),
         component: component(plugin).into(),
-        grants: grants(grants_yaml),
-        config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        tick_interval: DurationSpec(Duration::from_millis(100)),
-        limits: Limits {
-            memory: MemorySize::mebibytes(64),
-            call_timeout: DurationSpec(Duration::from_millis(1000)),
+        run: RunSpec {
+            grants: grants(grants_yaml),
+            config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tick_interval: DurationSpec(Duration::from_millis(100)),
+            limits: Limits {
+                memory: MemorySize::mebibytes(64),
+                call_timeout: DurationSpec(Duration::from_millis(1000)),
+            },
         },
         generation: None,
     }
 }
 
 pub fn with_tick(mut s: PluginSpec, ms: u64) -> PluginSpec {
-    s.tick_interval = DurationSpec(Duration::from_millis(ms));
+    s.run.tick_interval = DurationSpec(Duration::from_millis(ms));
     s
 }
 
 pub fn with_limits(mut s: PluginSpec, memory_mib: u64, timeout_ms: u64) -> PluginSpec {
-    s.limits = Limits {
+    s.run.limits = Limits {
         memory: MemorySize::mebibytes(memory_mib),
         call_timeout: DurationSpec(Duration::from_millis(timeout_ms)),
     };

@@ -3,10 +3,10 @@
 //! memory cap.
 
 use crate::bindings::{Full, FullPre};
-use crate::engine::PluginEngine;
 use crate::events::TrapKind;
 use crate::sandbox::state::{HostState, PluginContext};
 use harvester_api::{Digest, MemorySize};
+use harvester_engine::config::PluginEngine;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};

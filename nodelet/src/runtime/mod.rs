@@ -8,17 +8,16 @@
 pub mod instance;
 pub mod worker;
 
-use crate::cache::{CacheOutcome, CompileCache, CompileError};
 use crate::capabilities::leds::LedBuffer;
-use crate::engine::PluginEngine;
 use crate::events::{Event, EventKind, Phase, PluginStatus};
 use crate::hardware::Hardware;
 use crate::metrics::Metrics;
 use crate::report::Reporter;
 use crate::sandbox::imports::{self, ImportError};
 use crate::sandbox::state::PluginContext;
-use harvester_api::standalone::Limits;
-use harvester_api::{Capability, Digest, DurationSpec, Grants};
+use harvester_api::{Capability, Digest, RunSpec};
+use harvester_engine::cache::{CacheOutcome, CompileCache, CompileError};
+use harvester_engine::config::PluginEngine;
 use instance::Version;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -67,10 +66,7 @@ pub struct PluginSpec {
     /// Where the component came from (a path or an image reference), for messages.
     pub source: String,
     pub component: ComponentSource,
-    pub grants: Grants,
-    pub config: BTreeMap<String, String>,
-    pub tick_interval: DurationSpec,
-    pub limits: Limits,
+    pub run: RunSpec,
     /// The controller's generation for this version; standalone nodes
     /// number versions themselves when it is `None`.
     pub generation: Option<u64>,
@@ -278,7 +274,7 @@ impl Runtime {
         };
         // The component bytes and the compiler's scratch memory are freed by
         // now; give them back so a small board shrinks to its running size.
-        crate::cache::release_freed_memory();
+        harvester_engine::cache::release_freed_memory();
         result
     }
 
@@ -322,7 +318,7 @@ impl Runtime {
         tracing::debug!(plugin, ?outcome, ms = took.as_millis() as u64, "component ready");
 
         let used =
-            imports::check(self.engine.engine(), &component, &spec.grants).map_err(|error| LoadError::Imports {
+            imports::check(self.engine.engine(), &component, &spec.run.grants).map_err(|error| LoadError::Imports {
                 plugin: plugin.clone(),
                 source_ref: source_ref.clone(),
                 error,
@@ -332,12 +328,12 @@ impl Runtime {
             source_ref: source_ref.clone(),
             message: format!("{e:#}"),
         };
-        let linker = crate::sandbox::linker(self.engine.engine(), &spec.grants).map_err(link)?;
+        let linker = crate::sandbox::linker(self.engine.engine(), &spec.run.grants).map_err(link)?;
         let pre = linker.instantiate_pre(&component).map_err(link)?;
         let ctx = Arc::new(PluginContext {
             plugin: plugin.clone(),
-            grants: spec.grants.clone(),
-            config: spec.config.clone(),
+            grants: spec.run.grants.clone(),
+            config: spec.run.config.clone(),
             hardware: self.hardware.clone(),
             leds: self.leds.clone(),
             report: self.report.clone(),
@@ -349,9 +345,9 @@ impl Runtime {
             generation,
             digest,
             from_cache: outcome == CacheOutcome::Hit,
-            tick_interval: spec.tick_interval.as_duration(),
-            call_timeout: spec.limits.call_timeout.as_duration(),
-            memory_limit: spec.limits.memory,
+            tick_interval: spec.run.tick_interval.as_duration(),
+            call_timeout: spec.run.limits.call_timeout.as_duration(),
+            memory_limit: spec.run.limits.memory,
         });
         let instance = version.start().map_err(|f| LoadError::Init {
             plugin: plugin.clone(),

@@ -1,7 +1,7 @@
 //! Compiled components on disk, keyed by content digest and engine hash, so a
 //! node compiles each component once and a restart compiles nothing.
 
-use crate::engine::PluginEngine;
+use crate::config::PluginEngine;
 use harvester_api::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,11 +8,11 @@
 //! and a matching Origin, so another site open in the same browser cannot
 //! send it.
 
-use crate::server::{Api, ApiError, run_command, with_heartbeat};
+use super::{Api, ApiError};
 use crate::store::Kind;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,7 +39,7 @@ struct Page {
     timezone: String,
 }
 
-pub fn router(api: Api, timezone: String) -> Router {
+pub(crate) fn router(api: Api, timezone: String) -> Router {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route(
@@ -89,7 +89,7 @@ fn snapshot(page: &Page, history: bool) -> Result<serde_json::Value, ApiError> {
         .store
         .list(Kind::Node)?
         .into_iter()
-        .map(|n| with_heartbeat(api, Kind::Node, n))
+        .map(|n| api.with_heartbeat(Kind::Node, n))
         .collect();
     for n in &mut nodes {
         let Some(name) = n["metadata"]["name"].as_str().map(str::to_string) else {
@@ -101,7 +101,7 @@ fn snapshot(page: &Page, history: bool) -> Result<serde_json::Value, ApiError> {
     let plugins = api.store.list(Kind::Plugin)?;
     Ok(json!({
         "timezone": page.timezone,
-        "now": crate::now_ms(),
+        "now": harvester_api::now_ms(),
         "resourceVersion": api.store.resource_version(),
         "nodes": nodes,
         "plugins": plugins,
@@ -170,11 +170,7 @@ async fn logs(State(page): State<Page>, Query(q): Query<LogsQuery>) -> Response 
 }
 
 fn forbidden(message: &str) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        axum::Json(json!({"reason": "Forbidden", "message": message})),
-    )
-        .into_response()
+    ApiError::forbidden(message).into_response()
 }
 
 /// A buzzer button: forwarded by the hub to the nodes running the plugin.
@@ -198,8 +194,9 @@ async fn command(
     if !allowed {
         return forbidden(&format!("the dashboard does not send {command} to {plugin}"));
     }
-    match run_command(&page.api, &plugin, &command, None, Vec::new()).await {
-        Ok((code, body)) => (code, axum::Json(body)).into_response(),
-        Err(e) => e.into_response(),
+    let api = &page.api;
+    match crate::commands::run(&api.store, &api.live, &plugin, &command, None, Vec::new()).await {
+        Ok(outcome) => super::ops::command_answer(&outcome),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -1,0 +1,140 @@
+//! The one shape of an error answer: a status code and a JSON body with a
+//! machine-readable `reason` and a `message` that says what was wrong,
+//! where, and what to do.
+
+use crate::store::StoreError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: Map<String, Value>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, reason: &str, message: impl Into<String>) -> ApiError {
+        let mut body = Map::new();
+        body.insert("reason".into(), json!(reason));
+        body.insert("message".into(), json!(message.into()));
+        ApiError { status, body }
+    }
+
+    /// The request itself is malformed (400).
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    /// Well-formed but not acceptable (422).
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    pub(crate) fn conflict(reason: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, reason, message)
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
+    /// The hub's own fault (500): logged here, once.
+    pub(crate) fn internal(reason: &str, message: impl Into<String>) -> ApiError {
+        let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, reason, message);
+        tracing::error!("{}", e.message());
+        e
+    }
+
+    /// Adds a field to the body (`applied`, `errors`...).
+    pub(crate) fn with(mut self, key: &str, value: impl serde::Serialize) -> ApiError {
+        self.body.insert(key.into(), json!(value));
+        self
+    }
+
+    /// Says where it happened: `document 2 (Plugin a): <message>`.
+    pub(crate) fn at(mut self, place: &str) -> ApiError {
+        let message = format!("{place}: {}", self.message());
+        self.body.insert("message".into(), json!(message));
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        self.body.get("message").and_then(Value::as_str).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(Value::Object(self.body))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            StoreError::Conflict { .. } => ApiError::conflict("Conflict", message),
+            StoreError::NotFound { .. } => ApiError::not_found(message),
+            StoreError::Gone { .. } => ApiError::new(StatusCode::GONE, "Expired", message),
+            StoreError::Invalid(_) => ApiError::invalid(message),
+            StoreError::Sled(_) | StoreError::Corrupt(_) | StoreError::Flush(_) => {
+                ApiError::internal("InternalError", message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_what_the_client_can_do_about_them() {
+        let cases = [
+            (StoreError::Invalid("bad".into()), 422, "Invalid"),
+            (
+                StoreError::NotFound {
+                    kind: "Plugin",
+                    name: "x".into(),
+                },
+                404,
+                "NotFound",
+            ),
+            (
+                StoreError::Gone {
+                    requested: 1,
+                    oldest: 5,
+                },
+                410,
+                "Expired",
+            ),
+            // A write that could not be made durable is the hub's fault.
+            (
+                StoreError::Flush("the flush task panicked".into()),
+                500,
+                "InternalError",
+            ),
+        ];
+        for (e, code, reason) in cases {
+            let e = ApiError::from(e);
+            assert_eq!(e.status().as_u16(), code);
+            assert_eq!(e.body["reason"], reason);
+        }
+        let e = ApiError::invalid("spec.image: empty")
+            .at("document 2 (Plugin a)")
+            .with("applied", [1]);
+        assert_eq!(e.message(), "document 2 (Plugin a): spec.image: empty");
+        assert_eq!(e.body["applied"], json!([1]));
+    }
+}

@@ -1,0 +1,154 @@
+//! The node protocol: a nodelet registers its Node, writes its status,
+//! sends heartbeats, holds one outbound stream of assignments and
+//! commands, pushes live reports, answers commands and downloads the
+//! components it was assigned.
+
+use super::{Api, ApiError, ndjson};
+use crate::apply::node_update;
+use crate::live::Live;
+use crate::metrics::StreamGuard;
+use crate::store::{Kind, StoreError};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use harvester_api::Digest;
+use harvester_api::live::{CommandResult, LiveReport, NodeMessage};
+use harvester_api::resources::{Node, NodeStatusV1};
+use std::sync::Arc;
+
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/v1alpha1/nodes/{name}/register", put(register))
+        .route("/api/v1alpha1/nodes/{name}/status", put(status))
+        .route("/api/v1alpha1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/api/v1alpha1/nodes/{name}/assignments", get(assignments))
+        .route("/api/v1alpha1/nodes/{name}/live", post(live_report))
+        .route("/api/v1alpha1/nodes/{name}/commands/{id}", post(command_result))
+        .route("/api/v1alpha1/blobs/{digest}", get(get_blob))
+}
+
+/// A nodelet creates or refreshes its Node: labels and status.
+async fn register(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(node): Json<Node>,
+) -> Result<Response, ApiError> {
+    if node.metadata.name != name {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name must be {name:?}, as in the URL"
+        )));
+    }
+    node.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    api.store
+        .write(Kind::Node, &name, |cur| node_update(cur, &node, true))
+        .await?;
+    api.reconciler.heartbeat(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The status subresource: written by the node itself.
+async fn status(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(status): Json<NodeStatusV1>,
+) -> Result<Response, ApiError> {
+    api.store
+        .write_observed(Kind::Node, &name, |cur| {
+            let Some(cur) = cur else {
+                return Err(StoreError::NotFound {
+                    kind: "Node",
+                    name: name.clone(),
+                });
+            };
+            let node: Node = serde_json::from_value(cur.clone())?;
+            let incoming = Node {
+                status: status.clone(),
+                ..node
+            };
+            node_update(Some(cur), &incoming, true)
+        })
+        .await?;
+    api.reconciler.heartbeat(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    api.must_exist(Kind::Node, &name)?;
+    api.reconciler.heartbeat(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The node's one outbound watch: its full assignments now and after every
+/// change, and commands for its plugins, one JSON per line, with keepalives.
+async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let mut rx = api.reconciler.watch_assignments(&name);
+    let metrics = api.metrics.clone();
+    let live = api.live.clone();
+    let (token, mut commands) = live.link(&name);
+    Ok(ndjson::response(api.live.closing(), move |tx| async move {
+        let _open = StreamGuard::new(&metrics, "assignments");
+        let _link = Unlink(live, name, token);
+        let first = NodeMessage::Assignments(rx.borrow_and_update().clone());
+        if tx.send(ndjson::line(&first)).await.is_err() {
+            return;
+        }
+        loop {
+            let line = tokio::select! {
+                changed = rx.changed() => match changed {
+                    Ok(()) => ndjson::line(&NodeMessage::Assignments(rx.borrow_and_update().clone())),
+                    Err(_) => return,
+                },
+                Some(command) = commands.recv() => ndjson::line(&NodeMessage::Command { command }),
+                _ = tokio::time::sleep(ndjson::KEEPALIVE) => ndjson::keepalive(),
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// Drops a node's command link when its stream ends.
+struct Unlink(Arc<Live>, String, u64);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        self.0.unlink(&self.1, self.2);
+    }
+}
+
+/// A node's live report: log lines, readings, LED frame, buzzer activity.
+async fn live_report(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(report): Json<LiveReport>,
+) -> Result<Response, ApiError> {
+    api.must_exist(Kind::Node, &name)?;
+    api.live.report(&name, report, harvester_api::now_ms());
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn command_result(
+    State(api): State<Api>,
+    Path((_name, id)): Path<(String, u64)>,
+    Json(result): Json<CommandResult>,
+) -> Response {
+    if api.live.answer(id, result) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        // Whoever asked gave up waiting.
+        StatusCode::GONE.into_response()
+    }
+}
+
+/// A component uploaded to the hub, by digest.
+async fn get_blob(State(api): State<Api>, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let digest: Digest = digest.parse().map_err(ApiError::bad_request)?;
+    match api.store.get_blob(&digest)? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/wasm")], Body::from(bytes.to_vec())).into_response()),
+        None => Err(ApiError::not_found(format!("no blob {digest}"))),
+    }
+}

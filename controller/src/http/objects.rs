@@ -1,0 +1,291 @@
+//! Plugins and Nodes for people and their tools: apply, get, list, update,
+//! delete, watch; a plugin's recent events; uploads of local components.
+
+use super::{Api, ApiError, ndjson};
+use crate::apply;
+use crate::metrics::StreamGuard;
+use crate::store::{Kind, StoreError, Write};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use harvester_api::Digest;
+use harvester_api::resources::{Node, Object, Plugin, parse_documents, parse_selector, selector_matches};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Components are not small.
+const BLOB_LIMIT: usize = 64 << 20;
+
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/v1alpha1/apply", post(apply_documents))
+        .route("/api/v1alpha1/watch", get(watch))
+        .route(
+            "/api/v1alpha1/blobs/{digest}",
+            put(put_blob).layer(DefaultBodyLimit::max(BLOB_LIMIT)),
+        )
+        .route("/api/v1alpha1/{kind}", get(list))
+        .route("/api/v1alpha1/{kind}/{name}", get(get_one).put(update).delete(delete))
+        .route("/api/v1alpha1/plugins/{name}/events", get(plugin_events))
+}
+
+fn kind_of(plural: &str) -> Result<Kind, ApiError> {
+    match plural {
+        "plugins" => Ok(Kind::Plugin),
+        "nodes" => Ok(Kind::Node),
+        other => Err(ApiError::not_found(format!(
+            "no resource type {other:?}; use plugins or nodes"
+        ))),
+    }
+}
+
+/// A multi-document apply: every document is parsed and validated, every
+/// image resolved and every exclusive grant checked before anything is
+/// written; then each is applied in order.
+async fn apply_documents(State(api): State<Api>, body: String) -> Result<Response, ApiError> {
+    let mut objects = match parse_documents(&body) {
+        Ok(o) => o,
+        Err(errors) => {
+            let syntax = errors.iter().any(|e| e.kind.is_none() && e.message.contains("line"));
+            let code = if syntax {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return Ok((code, Json(json!({"reason": "Invalid", "errors": errors}))).into_response());
+        }
+    };
+    if objects.is_empty() {
+        return Err(ApiError::bad_request("the manifest holds no documents"));
+    }
+    // Resolve every image first: one that cannot be resolved applies nothing.
+    for (i, object) in objects.iter_mut().enumerate() {
+        if let Object::Plugin(p) = object
+            && let Err(e) = apply::resolve(&api.store, &api.registry, p).await
+        {
+            return Err(document_error(&api, &format!("document {}", i + 1), e, &[]));
+        }
+    }
+    if let Some((i, e)) = apply::refused_by_exclusive_grants(&api.store, &objects)? {
+        return Err(document_error(&api, &format!("document {}", i + 1), e, &[]));
+    }
+    let mut results = Vec::new();
+    for (i, object) in objects.into_iter().enumerate() {
+        let place = format!("document {} ({} {})", i + 1, object.kind(), object.name());
+        match apply::apply(&api.store, &api.registry, object).await {
+            Ok(r) => {
+                count_apply(&api, Ok(&r));
+                results.push(r);
+            }
+            Err(e) => return Err(document_error(&api, &place, e, &results)),
+        }
+    }
+    Ok(Json(json!({"results": results})).into_response())
+}
+
+/// The answer when one document of an apply fails: which one, why, and what
+/// was applied before it.
+fn document_error(api: &Api, place: &str, e: StoreError, applied: &[apply::Applied]) -> ApiError {
+    count_apply(api, Err(&e));
+    ApiError::from(e).at(place).with("applied", applied)
+}
+
+fn count_apply(api: &Api, result: Result<&apply::Applied, &StoreError>) {
+    let outcome = match result {
+        Ok(a) => match a.action {
+            apply::Action::Created => "created",
+            apply::Action::Configured => "configured",
+            apply::Action::Unchanged => "unchanged",
+        },
+        Err(StoreError::Invalid(_)) => "invalid",
+        Err(StoreError::Conflict { .. }) => "conflict",
+        Err(_) => "error",
+    };
+    api.metrics.apply_requests.with_label_values(&[outcome]).inc();
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(rename = "labelSelector")]
+    label_selector: Option<String>,
+}
+
+async fn list(
+    State(api): State<Api>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let selector = parse_selector(q.label_selector.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
+    let rv = api.store.resource_version();
+    let items: Vec<serde_json::Value> = api
+        .store
+        .list(kind)?
+        .into_iter()
+        .filter(|o| {
+            let labels = serde_json::from_value(o["metadata"]["labels"].clone()).unwrap_or_default();
+            selector_matches(&selector, &labels)
+        })
+        .map(|o| api.with_heartbeat(kind, o))
+        .collect();
+    Ok(Json(json!({"resourceVersion": rv, "items": items})).into_response())
+}
+
+async fn get_one(State(api): State<Api>, Path((kind, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    match api.store.get(kind, &name)? {
+        Some(o) => Ok(Json(api.with_heartbeat(kind, o)).into_response()),
+        None => Err(StoreError::NotFound {
+            kind: kind.as_str(),
+            name,
+        }
+        .into()),
+    }
+}
+
+/// A whole-object update with optimistic concurrency: the object's
+/// metadata.resourceVersion must be the stored one.
+async fn update(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    if value["metadata"]["name"].as_str() != Some(name.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name must be {name:?}, as in the URL"
+        )));
+    }
+    if value["metadata"]["resourceVersion"].as_u64().unwrap_or(0) == 0 {
+        return Err(ApiError::bad_request(
+            "metadata.resourceVersion is required for an update; use apply to create or overwrite",
+        ));
+    }
+    let object = match kind {
+        Kind::Plugin => {
+            let mut p: Plugin = serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            p.status = None;
+            p.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+            Object::Plugin(p)
+        }
+        Kind::Node => {
+            let n: Node = serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let sent = n.metadata.resource_version;
+            let current = api.store.get(Kind::Node, &name)?.ok_or(StoreError::NotFound {
+                kind: "Node",
+                name: name.clone(),
+            })?;
+            let now = current["metadata"]["resourceVersion"].as_u64().unwrap_or(0);
+            if now != sent {
+                return Err(StoreError::Conflict {
+                    kind: "Node",
+                    name,
+                    sent,
+                    current: now,
+                }
+                .into());
+            }
+            Object::Node(n)
+        }
+    };
+    let result = apply::apply(&api.store, &api.registry, object).await;
+    count_apply(&api, result.as_ref());
+    Ok(Json(json!(result?)).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<u64>,
+}
+
+async fn delete(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let expected = q.resource_version;
+    api.store
+        .write(kind, &name, |cur| {
+            if let (Some(sent), Some(cur)) = (expected, cur) {
+                let now = cur["metadata"]["resourceVersion"].as_u64().unwrap_or(0);
+                if now != sent {
+                    return Err(StoreError::Conflict {
+                        kind: kind.as_str(),
+                        name: name.clone(),
+                        sent,
+                        current: now,
+                    });
+                }
+            }
+            Ok(Write::Delete)
+        })
+        .await?;
+    if kind == Kind::Node {
+        api.live.forget(&name);
+    }
+    Ok(Json(json!({"kind": kind.as_str(), "name": name, "action": "deleted"})).into_response())
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: u64,
+}
+
+/// Every change after `resourceVersion`, then live ones, one JSON per line.
+async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+    // Subscribe before reading the backlog so nothing falls in between.
+    let mut live = api.store.subscribe();
+    let backlog = api.store.events_since(q.resource_version)?;
+    let mut last = backlog.last().map_or(q.resource_version, |e| e.resource_version);
+    let metrics = api.metrics.clone();
+    Ok(ndjson::response(api.live.closing(), move |tx| async move {
+        let _open = StreamGuard::new(&metrics, "watch");
+        for ev in backlog {
+            if tx.send(ndjson::line(&ev)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::time::timeout(ndjson::KEEPALIVE, live.recv()).await;
+            let line = match next {
+                Err(_) => ndjson::keepalive(),
+                Ok(Ok(ev)) if ev.resource_version <= last => continue,
+                Ok(Ok(ev)) => {
+                    last = ev.resource_version;
+                    ndjson::line(&ev)
+                }
+                // Fell behind the live buffer: end the stream; the client
+                // resumes from its last resourceVersion and loses nothing.
+                Ok(Err(_)) => return,
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+async fn plugin_events(State(api): State<Api>, Path(name): Path<String>) -> Json<serde_json::Value> {
+    let items: Vec<_> = api
+        .reconciler
+        .events_of(&name)
+        .into_iter()
+        .map(|(at, message)| json!({"time": at, "message": message}))
+        .collect();
+    Json(json!({"items": items}))
+}
+
+/// `harvester apply` uploads a local component before the Plugin naming it.
+async fn put_blob(State(api): State<Api>, Path(digest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let digest: Digest = digest.parse().map_err(ApiError::bad_request)?;
+    api.store.put_blob(&digest, &body).await?;
+    Ok((StatusCode::CREATED, Json(json!({"digest": digest}))).into_response())
+}

@@ -164,7 +164,10 @@ pub fn build_with(dir: &Path, output: Option<&Path>, componentize_py: &Path) -> 
                 .arg(&manifest);
             // A plugin is its own workspace; keep its build out of any
             // enclosing one's target directory and flags.
-            cmd.env_remove("CARGO_TARGET_DIR").env_remove("RUSTFLAGS");
+            cmd.env_remove("CARGO_TARGET_DIR")
+                .env_remove("RUSTFLAGS")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env_remove("CLIPPY_ARGS");
             run(
                 &mut cmd,
                 "cargo",

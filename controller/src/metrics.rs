@@ -18,6 +18,7 @@ pub struct Metrics {
     pub watch_connections: IntGaugeVec,
     pub compile_requests: IntCounterVec,
     pub compile_seconds: Histogram,
+    pub http_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -129,8 +130,24 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            http_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "harvester_hub_http_requests_total",
+                        "Requests to the hub by audience (people, nodes, operators, dashboard) and outcome (ok, client_error, server_error)",
+                    ),
+                    &["audience", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
+        for a in crate::http::Audience::ALL {
+            for o in ["ok", "client_error", "server_error"] {
+                m.http_requests.with_label_values(&[a.as_str(), o]);
+            }
+        }
         for o in ["compiled", "cached", "refused"] {
             m.compile_requests.with_label_values(&[o]);
         }

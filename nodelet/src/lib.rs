@@ -4,7 +4,11 @@
 //! - [`runtime`]: loads, starts, hot-swaps and stops plugins (one thread each).
 //! - [`sandbox`]: import checks against grants, memory cap, locked-down WASI.
 //! - [`capabilities`]: the host side of each WIT interface, with scope checks.
-//! - [`hardware`]: one trait per device; simulated and (later) Raspberry Pi backends.
+//! - [`hardware`]: one trait per device; simulated and Raspberry Pi backends.
+//!
+//! The wasmtime configuration and the compile cache are the `harvester-engine`
+//! crate's, shared with the hub; the shapes on the wire (`RunSpec`, `Phase`,
+//! `Reason`, log lines) are `harvester-api`'s.
 //! - [`events`], [`report`], [`metrics`]: status, events, log lines and Prometheus metrics.
 //! - [`agent`]: the link to the controller: watch, converge, report, run from disk when offline.
 //! - [`standalone`]: `harvester nodelet --standalone FILE`, with file watching.

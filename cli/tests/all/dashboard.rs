@@ -94,7 +94,15 @@ fn the_showcase_in_a_browser() {
             ],
         );
     }
-    let trust = ["--trust-key", public.to_str().unwrap()];
+    // As in the showcase: every board trusts the hub's compiler, which
+    // compiles each component once for all of them.
+    let compiler = fleet.dir.path().join("controller/compiler.pub");
+    let trust = [
+        "--trust-key",
+        public.to_str().unwrap(),
+        "--trust-compiler",
+        compiler.to_str().unwrap(),
+    ];
     fleet.start_node_with("hub", "role=hub", "", &trust);
     let pi4 = fleet.start_node_with("pi4", "role=sensor,board=pi4", "dht22,bme680,leds,buzzer", &trust);
     fleet.start_node_with("pizero", "role=netmon,board=pizero", "bme680", &trust);

@@ -40,7 +40,8 @@ struct Page {
 }
 
 pub(crate) fn router(api: Api, timezone: String) -> Router {
-    Router::new()
+    let metrics = api.metrics.clone();
+    let routes = Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route(
             "/assets/app.js",
@@ -55,7 +56,9 @@ pub(crate) fn router(api: Api, timezone: String) -> Router {
         .route("/api/state", get(state))
         .route("/api/events", get(events))
         .route("/api/logs", get(logs))
-        .route("/api/plugins/{plugin}/commands/{command}", post(command))
+        .route("/api/plugins/{plugin}/commands/{command}", post(command));
+    super::Audience::Dashboard
+        .serve(routes, metrics)
         .with_state(Page { api, timezone })
 }
 

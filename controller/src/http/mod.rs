@@ -9,9 +9,11 @@
 //! - [`compiled`]: code the hub compiled for a node's target.
 //! - [`dashboard`]: the hub dashboard, on its own listener.
 //!
-//! Each audience is one router, so what guards an audience (who may call
-//! it) is one layer on that router, in [`router`]. [`error`] is the one
-//! shape of an error answer and [`ndjson`] the one way to stream.
+//! Each audience is one router behind one layer ([`Audience::guard`]):
+//! what is true of every request an audience makes (today: it is counted
+//! in `harvester_hub_http_requests_total`; with identities: who may call)
+//! is written there once. [`error`] is the one shape of an error answer
+//! and [`ndjson`] the one way to stream.
 //!
 //! JSON in and out, YAML accepted for apply. Request bodies are
 //! size-limited; malformed input gets 400 with the parser's line and
@@ -32,7 +34,9 @@ use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
 use crate::store::{Kind, Store};
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use std::sync::Arc;
 
 /// Manifests, statuses and reports are small; components have their own limit.
@@ -52,13 +56,68 @@ pub(crate) struct Api {
     pub compiler: Option<Arc<crate::compile::Compiler>>,
 }
 
+/// Who a group of routes serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// People and their tools: objects, events, uploads.
+    People,
+    /// Nodelets: the node protocol and compiled code.
+    Nodes,
+    /// Operating the fleet: logs, commands, metrics, service discovery.
+    Operators,
+    /// The dashboard page in a browser (its own listener).
+    Dashboard,
+}
+
+impl Audience {
+    pub(crate) const ALL: [Audience; 4] = [
+        Audience::People,
+        Audience::Nodes,
+        Audience::Operators,
+        Audience::Dashboard,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Audience::People => "people",
+            Audience::Nodes => "nodes",
+            Audience::Operators => "operators",
+            Audience::Dashboard => "dashboard",
+        }
+    }
+
+    /// Puts `routes` behind this audience's layer.
+    pub(crate) fn serve<S: Clone + Send + Sync + 'static>(self, routes: Router<S>, metrics: Arc<Metrics>) -> Router<S> {
+        routes.route_layer(middleware::from_fn_with_state((self, metrics), Audience::guard))
+    }
+
+    /// Every request of the audience passes here.
+    async fn guard(
+        State((audience, metrics)): State<(Audience, Arc<Metrics>)>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let response = next.run(request).await;
+        let class = match response.status().as_u16() {
+            100..=399 => "ok",
+            400..=499 => "client_error",
+            _ => "server_error",
+        };
+        metrics
+            .http_requests
+            .with_label_values(&[audience.as_str(), class])
+            .inc();
+        response
+    }
+}
+
 /// The API on one listener: every audience's routes.
 pub(crate) fn router(api: Api) -> Router {
+    let m = &api.metrics;
     Router::new()
-        .merge(objects::routes())
-        .merge(nodes::routes())
-        .merge(ops::routes())
-        .merge(compiled::routes())
+        .merge(Audience::People.serve(objects::routes(), m.clone()))
+        .merge(Audience::Nodes.serve(nodes::routes().merge(compiled::routes()), m.clone()))
+        .merge(Audience::Operators.serve(ops::routes(), m.clone()))
         .layer(DefaultBodyLimit::max(REQUEST_LIMIT))
         .with_state(api)
 }
@@ -95,5 +154,74 @@ impl From<crate::commands::CommandError> for ApiError {
             crate::commands::CommandError::Store(e) => e.into(),
             crate::commands::CommandError::NotRunning(m) => ApiError::conflict("NotRunning", m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Method, StatusCode};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn api(dir: &std::path::Path) -> Api {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        Api {
+            reconciler: Arc::new(Reconciler::new(
+                store.clone(),
+                metrics.clone(),
+                Duration::from_secs(15),
+                Duration::from_secs(60),
+            )),
+            store,
+            registry: Arc::new(harvester_registry::Registry::new(Default::default())),
+            live: Arc::new(Live::new(1 << 20)),
+            metrics,
+            compiler: None,
+        }
+    }
+
+    async fn call(app: &Router, method: Method, uri: &str) -> StatusCode {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn every_request_passes_its_audiences_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        let metrics = api.metrics.clone();
+        let app = router(api.clone());
+        assert_eq!(call(&app, Method::GET, "/api/v1alpha1/plugins").await, StatusCode::OK);
+        assert_eq!(
+            call(&app, Method::GET, "/api/v1alpha1/plugins/nothing").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&app, Method::POST, "/api/v1alpha1/nodes/ghost/heartbeat").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&app, Method::GET, "/api/v1alpha1/compiled/sha256:00?target=x&engine=y").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(call(&app, Method::GET, "/healthz").await, StatusCode::OK);
+        let page = dashboard::router(api, "UTC".into());
+        assert_eq!(call(&page, Method::GET, "/api/state").await, StatusCode::OK);
+        let count = |a: Audience, o: &str| metrics.http_requests.with_label_values(&[a.as_str(), o]).get();
+        assert_eq!(
+            (count(Audience::People, "ok"), count(Audience::People, "client_error")),
+            (1, 1)
+        );
+        assert_eq!(count(Audience::Nodes, "client_error"), 2);
+        assert_eq!(count(Audience::Operators, "ok"), 1);
+        assert_eq!(count(Audience::Dashboard, "ok"), 1);
+        assert!(
+            metrics
+                .render()
+                .contains("harvester_hub_http_requests_total{audience=\"nodes\",outcome=\"client_error\"} 2")
+        );
     }
 }

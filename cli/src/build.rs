@@ -123,6 +123,18 @@ pub fn build(dir: &Path, output: Option<&Path>) -> anyhow::Result<Built> {
 
 /// [`build`] with an explicit componentize-py.
 pub fn build_with(dir: &Path, output: Option<&Path>, componentize_py: &Path) -> anyhow::Result<Built> {
+    build_in(dir, output, componentize_py, None)
+}
+
+/// Builds with Rust plugins' cargo output in `cargo_target` (default: the
+/// plugin's own `target/`), so plugins built together compile their shared
+/// dependencies (wit-bindgen) once.
+fn build_in(
+    dir: &Path,
+    output: Option<&Path>,
+    componentize_py: &Path,
+    cargo_target: Option<&Path>,
+) -> anyhow::Result<Built> {
     let started = Instant::now();
     let kind = detect(dir)?;
     let world = world(dir)?;
@@ -162,6 +174,8 @@ pub fn build_with(dir: &Path, output: Option<&Path>, componentize_py: &Path) -> 
                 .arg("wasm32-wasip2")
                 .arg("--manifest-path")
                 .arg(&manifest);
+            let target_dir = cargo_target.map_or_else(|| dir.join("target"), Path::to_path_buf);
+            cmd.arg("--target-dir").arg(&target_dir);
             // A plugin is its own workspace; keep its build out of any
             // enclosing one's target directory and flags.
             cmd.env_remove("CARGO_TARGET_DIR")
@@ -174,8 +188,8 @@ pub fn build_with(dir: &Path, output: Option<&Path>, componentize_py: &Path) -> 
                 "install Rust with rustup, then `rustup target add wasm32-wasip2`",
             )?;
             let crate_name = crate_name(&manifest)?;
-            let built = dir
-                .join("target/wasm32-wasip2/release")
+            let built = target_dir
+                .join("wasm32-wasip2/release")
                 .join(format!("{}.wasm", crate_name.replace('-', "_")));
             std::fs::copy(&built, &tmp).with_context(|| format!("copying {}", built.display()))?;
         }
@@ -249,12 +263,30 @@ pub fn source_fingerprint(dir: &Path) -> anyhow::Result<String> {
 
 /// Builds `dir` into `out_dir/NAME-HASH.wasm`, where HASH covers the plugin's
 /// sources and WIT (symlinked deps included); an existing file is reused.
+/// Rust plugins share one cargo target folder in `out_dir`.
 pub fn build_cached(dir: &Path, out_dir: &Path, componentize_py: &Path) -> anyhow::Result<PathBuf> {
     let key = source_fingerprint(dir)?;
     let out = out_dir.join(format!("{}-{key}.wasm", plugin_name(dir)?));
     if !out.exists() {
         std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-        build_with(dir, Some(&out), componentize_py)?;
+        build_in(dir, Some(&out), componentize_py, Some(&out_dir.join("cargo-target")))?;
     }
     Ok(out)
+}
+
+/// `harvester plugin build --cache CACHE`: the component from the cache when
+/// these exact sources were built before, else built into it; then copied
+/// to `output` (default `DIR/NAME.wasm`). Whether it was reused comes back.
+pub fn build_from_cache(dir: &Path, output: Option<&Path>, cache: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    let name = plugin_name(dir)?;
+    let key = source_fingerprint(dir)?;
+    let reused = cache.join(format!("{name}-{key}.wasm")).exists();
+    let cached = build_cached(dir, cache, &componentize_py())?;
+    let output = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(format!("{name}.wasm")));
+    let tmp = output.with_extension("wasm.partial");
+    std::fs::copy(&cached, &tmp).with_context(|| format!("copying {} to {}", cached.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+    Ok((output, reused))
 }

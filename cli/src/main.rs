@@ -213,6 +213,10 @@ enum PluginCommand {
         /// Where to write the component (default DIR/NAME.wasm).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Keep builds in this folder, keyed by a hash of the sources, and
+        /// reuse one when the sources are the same.
+        #[arg(long)]
+        cache: Option<PathBuf>,
     },
 }
 
@@ -236,8 +240,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.server);
     match cli.command {
         Command::Plugin {
-            command: PluginCommand::Build { dir, output },
+            command: PluginCommand::Build { dir, output, cache },
         } => {
+            if let Some(cache) = cache {
+                let (out, reused) = build::build_from_cache(&dir, output.as_deref(), &cache)?;
+                let how = if reused { "reused the build in" } else { "built into" };
+                println!("{} ({how} {})", out.display(), cache.display());
+                return Ok(());
+            }
             let b = build::build(&dir, output.as_deref())?;
             println!(
                 "built {} ({} plugin, world {}, {:.1} MB) in {:.1}s",

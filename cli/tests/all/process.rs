@@ -169,3 +169,45 @@ fn unsafe_free_sigterm(pid: u32) {
     let ok = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(ok.success());
 }
+
+/// `plugin build --cache` hands out the build made from the same sources
+/// before instead of building again; other sources get their own build.
+#[test]
+fn a_plugin_build_is_reused_from_the_cache_for_the_same_sources() {
+    let built = component("probe");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("probe.wasm");
+    let run = |src: &Path, cache: &Path, out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["plugin", "build"])
+            .arg(src)
+            .arg("--cache")
+            .arg(cache)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let said = run(&repo().join("cli/tests/plugins/probe"), &artifacts(), &out);
+    assert!(said.contains("reused the build in"), "{said}");
+    assert_eq!(std::fs::read(&out).unwrap(), *built);
+
+    // A changed source is a new key: built, not reused.
+    let copy = dir.path().join("probe-src");
+    let status = Command::new("cp")
+        .arg("-rL")
+        .arg(repo().join("cli/tests/plugins/probe"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(copy.join("target"));
+    let lib = copy.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, text + "\n// changed\n").unwrap();
+    let said = run(&copy, &artifacts(), &dir.path().join("changed.wasm"));
+    assert!(said.contains("built into"), "{said}");
+    assert!(dir.path().join("changed.wasm").exists());
+}

@@ -103,11 +103,7 @@ pub(crate) fn refused_by_exclusive_grants(
     if incoming.is_empty() {
         return Ok(None);
     }
-    let nodes: Vec<Node> = store
-        .list(Kind::Node)?
-        .into_iter()
-        .map(serde_json::from_value)
-        .collect::<Result<_, _>>()?;
+    let nodes: Vec<Node> = store.list_as(Kind::Node)?;
     let plugins: Vec<&Plugin> = incoming.iter().map(|(_, p)| *p).collect();
     if !plugins
         .iter()
@@ -115,11 +111,7 @@ pub(crate) fn refused_by_exclusive_grants(
     {
         return Ok(None);
     }
-    let stored: Vec<Plugin> = store
-        .list(Kind::Plugin)?
-        .into_iter()
-        .map(serde_json::from_value)
-        .collect::<Result<_, _>>()?;
+    let stored: Vec<Plugin> = store.list_as(Kind::Plugin)?;
     Ok(
         crate::reconciler::placement::refused_at_apply(&stored, &plugins, &nodes)
             .map(|(k, why)| (incoming[k].0, StoreError::Invalid(why))),

@@ -155,6 +155,12 @@ impl Store {
     }
 
     pub fn list(&self, kind: Kind) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.list_as(kind)
+    }
+
+    /// Every object of a kind as its type; one that does not parse fails the
+    /// whole list (the reconciler, which must go on, reads them one by one).
+    pub fn list_as<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, StoreError> {
         self.tree(kind)
             .iter()
             .values()

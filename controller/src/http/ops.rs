@@ -3,7 +3,7 @@
 
 use super::{Api, ApiError, ndjson};
 use crate::live::LogFilter;
-use crate::store::{Kind, StoreError};
+use crate::store::Kind;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -115,8 +115,7 @@ async fn metrics(State(api): State<Api>) -> Response {
 /// come as `__meta_harvester_node_label_<key>` for relabelling.
 async fn prometheus_targets(State(api): State<Api>) -> Result<Response, ApiError> {
     let mut groups = Vec::new();
-    for value in api.store.list(Kind::Node)? {
-        let node: harvester_api::resources::Node = serde_json::from_value(value).map_err(StoreError::from)?;
+    for node in api.store.list_as::<harvester_api::resources::Node>(Kind::Node)? {
         if node.status.address.is_empty() {
             continue;
         }

@@ -86,7 +86,10 @@ impl Metrics {
             ),
             reconcile_errors: register(
                 r,
-                IntCounter::new("harvester_reconcile_errors_total", "Reconcile passes that failed")
+                IntCounter::new(
+                    "harvester_reconcile_errors_total",
+                    "Objects a reconcile pass could not read or write (each named in the log), and passes that could not list the store",
+                )
                     .expect("valid metric"),
             ),
             apply_requests: register(

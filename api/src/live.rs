@@ -167,5 +167,10 @@ mod tests {
         });
         let line = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<NodeMessage>(&line).unwrap(), a);
+        // The hub writes the assignments' own JSON for this variant.
+        let NodeMessage::Assignments(inner) = &a else {
+            unreachable!()
+        };
+        assert_eq!(serde_json::to_string(inner).unwrap(), line);
     }
 }

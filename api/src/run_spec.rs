@@ -150,7 +150,7 @@ macro_rules! runs_a_plugin {
             pub run: $crate::run_spec::RunSpec,
         }
 
-        #[derive(serde::Serialize, serde::Deserialize)]
+        #[derive(serde::Deserialize)]
         #[serde($($container)*)]
         struct $wire {
             $( $(#[$field_meta])* $field: $ty, )*
@@ -170,13 +170,24 @@ macro_rules! runs_a_plugin {
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let this = self.clone();
-                $wire {
-                    $( $field: this.$field, )*
-                    grants: this.run.grants,
-                    config: this.run.config,
-                    tick_interval: this.run.tick_interval,
-                    limits: this.run.limits,
+                // The same shape, borrowed: a hub serialises every node's
+                // assignments on each change, so nothing is copied.
+                #[derive(serde::Serialize)]
+                #[serde($($container)*)]
+                struct Borrowed<'a> {
+                    $( $(#[$field_meta])* $field: &'a $ty, )*
+                    grants: &'a $crate::grants::Grants,
+                    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+                    config: &'a std::collections::BTreeMap<String, String>,
+                    tick_interval: &'a $crate::quantity::DurationSpec,
+                    limits: &'a $crate::run_spec::Limits,
+                }
+                Borrowed {
+                    $( $field: &self.$field, )*
+                    grants: &self.run.grants,
+                    config: &self.run.config,
+                    tick_interval: &self.run.tick_interval,
+                    limits: &self.run.limits,
                 }
                 .serialize(s)
             }

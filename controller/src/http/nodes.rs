@@ -91,14 +91,16 @@ async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result
     Ok(ndjson::response(api.live.closing(), move |tx| async move {
         let _open = StreamGuard::new(&metrics, "assignments");
         let _link = Unlink(live, name, token);
-        let first = NodeMessage::Assignments(rx.borrow_and_update().clone());
-        if tx.send(ndjson::line(&first)).await.is_err() {
+        // An untagged NodeMessage::Assignments is the assignments' own JSON:
+        // written from the shared value, not a copy per node.
+        let first = ndjson::line(&*rx.borrow_and_update());
+        if tx.send(first).await.is_err() {
             return;
         }
         loop {
             let line = tokio::select! {
                 changed = rx.changed() => match changed {
-                    Ok(()) => ndjson::line(&NodeMessage::Assignments(rx.borrow_and_update().clone())),
+                    Ok(()) => ndjson::line(&*rx.borrow_and_update()),
                     Err(_) => return,
                 },
                 Some(command) = commands.recv() => ndjson::line(&NodeMessage::Command { command }),

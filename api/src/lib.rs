@@ -46,3 +46,26 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// `s` percent-encoded for one path segment or query value of an API URL:
+/// every byte but the unreserved ones of RFC 3986, so a name can never
+/// reach another path or add a parameter.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_segment_cannot_leave_its_segment() {
+        assert_eq!(super::path_segment("pi4"), "pi4");
+        assert_eq!(super::path_segment("a/b?c=d&e#f g"), "a%2Fb%3Fc%3Dd%26e%23f%20g");
+    }
+}

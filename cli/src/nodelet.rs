@@ -1,14 +1,12 @@
-//! `harvester nodelet`: the node agent.
+//! `harvester nodelet`: the node agent's arguments, turned into the
+//! nodelet crate's [`NodeConfig`]; `harvester_nodelet::node` runs it.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
-use harvester_nodelet::hardware::sim::{self, SimHandles, SimProfile};
-use harvester_nodelet::runtime::RestartPolicy;
-use harvester_nodelet::{Runtime, RuntimeOptions};
+use harvester_nodelet::agent::{CompileMode, TrustPolicy};
+use harvester_nodelet::node::{self, HardwareConfig, Mode, NodeConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HardwareChoice {
@@ -131,168 +129,79 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/harvester")
 }
 
-fn apply_sim(handles: &SimHandles, settings: &[String]) -> anyhow::Result<()> {
-    for s in settings {
-        let (key, value) = s
-            .split_once('=')
-            .with_context(|| format!("--sim {s}: expected KEY=VALUE"))?;
-        let v: f32 = value
-            .parse()
-            .with_context(|| format!("--sim {s}: {value:?} is not a number"))?;
-        match key {
-            "temperature" => handles.world.set_temperature(Some(v)),
-            "humidity" => handles.world.set_humidity(Some(v)),
-            "pressure" => handles.world.set_pressure(Some(v)),
-            "gas" => handles.world.set_gas_resistance(Some(v)),
-            "cpu-temperature" => handles.system.set_cpu_temperature(Some(v)),
-            other => {
-                bail!("--sim {s}: unknown key {other:?}; use temperature, humidity, pressure, gas or cpu-temperature")
+fn keys(paths: &[PathBuf], flag: &str) -> anyhow::Result<Vec<harvester_registry::TrustedKey>> {
+    paths
+        .iter()
+        .map(|p| harvester_registry::TrustedKey::load(p).map_err(|e| anyhow::anyhow!("{flag}: {e:#}")))
+        .collect()
+}
+
+impl NodeletArgs {
+    fn config(self) -> anyhow::Result<NodeConfig> {
+        let mode = match (self.standalone, self.controller) {
+            (Some(manifest), _) => {
+                if self.compile == CompileChoice::Hub {
+                    bail!("--compile hub needs a hub: use it with --controller, not --standalone");
+                }
+                Mode::Standalone {
+                    manifest,
+                    poll: self.poll.as_duration(),
+                }
             }
-        }
+            (None, Some(controller)) => Mode::Hub {
+                controller,
+                labels: harvester_api::resources::parse_selector(&self.labels)
+                    .map_err(|e| anyhow::anyhow!("--labels: {e}"))?,
+                heartbeat: self.heartbeat.as_duration(),
+                trust: TrustPolicy {
+                    keys: keys(&self.trust_keys, "--trust-key")?,
+                    allow_unsigned: self.allow_unsigned,
+                    compilers: keys(&self.trust_compilers, "--trust-compiler")?,
+                },
+                compile: match self.compile {
+                    CompileChoice::Auto => CompileMode::Auto,
+                    CompileChoice::Hub => CompileMode::Hub,
+                    CompileChoice::Local => CompileMode::Local,
+                },
+            },
+            (None, None) => {
+                bail!("give --controller URL to follow a controller, or --standalone FILE to run a local manifest")
+            }
+        };
+        Ok(NodeConfig {
+            data: self.data.unwrap_or_else(default_data_dir),
+            listen: self.listen,
+            hardware: HardwareConfig {
+                choice: match self.hardware {
+                    HardwareChoice::Sim => node::HardwareChoice::Sim,
+                    HardwareChoice::Rpi => node::HardwareChoice::Rpi,
+                    HardwareChoice::Auto => node::HardwareChoice::Auto,
+                },
+                rpi: harvester_nodelet::hardware::rpi::RpiConfig {
+                    dht22_pin: self.dht22_pin.0,
+                    buzzer_pin: self.buzzer_pin.0,
+                    led_count: self.led_count,
+                    ..Default::default()
+                },
+                sim_devices: self
+                    .sim_devices
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                sim_values: self.sim,
+            },
+            restart_backoff: self.restart_backoff.as_duration(),
+            registry: crate::oci::registry(&self.insecure_registry)?.options().clone(),
+            name: self.name,
+            mode,
+        })
     }
-    Ok(())
 }
 
 pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
-    if args.standalone.is_none() && args.controller.is_none() {
-        bail!("give --controller URL to follow a controller, or --standalone FILE to run a local manifest");
-    }
-    let labels =
-        harvester_api::resources::parse_selector(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-    let trust = harvester_nodelet::agent::TrustPolicy {
-        keys: args
-            .trust_keys
-            .iter()
-            .map(|p| harvester_registry::TrustedKey::load(p).map_err(|e| anyhow::anyhow!("--trust-key: {e:#}")))
-            .collect::<anyhow::Result<_>>()?,
-        allow_unsigned: args.allow_unsigned,
-        compilers: args
-            .trust_compilers
-            .iter()
-            .map(|p| harvester_registry::TrustedKey::load(p).map_err(|e| anyhow::anyhow!("--trust-compiler: {e:#}")))
-            .collect::<anyhow::Result<_>>()?,
-    };
-    let compile = match args.compile {
-        CompileChoice::Auto => harvester_nodelet::agent::CompileMode::Auto,
-        CompileChoice::Hub => harvester_nodelet::agent::CompileMode::Hub,
-        CompileChoice::Local => harvester_nodelet::agent::CompileMode::Local,
-    };
-    if compile == harvester_nodelet::agent::CompileMode::Hub && trust.compilers.is_empty() {
-        bail!("--compile hub needs --trust-compiler FILE: the hub's public key (DATA/compiler.pub on the hub)");
-    }
-    if compile == harvester_nodelet::agent::CompileMode::Hub && args.standalone.is_some() {
-        bail!("--compile hub needs a hub: use it with --controller, not --standalone");
-    }
-    let registry = crate::oci::registry(&args.insecure_registry)?.options().clone();
-    let on_pi = std::fs::read_to_string("/proc/device-tree/model")
-        .map(|m| m.contains("Raspberry Pi"))
-        .unwrap_or(false);
-    let use_pi = match args.hardware {
-        HardwareChoice::Rpi => true,
-        HardwareChoice::Auto => on_pi,
-        HardwareChoice::Sim => false,
-    };
-    let (hardware, sim_buzzer) = if use_pi {
-        if !args.sim.is_empty() {
-            bail!("--sim pins simulated readings; this node drives real devices (--hardware sim to simulate)");
-        }
-        let config = harvester_nodelet::hardware::rpi::RpiConfig {
-            dht22_pin: args.dht22_pin.0,
-            buzzer_pin: args.buzzer_pin.0,
-            led_count: args.led_count,
-            ..Default::default()
-        };
-        let (hardware, notes) =
-            harvester_nodelet::hardware::rpi::build(&config).map_err(|e| anyhow::anyhow!("--hardware rpi: {e}"))?;
-        for n in notes {
-            tracing::warn!("{n}");
-        }
-        (hardware, None)
-    } else {
-        let devices: Vec<&str> = args
-            .sim_devices
-            .split(',')
-            .map(str::trim)
-            .filter(|d| !d.is_empty())
-            .collect();
-        if let Some(bad) = devices
-            .iter()
-            .find(|d| !["dht22", "bme680", "leds", "buzzer"].contains(d))
-        {
-            bail!("--sim-devices: unknown device {bad:?}; use dht22, bme680, leds, buzzer");
-        }
-        let profile = SimProfile {
-            led_count: if devices.contains(&"leds") { 11 } else { 0 },
-            buzzer: devices.contains(&"buzzer"),
-            dht22: devices.contains(&"dht22"),
-            bme680: devices.contains(&"bme680"),
-            seed: args.name.bytes().map(u64::from).sum(),
-            ..SimProfile::default()
-        };
-        let (hardware, handles) = sim::build(&profile);
-        apply_sim(&handles, &args.sim)?;
-        if args.hardware == HardwareChoice::Auto {
-            tracing::info!("not a Raspberry Pi: simulated devices (--hardware rpi for real ones)");
-        }
-        (hardware, profile.buzzer.then(|| handles.buzzer.clone()))
-    };
-    tracing::info!(node = args.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
-
-    let data = args.data.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
-    let runtime = Arc::new(Runtime::new(
-        RuntimeOptions {
-            data_dir: data.clone(),
-            restart: RestartPolicy {
-                initial_backoff: args.restart_backoff.as_duration(),
-                ..RestartPolicy::default()
-            },
-        },
-        hardware,
-    )?);
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let listener_addr = listener.local_addr()?;
-    tracing::info!("serving /status and /metrics on http://{listener_addr}");
-    let app = harvester_nodelet::server::router(args.name.clone(), runtime.clone(), sim_buzzer);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let address = listener_addr.to_string();
-    let result = match (args.standalone.clone(), args.controller.clone()) {
-        (Some(manifest), _) => {
-            harvester_nodelet::standalone::run(
-                runtime,
-                manifest,
-                args.poll.as_duration().max(Duration::from_millis(50)),
-                shutdown_signal(),
-            )
-            .await
-        }
-        (None, Some(controller)) => {
-            harvester_nodelet::agent::run(
-                runtime,
-                harvester_nodelet::agent::AgentOptions {
-                    controller,
-                    name: args.name.clone(),
-                    labels,
-                    data_dir: data,
-                    heartbeat: args.heartbeat.as_duration(),
-                    address,
-                    trust,
-                    registry,
-                    logs: Some(harvester_nodelet::uplink::enable_log_tap()),
-                    compile,
-                },
-                shutdown_signal(),
-            )
-            .await
-        }
-        (None, None) => unreachable!("checked above"),
-    };
-    server.abort();
-    result
+    node::run(args.config()?, shutdown_signal()).await
 }
 
 pub async fn shutdown_signal() {

@@ -8,5 +8,4 @@ wasmtime::component::bindgen!({
     world: "full",
 });
 
-pub use exports::harvester::plugin::lifecycle;
 pub use harvester::plugin::*;

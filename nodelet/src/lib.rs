@@ -1,31 +1,34 @@
 //! The Harvester nodelet: the agent on each board that runs sandboxed plugin
 //! components with exactly the hardware their manifests grant.
 //!
+//! - [`node`]: the composition root: hardware, metrics, runtime, server,
+//!   and the standalone loop or the agent, wired together.
 //! - [`runtime`]: loads, starts, hot-swaps and stops plugins (one thread each).
-//! - [`sandbox`]: import checks against grants, memory cap, locked-down WASI.
-//! - [`capabilities`]: the host side of each WIT interface, with scope checks.
+//! - `sandbox`: import checks against grants, memory cap, locked-down WASI.
+//! - [`host`]: one module per capability: its binding, grant check and state.
 //! - [`hardware`]: one trait per device; simulated and Raspberry Pi backends.
+//! - [`events`], `report`, [`metrics`]: status, events, log lines and Prometheus metrics.
+//! - `agent`: the link to the controller: watch, converge, report, run from disk when offline.
+//! - `standalone`: `harvester nodelet --standalone FILE`, with file watching.
+//! - [`uplink`]: log lines, readings, LED frame and buzzer activity pushed to the hub.
+//! - `server`: the node's local HTTP endpoints (`/status`, `/metrics`, commands).
 //!
 //! The wasmtime configuration and the compile cache are the `harvester-engine`
 //! crate's, shared with the hub; the shapes on the wire (`RunSpec`, `Phase`,
 //! `Reason`, log lines) are `harvester-api`'s.
-//! - [`events`], [`report`], [`metrics`]: status, events, log lines and Prometheus metrics.
-//! - [`agent`]: the link to the controller: watch, converge, report, run from disk when offline.
-//! - [`standalone`]: `harvester nodelet --standalone FILE`, with file watching.
-//! - [`uplink`]: log lines, readings, LED frame and buzzer activity pushed to the hub.
-//! - [`server`]: the node's local HTTP endpoints (`/status`, `/metrics`, commands).
 
 pub mod agent;
-pub mod bindings;
-pub mod capabilities;
+mod bindings;
 pub mod events;
 pub mod hardware;
+pub mod host;
 pub mod metrics;
-pub mod report;
+pub mod node;
+mod report;
 pub mod runtime;
-pub mod sandbox;
-pub mod server;
-pub mod standalone;
+mod sandbox;
+mod server;
+mod standalone;
 pub mod uplink;
 
 pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};

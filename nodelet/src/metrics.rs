@@ -286,7 +286,7 @@ impl Metrics {
         self.info.reset();
         for s in status {
             self.phase
-                .with_label_values(&[s.name.as_str(), &format!("{:?}", s.phase)])
+                .with_label_values(&[s.name.as_str(), s.phase.as_str()])
                 .set(1);
             let digest = s.digest.map(|d| d.to_string()).unwrap_or_default();
             self.info

@@ -1,19 +1,31 @@
 //! One place where plugin events become log lines, metrics, status and
 //! broadcast events: every state change is observable the same way.
+//!
+//! A plugin's own lines (its log calls, stdout and stderr) stay typed on
+//! their way to the hub: they go to the uplink's buffer as [`LogLine`]s, and
+//! to this process's log under the [`PLUGIN_LINES`] target, which the
+//! uplink's tap leaves alone.
 
 use crate::events::{Event, EventKind, LogLevel, Phase, PluginStatus, Reading, TrapKind};
 use crate::metrics::Metrics;
+use crate::uplink::LogBuffer;
+use harvester_api::live::LogLine;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 const EVENT_BUFFER: usize = 4096;
 
+/// The tracing target of plugins' own lines in this process's log.
+pub(crate) const PLUGIN_LINES: &str = "plugin";
+
 pub struct Reporter {
     events: broadcast::Sender<Event>,
     status: Mutex<BTreeMap<String, PluginStatus>>,
     pub metrics: Arc<Metrics>,
+    /// Where plugins' lines go for the hub, once a hub is followed.
+    lines: OnceLock<Arc<LogBuffer>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -26,7 +38,13 @@ impl Reporter {
             events: broadcast::channel(EVENT_BUFFER).0,
             status: Mutex::new(BTreeMap::new()),
             metrics,
+            lines: OnceLock::new(),
         }
+    }
+
+    /// Sends plugins' own lines to `buffer` from now on (the first call wins).
+    pub(crate) fn forward_lines(&self, buffer: Arc<LogBuffer>) {
+        let _ = self.lines.set(buffer);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -82,12 +100,22 @@ impl Reporter {
         let at = SystemTime::now();
         match &kind {
             EventKind::Log { level, source, message } => {
+                if let Some(buffer) = self.lines.get() {
+                    buffer.push(LogLine {
+                        at: harvester_api::unix_ms(at),
+                        node: String::new(),
+                        plugin: Some(plugin.to_string()),
+                        level: *level,
+                        source: *source,
+                        message: message.clone(),
+                    });
+                }
                 let source = source.as_str();
                 match level {
-                    LogLevel::Debug => tracing::debug!(plugin, source, "{message}"),
-                    LogLevel::Info => tracing::info!(plugin, source, "{message}"),
-                    LogLevel::Warn => tracing::warn!(plugin, source, "{message}"),
-                    LogLevel::Error => tracing::error!(plugin, source, "{message}"),
+                    LogLevel::Debug => tracing::debug!(target: PLUGIN_LINES, plugin, source, "{message}"),
+                    LogLevel::Info => tracing::info!(target: PLUGIN_LINES, plugin, source, "{message}"),
+                    LogLevel::Warn => tracing::warn!(target: PLUGIN_LINES, plugin, source, "{message}"),
+                    LogLevel::Error => tracing::error!(target: PLUGIN_LINES, plugin, source, "{message}"),
                 }
             }
             EventKind::Telemetry { name, value, unit } => {

@@ -2,6 +2,7 @@
 //! `GET /status` (plugins, hardware, LED frame), `GET /metrics` (Prometheus),
 //! `POST /plugins/{name}/commands/{command}` (run a plugin command), `GET /healthz`.
 
+use crate::metrics::Metrics;
 use crate::runtime::{CommandError, Runtime};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -16,6 +17,7 @@ use std::sync::Arc;
 struct App {
     node: String,
     runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
     sim_buzzer: Option<Arc<crate::hardware::sim::SimBuzzer>>,
 }
 
@@ -33,15 +35,21 @@ struct NodeStatus {
 }
 
 /// `sim_buzzer`: a simulated buzzer whose record `/status` shows.
-pub fn router(node: String, runtime: Arc<Runtime>, sim_buzzer: Option<Arc<crate::hardware::sim::SimBuzzer>>) -> Router {
+pub(crate) fn router(
+    node: String,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    sim_buzzer: Option<Arc<crate::hardware::sim::SimBuzzer>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(exposition))
         .route("/plugins/{name}/commands/{command}", post(command))
         .with_state(App {
             node,
             runtime,
+            metrics,
             sim_buzzer,
         })
 }
@@ -58,10 +66,10 @@ async fn status(State(app): State<App>) -> Json<NodeStatus> {
     })
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn exposition(State(app): State<App>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        app.runtime.metrics().render_with(&app.runtime.status()),
+        app.metrics.render_with(&app.runtime.status()),
     )
         .into_response()
 }

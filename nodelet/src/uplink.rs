@@ -1,7 +1,8 @@
-//! The node's live report to the hub: its own log lines and its plugins'
-//! (every tracing event of the process, through [`LogTap`]), telemetry
-//! readings, the LED frame and buzzer activity, pushed about once a second
-//! over the same outbound HTTP connection the agent uses.
+//! The node's live report to the hub: its own log lines (tracing events of
+//! the process, through [`LogTap`]) and its plugins' (typed, from the
+//! runtime's reporter), telemetry readings, the LED frame and buzzer
+//! activity, pushed about once a second over the same outbound HTTP
+//! connection the agent uses.
 //!
 //! Lines wait in a bounded buffer while the hub is unreachable; beyond it
 //! the oldest are dropped and counted, so a long outage cannot exhaust a
@@ -20,6 +21,8 @@ use tracing_subscriber::layer::Context;
 pub const LOG_BUFFER: usize = 2000;
 /// Readings kept while the hub is unreachable.
 const READINGS_KEPT: usize = 2000;
+/// Buzzer actions kept while the hub is unreachable: the newest.
+const BUZZER_KEPT: usize = 100;
 /// Lines per report; a burst is sent in several.
 const LINES_PER_REPORT: usize = 500;
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -107,15 +110,15 @@ pub fn enable_log_tap() -> Arc<LogBuffer> {
     TAP.get_or_init(|| Arc::new(LogBuffer::new(LOG_BUFFER))).clone()
 }
 
-/// A tracing layer that copies every event that passes the log filter into
-/// the buffer once [`enable_log_tap`] was called; free until then.
+/// A tracing layer that copies the node's own log events that pass the log
+/// filter into the buffer once [`enable_log_tap`] was called; free until
+/// then. Plugins' lines reach the buffer typed, not through here.
 pub struct LogTap;
 
 #[derive(Default)]
 struct Fields {
     message: String,
     plugin: Option<String>,
-    source: Option<String>,
     rest: String,
 }
 
@@ -124,7 +127,6 @@ impl Visit for Fields {
         match field.name() {
             "message" => self.message = value.to_string(),
             "plugin" => self.plugin = Some(value.to_string()),
-            "source" => self.source = Some(value.to_string()),
             name => {
                 use std::fmt::Write;
                 let _ = write!(self.rest, " {name}={value}");
@@ -137,7 +139,6 @@ impl Visit for Fields {
         match field.name() {
             "message" => self.message = format!("{value:?}"),
             "plugin" => self.plugin = Some(format!("{value:?}")),
-            "source" => self.source = Some(format!("{value:?}")),
             name => {
                 let _ = write!(self.rest, " {name}={value:?}");
             }
@@ -148,6 +149,9 @@ impl Visit for Fields {
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let Some(buffer) = TAP.get() else { return };
+        if event.metadata().target() == crate::report::PLUGIN_LINES {
+            return;
+        }
         let mut f = Fields::default();
         event.record(&mut f);
         let level = match *event.metadata().level() {
@@ -156,18 +160,12 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
             tracing::Level::INFO => LogLevel::Info,
             _ => LogLevel::Debug,
         };
-        let source = match f.source.as_deref() {
-            Some("plugin") => LogSource::Plugin,
-            Some("stdout") => LogSource::Stdout,
-            Some("stderr") => LogSource::Stderr,
-            _ => LogSource::Node,
-        };
         buffer.push(LogLine {
             at: harvester_api::now_ms(),
             node: String::new(),
             plugin: f.plugin,
             level,
-            source,
+            source: LogSource::Node,
             message: f.message + &f.rest,
         });
     }
@@ -177,7 +175,24 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
 #[derive(Default)]
 struct Pending {
     readings: VecDeque<LiveReading>,
-    buzzer: Vec<BuzzerActivity>,
+    buzzer: VecDeque<BuzzerActivity>,
+}
+
+impl Pending {
+    fn reading(&mut self, reading: LiveReading) {
+        if self.readings.len() == READINGS_KEPT {
+            self.readings.pop_front();
+        }
+        self.readings.push_back(reading);
+    }
+
+    /// Keeps the newest actions: the dashboard shows what happened last.
+    fn buzzer(&mut self, activity: BuzzerActivity) {
+        if self.buzzer.len() == BUZZER_KEPT {
+            self.buzzer.pop_front();
+        }
+        self.buzzer.push_back(activity);
+    }
 }
 
 /// Pushes live reports to `url` until aborted.
@@ -200,26 +215,18 @@ pub async fn run(http: reqwest::Client, url: String, runtime: Arc<Runtime>, logs
             ev = events.recv() => {
                 match ev {
                     Ok(ev) => match ev.kind {
-                        EventKind::Telemetry { name, value, unit } => {
-                            if pending.readings.len() == READINGS_KEPT {
-                                pending.readings.pop_front();
-                            }
-                            pending.readings.push_back(LiveReading {
-                                plugin: ev.plugin,
-                                name,
-                                value,
-                                unit,
-                                at: harvester_api::unix_ms(ev.at),
-                            });
-                        }
-                        EventKind::Buzzer { action } => {
-                            pending.buzzer.push(BuzzerActivity {
-                                at: harvester_api::unix_ms(ev.at),
-                                plugin: ev.plugin,
-                                action,
-                            });
-                            pending.buzzer.truncate(100);
-                        }
+                        EventKind::Telemetry { name, value, unit } => pending.reading(LiveReading {
+                            plugin: ev.plugin,
+                            name,
+                            value,
+                            unit,
+                            at: harvester_api::unix_ms(ev.at),
+                        }),
+                        EventKind::Buzzer { action } => pending.buzzer(BuzzerActivity {
+                            at: harvester_api::unix_ms(ev.at),
+                            plugin: ev.plugin,
+                            action,
+                        }),
                         _ => {}
                     },
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -234,7 +241,7 @@ pub async fn run(http: reqwest::Client, url: String, runtime: Arc<Runtime>, logs
             dropped_logs: dropped,
             readings: pending.readings.iter().cloned().collect(),
             leds: has_leds.then(|| runtime.led_frame().iter().map(|c| c.hex()).collect()),
-            buzzer: pending.buzzer.clone(),
+            buzzer: pending.buzzer.iter().cloned().collect(),
         };
         let sent = http
             .post(&url)
@@ -275,6 +282,21 @@ mod tests {
             source: harvester_api::live::LogSource::Node,
             message: format!("line {i}"),
         }
+    }
+
+    #[test]
+    fn buzzer_actions_kept_while_the_hub_is_away_are_the_newest() {
+        let mut p = Pending::default();
+        for i in 0..(BUZZER_KEPT as u64 + 5) {
+            p.buzzer(BuzzerActivity {
+                at: i,
+                plugin: "buzzer".into(),
+                action: "short".into(),
+            });
+        }
+        assert_eq!(p.buzzer.len(), BUZZER_KEPT);
+        assert_eq!(p.buzzer.front().map(|b| b.at), Some(5));
+        assert_eq!(p.buzzer.back().map(|b| b.at), Some(BUZZER_KEPT as u64 + 4));
     }
 
     #[test]

@@ -7,11 +7,14 @@
 //! - [`rpi`]: the Raspberry Pi backend (rppal), devices probed at start.
 //! - [`sysfs`]: CPU temperature, uptime and load from Linux.
 //! - [`drivers`]: buzzer relay, WS2812B over SPI and DHT22 over embedded-hal,
-//!   tested against the timing- and bus-level fakes of [`fakes`].
+//!   tested against the timing- and bus-level fakes of `fakes` (test-only).
+//! - [`frame`]: the LED frame all plugins of a node share.
 
 pub mod bme680;
 pub mod drivers;
-pub mod fakes;
+#[cfg(test)]
+mod fakes;
+mod frame;
 pub mod iaq;
 pub mod rpi;
 pub mod sim;
@@ -20,6 +23,8 @@ pub mod sysfs;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub use frame::LedFrame;
 
 /// A device operation that did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

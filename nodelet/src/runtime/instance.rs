@@ -4,7 +4,7 @@
 
 use crate::bindings::{Full, FullPre};
 use crate::events::TrapKind;
-use crate::sandbox::state::{HostState, PluginContext};
+use crate::host::{HostState, PluginContext};
 use harvester_api::{Digest, MemorySize};
 use harvester_engine::config::PluginEngine;
 use std::sync::Arc;

@@ -8,13 +8,12 @@
 pub mod instance;
 pub mod worker;
 
-use crate::capabilities::leds::LedBuffer;
 use crate::events::{Event, EventKind, Phase, PluginStatus};
-use crate::hardware::Hardware;
+use crate::hardware::{Hardware, LedFrame};
+use crate::host::PluginContext;
 use crate::metrics::Metrics;
 use crate::report::Reporter;
 use crate::sandbox::imports::{self, ImportError};
-use crate::sandbox::state::PluginContext;
 use harvester_api::{Capability, Digest, RunSpec};
 use harvester_engine::cache::{CacheOutcome, CompileCache, CompileError};
 use harvester_engine::config::PluginEngine;
@@ -157,7 +156,7 @@ pub struct Runtime {
     engine: Arc<PluginEngine>,
     cache: CompileCache,
     hardware: Hardware,
-    leds: Arc<LedBuffer>,
+    leds: Arc<LedFrame>,
     report: Arc<Reporter>,
     options: RuntimeOptions,
     plugins: Mutex<BTreeMap<String, Running>>,
@@ -174,15 +173,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Runtime {
     pub fn new(options: RuntimeOptions, hardware: Hardware) -> anyhow::Result<Runtime> {
+        Runtime::with_metrics(options, hardware, Arc::new(Metrics::new()))
+    }
+
+    /// A runtime recording into `metrics`, which the node's composition
+    /// root also hands to the agent and the HTTP server.
+    pub fn with_metrics(options: RuntimeOptions, hardware: Hardware, metrics: Arc<Metrics>) -> anyhow::Result<Runtime> {
         let engine = Arc::new(PluginEngine::new()?);
         let cache_dir = options.data_dir.join("compiled");
         let cache = CompileCache::new(&cache_dir)
             .map_err(|e| anyhow::anyhow!("cannot create the compile cache {}: {e}", cache_dir.display()))?;
-        let metrics = Arc::new(Metrics::new());
         Ok(Runtime {
             engine,
             cache,
-            leds: Arc::new(LedBuffer::new(hardware.leds.clone())),
+            leds: Arc::new(LedFrame::new(hardware.leds.clone())),
             hardware,
             report: Arc::new(Reporter::new(metrics)),
             options,
@@ -215,6 +219,11 @@ impl Runtime {
     /// The LED frame the plugins have set.
     pub fn led_frame(&self) -> Vec<crate::hardware::Rgb> {
         self.leds.frame()
+    }
+
+    /// Sends plugins' own log lines, typed, to `buffer` (the uplink's).
+    pub(crate) fn forward_plugin_lines(&self, buffer: Arc<crate::uplink::LogBuffer>) {
+        self.report.forward_lines(buffer);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -328,17 +337,16 @@ impl Runtime {
             source_ref: source_ref.clone(),
             message: format!("{e:#}"),
         };
-        let linker = crate::sandbox::linker(self.engine.engine(), &spec.run.grants).map_err(link)?;
+        let linker = crate::host::linker(self.engine.engine(), &spec.run.grants).map_err(link)?;
         let pre = linker.instantiate_pre(&component).map_err(link)?;
-        let ctx = Arc::new(PluginContext {
-            plugin: plugin.clone(),
-            grants: spec.run.grants.clone(),
-            config: spec.run.config.clone(),
-            hardware: self.hardware.clone(),
-            leds: self.leds.clone(),
-            report: self.report.clone(),
-            telemetry_names: Mutex::new(BTreeMap::new()),
-        });
+        let ctx = Arc::new(PluginContext::new(
+            plugin.clone(),
+            spec.run.grants.clone(),
+            spec.run.config.clone(),
+            self.hardware.clone(),
+            self.leds.clone(),
+            self.report.clone(),
+        ));
         let version = Arc::new(Version {
             pre: crate::bindings::FullPre::new(pre).map_err(link)?,
             ctx,

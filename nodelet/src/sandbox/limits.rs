@@ -10,7 +10,6 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 pub struct MemoryCap {
     limit: usize,
     used: usize,
-    peak: usize,
     refused: bool,
 }
 
@@ -19,7 +18,6 @@ impl MemoryCap {
         MemoryCap {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             used: 0,
-            peak: 0,
             refused: false,
         }
     }
@@ -27,10 +25,6 @@ impl MemoryCap {
     /// Bytes of linear memory the plugin holds now.
     pub fn used(&self) -> usize {
         self.used
-    }
-
-    pub fn peak(&self) -> usize {
-        self.peak
     }
 
     pub fn limit(&self) -> usize {
@@ -51,7 +45,6 @@ impl ResourceLimiter for MemoryCap {
             return Ok(false);
         }
         self.used = after;
-        self.peak = self.peak.max(after);
         Ok(true)
     }
 

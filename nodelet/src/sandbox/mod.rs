@@ -1,37 +1,35 @@
 //! The sandbox around one plugin instance: what it may import, what its WASI
-//! sees, how much memory and time it gets.
+//! sees, how much memory it gets. It knows nothing of capabilities beyond
+//! their names; [`crate::host`] links the granted ones.
 //!
 //! - [`imports`]: refuses a component that imports a capability not granted.
 //! - [`limits`]: the memory cap.
 //! - [`stdio`]: stdout/stderr as log lines.
-//! - [`state`]: the per-store host state and the locked-down WASI context.
+//! - [`wasi`]: the locked-down WASI context.
 
-pub mod imports;
-pub mod limits;
-pub mod state;
-pub mod stdio;
+pub(crate) mod imports;
+pub(crate) mod limits;
+pub(crate) mod stdio;
 
-use crate::bindings;
-use crate::capabilities;
-use harvester_api::{Capability, Grants};
-use state::HostState;
-use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
+use harvester_api::Capability;
+use stdio::{LineSink, LineStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-/// A linker with WASI and exactly the granted capability interfaces. A
-/// capability that is not granted is not even defined, so a component that
-/// imports it can never be instantiated, whatever the import check says.
-pub fn linker(engine: &Engine, grants: &Grants) -> wasmtime::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut l)?;
-    bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
-    for cap in grants.capabilities() {
-        capabilities::add_to_linker(&mut l, cap)?;
-    }
-    Ok(l)
+/// A WASI context with no files, no sockets, no environment and no
+/// arguments; stdout and stderr become whole lines for `out` and `err`.
+pub(crate) fn wasi(out: LineSink, err: LineSink) -> WasiCtx {
+    // WasiCtxBuilder starts empty: no preopened directories, no env, no
+    // args, stdin closed. Network use is switched off explicitly.
+    WasiCtxBuilder::new()
+        .stdout(LineStream::new(out))
+        .stderr(LineStream::new(err))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// The capabilities a host can link, for error messages.
-pub fn known_capabilities() -> String {
+pub(crate) fn known_capabilities() -> String {
     Capability::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
 }

@@ -11,16 +11,16 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 const MAX_LINE: usize = 4096;
 
 /// Receives complete lines.
-pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Clone)]
-pub struct LineStream {
+pub(crate) struct LineStream {
     buf: Arc<Mutex<Vec<u8>>>,
     sink: LineSink,
 }
 
 impl LineStream {
-    pub fn new(sink: LineSink) -> LineStream {
+    pub(crate) fn new(sink: LineSink) -> LineStream {
         LineStream {
             buf: Arc::new(Mutex::new(Vec::new())),
             sink,

@@ -1,23 +1,38 @@
-use super::list;
+//! `net`: ping and TCP checks of granted hosts, with bounded timeouts.
+
+use super::{Data, HostCapability, HostState, list};
+use crate::bindings;
 use crate::bindings::net::Host;
 use crate::bindings::types::HwError;
-use crate::sandbox::state::HostState;
-use harvester_api::Capability;
+use harvester_api::{Capability, Grants};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+use wasmtime::component::Linker;
 
 const MAX_TIMEOUT_MS: u32 = 10_000;
+
+pub(super) struct Net;
+
+impl HostCapability for Net {
+    const CAPABILITY: Capability = Capability::Net;
+    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        bindings::net::add_to_linker::<HostState, Data>(l, |s| s)
+    }
+}
+
+/// The grant check: granted host names only (as written, any case).
+fn check(grants: &Grants, host: &str) -> Result<(), String> {
+    if grants.allows_host(host) {
+        return Ok(());
+    }
+    let granted = grants.net.as_ref().map(|g| list(&g.hosts)).unwrap_or_default();
+    Err(format!("host {host:?} is not granted (granted: {granted})"))
+}
 
 impl HostState {
     /// Resolves a granted host; anything else is denied before any packet leaves.
     fn granted_host(&self, host: &str, port: u16) -> Result<SocketAddr, HwError> {
-        if !self.ctx.grants.allows_host(host) {
-            let granted = self.ctx.grants.net.as_ref().map(|g| list(&g.hosts)).unwrap_or_default();
-            return Err(self.deny(
-                Capability::Net,
-                format!("host {host:?} is not granted (granted: {granted})"),
-            ));
-        }
+        self.check(Capability::Net, check(&self.ctx.grants, host))?;
         (host, port)
             .to_socket_addrs()
             .map_err(|e| HwError::Failed(format!("cannot resolve {host}: {e}")))?
@@ -80,4 +95,25 @@ fn ping(addr: IpAddr, timeout: Duration) -> Result<f32, HwError> {
             last.unwrap_or_default()
         )))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harvester_api::grants::NetGrant;
+
+    #[test]
+    fn only_granted_hosts_are_reached() {
+        let grants = Grants {
+            net: Some(NetGrant {
+                hosts: vec!["hub.local".into()],
+            }),
+            ..Grants::default()
+        };
+        assert_eq!(check(&grants, "HUB.local"), Ok(()));
+        assert_eq!(
+            check(&grants, "127.0.0.1"),
+            Err("host \"127.0.0.1\" is not granted (granted: [hub.local])".into())
+        );
+    }
 }

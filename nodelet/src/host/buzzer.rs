@@ -1,10 +1,27 @@
+//! `buzzer`: patterns and tones, granted whole; what it plays is reported
+//! for the log, the hub and its dashboard.
+
+use super::{Data, HostCapability, HostState};
+use crate::bindings;
 use crate::bindings::buzzer::{Host, Pattern};
 use crate::bindings::types::HwError;
+use crate::events::EventKind;
 use crate::hardware::BuzzerPattern;
-use crate::sandbox::state::HostState;
+use harvester_api::Capability;
+use std::sync::Arc;
+use wasmtime::component::Linker;
+
+pub(super) struct Buzzer;
+
+impl HostCapability for Buzzer {
+    const CAPABILITY: Capability = Capability::Buzzer;
+    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        bindings::buzzer::add_to_linker::<HostState, Data>(l, |s| s)
+    }
+}
 
 impl HostState {
-    fn buzzer(&self) -> Result<std::sync::Arc<dyn crate::hardware::Buzzer>, HwError> {
+    fn buzzer(&self) -> Result<Arc<dyn crate::hardware::Buzzer>, HwError> {
         // The grant itself was checked at link time: without it this
         // interface is not even linked.
         self.ctx
@@ -14,11 +31,10 @@ impl HostState {
             .ok_or_else(|| HostState::absent("buzzer"))
     }
 
-    /// What the buzzer did, for the log, the hub and its dashboard.
     fn played(&self, action: &str) {
         self.ctx.report.emit(
             &self.ctx.plugin,
-            crate::events::EventKind::Buzzer {
+            EventKind::Buzzer {
                 action: action.to_string(),
             },
         );

@@ -1,0 +1,263 @@
+//! The nodelet's link to the controller: one outbound watch (it works behind
+//! NAT), reconnecting with backoff. It runs what the controller assigns,
+//! keeps the assignments and their components on local disk so it runs them
+//! again after a restart even when the controller is down, and reports each
+//! plugin's state upstream.
+//!
+//! - [`link`]: the node protocol, typed (NDJSON through a codec).
+//! - [`fetch`]: getting an assignment's component and checking its signature.
+//! - [`hub_code`]: code the hub compiled for this node: fetch, verify, store.
+//! - [`converge`]: making the runtime match the assignments.
+//! - [`status`]: the Node object and each plugin's state, as reported.
+//! - [`failure`]: why an assignment does not run, final or worth retrying.
+
+mod converge;
+mod failure;
+mod fetch;
+mod hub_code;
+pub(crate) mod link;
+mod status;
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::uplink::LogBuffer;
+use converge::Converged;
+use futures::StreamExt;
+use harvester_api::live::{Command, CommandResult, NodeMessage};
+use harvester_api::resources::{Assignments, Labels};
+use harvester_registry::{BlobStore, Registry, RegistryOptions, TrustedKey};
+use link::{HubLink, Reported};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `http://host:port` of the controller.
+    pub controller: String,
+    pub name: String,
+    pub labels: Labels,
+    pub data_dir: PathBuf,
+    /// How often the node reports (and so renews its lease).
+    pub heartbeat: Duration,
+    /// Where this node serves /status and /metrics, for the Node object.
+    pub address: String,
+    pub trust: TrustPolicy,
+    pub registry: RegistryOptions,
+    /// This process's log lines, sent to the hub with the live report.
+    pub logs: Option<Arc<LogBuffer>>,
+    pub compile: CompileMode,
+}
+
+/// Where this node's runnable code comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompileMode {
+    /// Ask the hub for code it compiled (signed by a `--trust-compiler`
+    /// key); compile here when it cannot help and this board has the memory.
+    #[default]
+    Auto,
+    /// Only code from the hub: this board never runs the compiler.
+    Hub,
+    /// Always compile here.
+    Local,
+}
+
+impl CompileMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompileMode::Auto => "auto",
+            CompileMode::Hub => "hub",
+            CompileMode::Local => "local",
+        }
+    }
+}
+
+/// Below this much memory a board does not compile a component itself
+/// (Cranelift needs ~350 MB for a Python one); a Pi Zero 2W has 512 MB.
+pub const LOCAL_COMPILE_MIN_MEMORY: u64 = 1 << 30;
+
+/// The machine's memory, from /proc/meminfo.
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What this node runs. Keys come from the node's own configuration, never
+/// from the controller: a compromised hub cannot make a node run code.
+#[derive(Debug, Clone, Default)]
+pub struct TrustPolicy {
+    pub keys: Vec<TrustedKey>,
+    /// Run components without a valid signature (development only). Digests
+    /// are still checked.
+    pub allow_unsigned: bool,
+    /// Hub keys whose compiled code this node loads (`--trust-compiler`).
+    pub compilers: Vec<TrustedKey>,
+}
+
+struct Agent {
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    opts: AgentOptions,
+    link: HubLink,
+    registry: Registry,
+    store: BlobStore,
+    converged: Converged,
+    /// The latest assignments; one task converges on them.
+    desired: tokio::sync::watch::Sender<Option<Assignments>>,
+    report_now: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn assignments_path(data: &Path) -> PathBuf {
+    data.join("assignments.json")
+}
+
+impl Agent {
+    async fn register(&self) -> anyhow::Result<()> {
+        self.link.register(&self.node_object()).await
+    }
+
+    async fn report(&self) -> anyhow::Result<()> {
+        match self.link.report(&self.node_object().status).await? {
+            Reported::Accepted => Ok(()),
+            // The controller lost us (a new store): register again.
+            Reported::Unknown => self.register().await,
+        }
+    }
+
+    /// A command from the hub (a dashboard button): run it, send the answer back.
+    async fn run_command(&self, command: Command) {
+        let rt = self.runtime.clone();
+        let (plugin, name, args) = (command.plugin.clone(), command.name.clone(), command.args.clone());
+        let outcome = tokio::task::spawn_blocking(move || rt.command(&plugin, &name, args)).await;
+        let result = match outcome {
+            Ok(Ok(message)) => CommandResult { ok: true, message },
+            Ok(Err(e)) => CommandResult {
+                ok: false,
+                message: e.to_string(),
+            },
+            Err(e) => CommandResult {
+                ok: false,
+                message: e.to_string(),
+            },
+        };
+        tracing::info!(
+            plugin = command.plugin,
+            command = command.name,
+            ok = result.ok,
+            "command from the hub: {}",
+            result.message
+        );
+        if let Err(e) = self.link.answer(command.id, &result).await {
+            tracing::warn!("could not answer command {}: {e:#}", command.id);
+        }
+    }
+
+    /// One watch connection, until it drops.
+    async fn watch_once(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.register().await?;
+        let mut messages = Box::pin(self.link.watch(Duration::from_secs(30)).await?);
+        tracing::info!(controller = self.opts.controller, "connected");
+        while let Some(message) = messages.next().await {
+            match message? {
+                NodeMessage::Command { command } => {
+                    let agent = self.clone();
+                    tokio::spawn(async move { agent.run_command(command).await });
+                }
+                NodeMessage::Assignments(assignments) => {
+                    let path = assignments_path(&self.opts.data_dir);
+                    let json = serde_json::to_vec_pretty(&assignments)?;
+                    tokio::task::spawn_blocking(move || harvester_registry::store::write_atomic(&path, &json))
+                        .await??;
+                    self.desired.send_replace(Some(assignments));
+                }
+            }
+        }
+        anyhow::bail!("the controller closed the watch")
+    }
+}
+
+/// Runs the agent until `shutdown`, with the node's metrics handed in.
+pub async fn run(
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    opts: AgentOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if opts.trust.allow_unsigned {
+        tracing::warn!("--allow-unsigned: this node RUNS UNSIGNED COMPONENTS; use it for development only");
+    } else if opts.trust.keys.is_empty() {
+        tracing::warn!("this node trusts no signing key: every plugin will be refused; pass --trust-key FILE");
+    }
+    for k in &opts.trust.keys {
+        tracing::info!(key = k.fingerprint, file = %k.path.display(), "trusting signatures by this key");
+    }
+    if let Some(logs) = &opts.logs {
+        runtime.forward_plugin_lines(logs.clone());
+    }
+    let agent = Arc::new(Agent {
+        runtime,
+        metrics,
+        link: HubLink::new(&opts.controller, &opts.name)?,
+        registry: Registry::new(opts.registry.clone()),
+        store: BlobStore::new(opts.data_dir.join("blobs")),
+        opts,
+        converged: Converged::default(),
+        desired: tokio::sync::watch::channel(None).0,
+        report_now: tokio::sync::Notify::new(),
+    });
+
+    // Edge autonomy: whatever ran before the restart runs again, from disk.
+    if let Ok(text) = std::fs::read(assignments_path(&agent.opts.data_dir)) {
+        match serde_json::from_slice::<Assignments>(&text) {
+            Ok(last) => {
+                tracing::info!(plugins = last.plugins.len(), "running the last known assignments");
+                agent.desired.send_replace(Some(last));
+            }
+            Err(e) => tracing::warn!("ignoring unreadable last assignments: {e}"),
+        }
+    }
+
+    let converger = tokio::spawn(converge::run(agent.clone()));
+    let reporter = tokio::spawn(status::run(agent.clone()));
+    let uplink = tokio::spawn(crate::uplink::run(
+        agent.link.http(),
+        agent.link.live_url(),
+        agent.runtime.clone(),
+        agent.opts.logs.clone(),
+    ));
+    let watcher = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let started = std::time::Instant::now();
+                if let Err(e) = agent.watch_once().await {
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(250);
+                    }
+                    tracing::warn!(
+                        controller = agent.opts.controller,
+                        "watch ended: {e:#}; retrying in {backoff:?}"
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    };
+
+    shutdown.await;
+    watcher.abort();
+    uplink.abort();
+    reporter.abort();
+    converger.abort();
+    let rt = agent.runtime.clone();
+    let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
+    Ok(())
+}

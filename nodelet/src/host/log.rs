@@ -1,0 +1,58 @@
+//! `log`: the plugin's own log lines, bounded in length.
+
+use super::{Data, HostCapability, HostState};
+use crate::bindings;
+use crate::bindings::log::{Host, Level};
+use crate::events::{LogLevel, LogSource};
+use harvester_api::Capability;
+use wasmtime::component::Linker;
+
+/// Longer messages are cut: a log line is not a data channel.
+const MAX_MESSAGE: usize = 4096;
+
+pub(super) struct Log;
+
+impl HostCapability for Log {
+    const CAPABILITY: Capability = Capability::Log;
+    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        bindings::log::add_to_linker::<HostState, Data>(l, |s| s)
+    }
+}
+
+fn cut(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+impl Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let level = match level {
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.ctx.log(level, LogSource::Plugin, cut(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let message = "é".repeat(MAX_MESSAGE);
+        let out = cut(message);
+        assert!(out.len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(out.ends_with('…'));
+        assert_eq!(cut("short".into()), "short");
+    }
+}

@@ -1,0 +1,211 @@
+//! The node's composition root: builds the hardware, the metrics, the
+//! runtime and the local HTTP server, then runs either a standalone
+//! manifest or the agent that follows a hub, handing each part what it
+//! needs. `harvester nodelet` only turns its arguments into a [`NodeConfig`].
+
+use crate::agent::{self, AgentOptions, CompileMode, TrustPolicy};
+use crate::hardware::sim::{self, SimHandles, SimProfile};
+use crate::hardware::{Hardware, rpi};
+use crate::metrics::Metrics;
+use crate::runtime::{RestartPolicy, Runtime, RuntimeOptions};
+use anyhow::{Context, bail};
+use harvester_api::resources::Labels;
+use harvester_registry::RegistryOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which devices the node drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardwareChoice {
+    /// Simulated devices (any machine).
+    Sim,
+    /// This Raspberry Pi's devices (rppal).
+    Rpi,
+    /// A Raspberry Pi's devices if this is one, simulated devices otherwise.
+    Auto,
+}
+
+/// A simulated device a node may have besides GPIO, I2C and system facts.
+pub const SIM_DEVICES: [&str; 4] = ["dht22", "bme680", "leds", "buzzer"];
+
+#[derive(Debug, Clone)]
+pub struct HardwareConfig {
+    pub choice: HardwareChoice,
+    /// The Pi's wiring (pins, strip length), used when it drives a Pi.
+    pub rpi: rpi::RpiConfig,
+    /// Simulated devices, from [`SIM_DEVICES`].
+    pub sim_devices: Vec<String>,
+    /// Pinned simulated values, `KEY=VALUE` (`--sim`).
+    pub sim_values: Vec<String>,
+}
+
+/// What the node follows.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A local manifest, polled for changes.
+    Standalone { manifest: PathBuf, poll: Duration },
+    /// A hub.
+    Hub {
+        controller: String,
+        labels: Labels,
+        heartbeat: Duration,
+        trust: TrustPolicy,
+        compile: CompileMode,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data: PathBuf,
+    /// Where /status, /metrics and plugin commands are served.
+    pub listen: SocketAddr,
+    pub hardware: HardwareConfig,
+    pub restart_backoff: Duration,
+    pub registry: RegistryOptions,
+    pub mode: Mode,
+}
+
+impl NodeConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if let Mode::Hub { trust, compile, .. } = &self.mode
+            && *compile == CompileMode::Hub
+            && trust.compilers.is_empty()
+        {
+            bail!("--compile hub needs --trust-compiler FILE: the hub's public key (DATA/compiler.pub on the hub)");
+        }
+        if let Some(bad) = self
+            .hardware
+            .sim_devices
+            .iter()
+            .find(|d| !SIM_DEVICES.contains(&d.as_str()))
+        {
+            bail!("--sim-devices: unknown device {bad:?}; use {}", SIM_DEVICES.join(", "));
+        }
+        Ok(())
+    }
+}
+
+fn apply_sim(handles: &SimHandles, settings: &[String]) -> anyhow::Result<()> {
+    for s in settings {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--sim {s}: expected KEY=VALUE"))?;
+        let v: f32 = value
+            .parse()
+            .with_context(|| format!("--sim {s}: {value:?} is not a number"))?;
+        match key {
+            "temperature" => handles.world.set_temperature(Some(v)),
+            "humidity" => handles.world.set_humidity(Some(v)),
+            "pressure" => handles.world.set_pressure(Some(v)),
+            "gas" => handles.world.set_gas_resistance(Some(v)),
+            "cpu-temperature" => handles.system.set_cpu_temperature(Some(v)),
+            other => {
+                bail!("--sim {s}: unknown key {other:?}; use temperature, humidity, pressure, gas or cpu-temperature")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The devices, and the simulated buzzer whose record `/status` shows.
+fn hardware(name: &str, cfg: &HardwareConfig) -> anyhow::Result<(Hardware, Option<Arc<sim::SimBuzzer>>)> {
+    let on_pi = std::fs::read_to_string("/proc/device-tree/model")
+        .map(|m| m.contains("Raspberry Pi"))
+        .unwrap_or(false);
+    let use_pi = match cfg.choice {
+        HardwareChoice::Rpi => true,
+        HardwareChoice::Auto => on_pi,
+        HardwareChoice::Sim => false,
+    };
+    if use_pi {
+        if !cfg.sim_values.is_empty() {
+            bail!("--sim pins simulated readings; this node drives real devices (--hardware sim to simulate)");
+        }
+        let (hardware, notes) = rpi::build(&cfg.rpi).map_err(|e| anyhow::anyhow!("--hardware rpi: {e}"))?;
+        for n in notes {
+            tracing::warn!("{n}");
+        }
+        return Ok((hardware, None));
+    }
+    let has = |d: &str| cfg.sim_devices.iter().any(|x| x == d);
+    let profile = SimProfile {
+        led_count: if has("leds") { 11 } else { 0 },
+        buzzer: has("buzzer"),
+        dht22: has("dht22"),
+        bme680: has("bme680"),
+        seed: name.bytes().map(u64::from).sum(),
+        ..SimProfile::default()
+    };
+    let (hardware, handles) = sim::build(&profile);
+    apply_sim(&handles, &cfg.sim_values)?;
+    if cfg.choice == HardwareChoice::Auto {
+        tracing::info!("not a Raspberry Pi: simulated devices (--hardware rpi for real ones)");
+    }
+    Ok((hardware, profile.buzzer.then(|| handles.buzzer.clone())))
+}
+
+/// Runs the node until `shutdown`.
+pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    config.check()?;
+    let (hardware, sim_buzzer) = hardware(&config.name, &config.hardware)?;
+    tracing::info!(node = config.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
+
+    std::fs::create_dir_all(&config.data).with_context(|| format!("cannot create {}", config.data.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Arc::new(Runtime::with_metrics(
+        RuntimeOptions {
+            data_dir: config.data.clone(),
+            restart: RestartPolicy {
+                initial_backoff: config.restart_backoff,
+                ..RestartPolicy::default()
+            },
+        },
+        hardware,
+        metrics.clone(),
+    )?);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!("serving /status and /metrics on http://{address}");
+    let app = crate::server::router(config.name.clone(), runtime.clone(), metrics.clone(), sim_buzzer);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let result = match config.mode {
+        Mode::Standalone { manifest, poll } => {
+            crate::standalone::run(runtime, manifest, poll.max(Duration::from_millis(50)), shutdown).await
+        }
+        Mode::Hub {
+            controller,
+            labels,
+            heartbeat,
+            trust,
+            compile,
+        } => {
+            agent::run(
+                runtime,
+                metrics,
+                AgentOptions {
+                    controller,
+                    name: config.name,
+                    labels,
+                    data_dir: config.data,
+                    heartbeat,
+                    address: address.to_string(),
+                    trust,
+                    registry: config.registry,
+                    logs: Some(crate::uplink::enable_log_tap()),
+                    compile,
+                },
+                shutdown,
+            )
+            .await
+        }
+    };
+    server.abort();
+    result
+}

@@ -1,5 +1,7 @@
 //! Harvester's resource types, shared by the CLI, the controller and the nodelet.
 //!
+//! - [`answers`]: what the hub's API answers besides objects (lists, apply
+//!   results, events, command answers, errors).
 //! - [`compiled`]: code a hub compiles for its nodes, and what it vouches for.
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
@@ -17,6 +19,7 @@
 //! Every type rejects unknown fields: a typo in a manifest is an error, never a
 //! silently ignored setting.
 
+pub mod answers;
 pub mod compiled;
 pub mod digest;
 pub mod grants;

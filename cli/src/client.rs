@@ -1,14 +1,70 @@
-//! The one HTTP client of the CLI: the controller's API, with errors that
-//! say what the server said.
+//! The one HTTP client of the CLI: the controller's API, typed with
+//! `harvester-api`'s objects and answers, with errors that say what the
+//! server said.
 
 use anyhow::{Context, bail};
-use serde_json::Value;
+use harvester_api::answers::{AppliedObject, CommandAnswers, ErrorAnswer, List, ObjectEvent};
+use harvester_api::path_segment;
+use harvester_api::resources::{Node, Plugin};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7000";
+
+/// The kinds the API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Plugin,
+    Node,
+}
+
+impl Kind {
+    /// `plugin`, `plugins`, `node` or `nodes`, any case.
+    pub fn parse(s: &str) -> anyhow::Result<Kind> {
+        match s.to_ascii_lowercase().as_str() {
+            "plugin" | "plugins" => Ok(Kind::Plugin),
+            "node" | "nodes" => Ok(Kind::Node),
+            _ => bail!("unknown resource type {s:?}: use plugins or nodes"),
+        }
+    }
+
+    /// The path segment: `plugins` or `nodes`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Plugin => "plugins",
+            Kind::Node => "nodes",
+        }
+    }
+
+    /// As in `plugin/dht22`.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Plugin => "plugin",
+            Kind::Node => "node",
+        }
+    }
+}
 
 pub struct Client {
     base: String,
     http: reqwest::Client,
+}
+
+/// The error of an answer that is not a success, as the server put it.
+fn refusal(status: reqwest::StatusCode, body: ErrorAnswer) -> anyhow::Error {
+    if !body.errors.is_empty() {
+        let lines: Vec<String> = body.errors.iter().map(ToString::to_string).collect();
+        return anyhow::anyhow!(
+            "the manifest was rejected, nothing was applied:\n  {}",
+            lines.join("\n  ")
+        );
+    }
+    let message = if body.message.is_empty() {
+        "request failed"
+    } else {
+        &body.message
+    };
+    anyhow::anyhow!("{message} ({status})")
 }
 
 impl Client {
@@ -24,67 +80,86 @@ impl Client {
         })
     }
 
-    async fn check(&self, resp: reqwest::Response) -> anyhow::Result<Value> {
+    /// The typed body of a success, or the server's error.
+    async fn answer<T: DeserializeOwned>(&self, resp: reqwest::Response) -> anyhow::Result<T> {
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(body);
+        if !status.is_success() {
+            let body = resp.json::<ErrorAnswer>().await.unwrap_or_default();
+            return Err(refusal(status, body));
         }
-        if let Some(errors) = body["errors"].as_array() {
-            let lines: Vec<String> = errors
-                .iter()
-                .map(|e| {
-                    let mut s = format!("document {}", e["document"]);
-                    if let (Some(k), Some(n)) = (e["kind"].as_str(), e["name"].as_str()) {
-                        s.push_str(&format!(" ({k} {n})"));
-                    }
-                    format!("{s}: {}", e["message"].as_str().unwrap_or_default())
-                })
-                .collect();
-            bail!(
-                "the manifest was rejected, nothing was applied:\n  {}",
-                lines.join("\n  ")
-            );
-        }
-        bail!("{} ({status})", body["message"].as_str().unwrap_or("request failed"))
+        resp.json::<T>()
+            .await
+            .with_context(|| format!("the controller sent an answer this client cannot read ({status})"))
     }
 
-    /// Sends `req` to `path` under the API; an unreachable controller is named.
+    /// Sends `req`; an unreachable controller is named.
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        req.send().await.with_context(|| self.connect_err())
+        req.send().await.with_context(|| {
+            format!(
+                "cannot reach the controller at {}",
+                self.base.trim_end_matches("/api/v1alpha1")
+            )
+        })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}/{path}", self.base)
     }
 
-    fn connect_err(&self) -> String {
-        format!(
-            "cannot reach the controller at {}",
-            self.base.trim_end_matches("/api/v1alpha1")
-        )
-    }
-
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.send(self.http.get(self.url(path))).await?;
-        self.check(resp).await
+        self.answer(resp).await
     }
 
-    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.send(self.http.delete(self.url(path))).await?;
-        self.check(resp).await
+    fn list_path(kind: Kind, selector: Option<&str>) -> String {
+        match selector {
+            Some(s) => format!("{}?labelSelector={}", kind.plural(), path_segment(s)),
+            None => kind.plural().to_string(),
+        }
     }
 
-    pub async fn apply(&self, yaml: String) -> anyhow::Result<Value> {
-        let resp = self
-            .send(
-                self.http
-                    .post(self.url("apply"))
-                    .header("content-type", "application/yaml")
-                    .body(yaml),
-            )
-            .await?;
-        self.check(resp).await
+    pub async fn plugin(&self, name: &str) -> anyhow::Result<Plugin> {
+        self.get(&format!("plugins/{}", path_segment(name))).await
+    }
+
+    pub async fn plugins(&self, selector: Option<&str>) -> anyhow::Result<Vec<Plugin>> {
+        Ok(self
+            .get::<List<Plugin>>(&Self::list_path(Kind::Plugin, selector))
+            .await?
+            .items)
+    }
+
+    pub async fn node(&self, name: &str) -> anyhow::Result<Node> {
+        self.get(&format!("nodes/{}", path_segment(name))).await
+    }
+
+    pub async fn nodes(&self, selector: Option<&str>) -> anyhow::Result<Vec<Node>> {
+        Ok(self
+            .get::<List<Node>>(&Self::list_path(Kind::Node, selector))
+            .await?
+            .items)
+    }
+
+    /// Recent events of a plugin, oldest first.
+    pub async fn events(&self, plugin: &str) -> anyhow::Result<Vec<ObjectEvent>> {
+        let path = format!("plugins/{}/events", path_segment(plugin));
+        Ok(self.get::<List<ObjectEvent>>(&path).await?.items)
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str) -> anyhow::Result<()> {
+        let url = self.url(&format!("{}/{}", kind.plural(), path_segment(name)));
+        let resp = self.send(self.http.delete(url)).await?;
+        self.answer::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
+    pub async fn apply(&self, yaml: String) -> anyhow::Result<Vec<AppliedObject>> {
+        let req = self
+            .http
+            .post(self.url("apply"))
+            .header("content-type", "application/yaml")
+            .body(yaml);
+        let resp = self.send(req).await?;
+        Ok(self.answer::<harvester_api::answers::Applied>(resp).await?.results)
     }
 
     /// A streaming GET (NDJSON): the response, once its status is good.
@@ -94,28 +169,62 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        Err(self
-            .check(resp)
-            .await
-            .err()
-            .unwrap_or_else(|| anyhow::anyhow!("unexpected answer {status}")))
+        Err(refusal(status, resp.json().await.unwrap_or_default()))
     }
 
-    /// A POST whose answer carries per-node results even when some failed:
-    /// returns whether all went well, and the body.
-    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(bool, Value)> {
-        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::BAD_GATEWAY {
-            return Ok((false, resp.json().await.unwrap_or(Value::Null)));
+    /// The path of a plugin command, every part encoded.
+    fn exec_path(plugin: &str, command: &str, node: Option<&str>) -> String {
+        let mut path = format!("plugins/{}/commands/{}", path_segment(plugin), path_segment(command));
+        if let Some(n) = node {
+            path.push_str(&format!("?node={}", path_segment(n)));
         }
-        Ok((true, self.check(resp).await?))
+        path
     }
 
-    pub async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    /// Runs a plugin command on the nodes running it (or on `node`):
+    /// whether every node succeeded, and each node's answer.
+    pub async fn exec(
+        &self,
+        plugin: &str,
+        command: &str,
+        node: Option<&str>,
+        args: &BTreeMap<String, String>,
+    ) -> anyhow::Result<(bool, CommandAnswers)> {
+        let req = self
+            .http
+            .post(self.url(&Self::exec_path(plugin, command, node)))
+            .json(args);
+        let resp = self.send(req).await?;
+        if resp.status() == reqwest::StatusCode::BAD_GATEWAY {
+            // Some nodes failed: their answers say why.
+            let answers = resp.json().await.context("the controller sent an unreadable answer")?;
+            return Ok((false, answers));
+        }
+        Ok((true, self.answer(resp).await?))
+    }
+
+    pub async fn put_blob(&self, digest: &harvester_api::Digest, bytes: Vec<u8>) -> anyhow::Result<()> {
         let resp = self
             .send(self.http.put(self.url(&format!("blobs/{digest}"))).body(bytes))
             .await?;
-        self.check(resp).await.map(|_| ())
+        self.answer::<serde_json::Value>(resp).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_paths_are_encoded() {
+        assert_eq!(
+            Client::exec_path("buzzer", "triple", Some("pi 4&x=1")),
+            "plugins/buzzer/commands/triple?node=pi%204%26x%3D1"
+        );
+        assert_eq!(Client::exec_path("a/b", "c?d", None), "plugins/a%2Fb/commands/c%3Fd");
+        assert_eq!(
+            Client::list_path(Kind::Plugin, Some("app=climate")),
+            "plugins?labelSelector=app%3Dclimate"
+        );
     }
 }

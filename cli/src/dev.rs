@@ -6,7 +6,7 @@
 
 use crate::build;
 use crate::client::Client;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use harvester_api::resources::is_local_path;
 use harvester_registry::{Registry, SigningKey, parse_reference};
 use notify::Watcher;
@@ -51,10 +51,10 @@ pub async fn run(client: &Client, opts: DevOptions) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => build::plugin_name(&opts.dir)?,
     };
-    let current = client.get(&format!("plugins/{name}")).await.with_context(|| {
+    let current = client.plugin(&name).await.with_context(|| {
         format!("plugin {name}: apply its manifest first (harvester apply -f ...); dev rolls out new builds of an existing Plugin")
     })?;
-    let image = current["spec"]["image"].as_str().unwrap_or_default().to_string();
+    let image = current.spec.image;
     let target = match &opts.image {
         Some(i) => Target::Oci {
             repository: repository_of(i)?,
@@ -193,28 +193,21 @@ impl Dev<'_> {
     /// Applies the stored Plugin with only its image changed; returns the
     /// new generation.
     async fn apply(&self, image: &str) -> anyhow::Result<u64> {
-        let mut plugin = self.client.get(&format!("plugins/{}", self.name)).await?;
-        let Some(obj) = plugin.as_object_mut() else {
-            bail!("the controller sent a malformed plugin");
+        let mut plugin = self.client.plugin(&self.name).await?;
+        plugin.status = None;
+        plugin.metadata = harvester_api::resources::ObjectMeta {
+            name: plugin.metadata.name,
+            labels: plugin.metadata.labels,
+            ..Default::default()
         };
-        obj.remove("status");
-        let meta = &mut obj["metadata"];
-        let keep = serde_json::json!({
-            "name": meta["name"],
-            "labels": meta.get("labels").cloned().unwrap_or(serde_json::json!({})),
-        });
-        *meta = keep;
-        obj["spec"]["image"] = serde_json::Value::String(image.to_string());
-        if let Some(spec) = obj["spec"].as_object_mut() {
-            spec.remove("digest");
-        }
+        plugin.spec.image = image.to_string();
+        plugin.spec.digest = None;
         // Local paths are uploaded by apply, relative to the manifest file.
         let dir = tempfile::tempdir()?;
         let file = dir.path().join(format!("{}.yaml", self.name));
         std::fs::write(&file, serde_yaml::to_string(&plugin)?)?;
         crate::commands::apply(self.client, &file).await?;
-        let now = self.client.get(&format!("plugins/{}", self.name)).await?;
-        Ok(now["metadata"]["generation"].as_u64().unwrap_or(0))
+        Ok(self.client.plugin(&self.name).await?.metadata.generation)
     }
 }
 

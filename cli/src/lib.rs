@@ -2,13 +2,15 @@
 //!
 //! - [`build`]: `harvester plugin build DIR`, for Python and Rust plugins.
 //! - [`nodelet`]: `harvester nodelet`, the node agent.
-//! - [`client`] and [`commands`]: `apply`, `get`, `describe`, `delete`, `rollout status`.
-//! - [`live`]: `logs` and `exec`, through the hub; [`dev`]: `harvester dev DIR`, build-push-sign-apply on save.
+//! - [`client`]: the typed client of the hub's API.
+//! - [`commands`]: `apply`, `get`, `describe`, `delete`, `rollout status`,
+//!   `logs` and `exec`, one file per group.
+//! - [`dev`]: `harvester dev DIR`, build-push-sign-apply on save.
+//! - [`oci`]: `keygen`, `push`, `sign`, `verify`, `pull`.
 
 pub mod build;
 pub mod client;
 pub mod commands;
 pub mod dev;
-pub mod live;
 pub mod nodelet;
 pub mod oci;

@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 use harvester::client::{Client, DEFAULT_SERVER};
-use harvester::{build, commands, dev, live, nodelet, oci};
+use harvester::commands::{self, live};
+use harvester::{build, dev, nodelet, oci};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

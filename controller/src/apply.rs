@@ -7,27 +7,9 @@ use harvester_api::Digest;
 use harvester_api::now_ms;
 use harvester_api::resources::{Node, Object, Plugin, is_local_path};
 use harvester_registry::{PullError, Registry};
-use serde::Serialize;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Created,
-    Configured,
-    Unchanged,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Applied {
-    pub kind: &'static str,
-    pub name: String,
-    pub action: Action,
-    pub generation: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<Digest>,
-}
+pub use harvester_api::answers::{AppliedObject as Applied, ApplyAction as Action};
 
 fn new_uid(kind: &str, name: &str) -> String {
     let seed = format!("{kind}/{name}/{}/{:?}", now_ms(), std::thread::current().id());
@@ -169,7 +151,7 @@ pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result
             }
             let stored: Plugin = serde_json::from_value(stored.unwrap_or_default())?;
             Ok(Applied {
-                kind: "Plugin",
+                kind: "Plugin".into(),
                 name,
                 action,
                 generation: stored.metadata.generation,
@@ -183,7 +165,7 @@ pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result
                 .await?;
             let stored: Node = serde_json::from_value(stored.unwrap_or_default())?;
             Ok(Applied {
-                kind: "Node",
+                kind: "Node".into(),
                 name,
                 action: match event.map(|e| e.event) {
                     Some(crate::store::EventType::Added) => Action::Created,

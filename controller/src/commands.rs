@@ -12,13 +12,7 @@ use std::time::Duration;
 /// How long a plugin command may take, there and back.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One node's answer.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct NodeAnswer {
-    pub node: String,
-    pub ok: bool,
-    pub message: String,
-}
+pub(crate) use harvester_api::answers::NodeAnswer;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Outcome {

@@ -174,9 +174,14 @@ pub fn release_freed_memory() {
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &PluginEngine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: only files this cache wrote itself are loaded, named by the
-    // digest of their source and the exact engine configuration, and written
-    // atomically; wasmtime still checks the header and engine compatibility.
+    // SAFETY: only two kinds of file are loaded, both named by the digest
+    // of their source and the exact engine configuration and renamed into
+    // place whole: code this cache compiled itself, and code a hub compiled
+    // that the node stored at `portable_path` only after checking a trusted
+    // compiler key signed a statement naming this component, target, engine
+    // and the code's SHA-256 and size, and that the bytes match it
+    // (nodelet `agent/hub_code.rs`). Wasmtime still checks the header and
+    // engine compatibility.
     unsafe { Component::deserialize_file(engine.engine(), path) }
 }
 

@@ -206,7 +206,13 @@ fn a_plugin_build_is_reused_from_the_cache_for_the_same_sources() {
     let _ = std::fs::remove_dir_all(copy.join("target"));
     let lib = copy.join("src/lib.rs");
     let text = std::fs::read_to_string(&lib).unwrap();
-    std::fs::write(&lib, text + "\n// changed\n").unwrap();
+    // Unique per run: the shared cache outlives the test and must not
+    // already hold this edit from an earlier run.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(&lib, format!("{text}\n// changed {nonce}\n")).unwrap();
     let said = run(&copy, &artifacts(), &dir.path().join("changed.wasm"));
     assert!(said.contains("built into"), "{said}");
     assert!(dir.path().join("changed.wasm").exists());

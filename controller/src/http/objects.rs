@@ -95,11 +95,7 @@ fn document_error(api: &Api, place: &str, e: StoreError, applied: &[apply::Appli
 
 fn count_apply(api: &Api, result: Result<&apply::Applied, &StoreError>) {
     let outcome = match result {
-        Ok(a) => match a.action {
-            apply::Action::Created => "created",
-            apply::Action::Configured => "configured",
-            apply::Action::Unchanged => "unchanged",
-        },
+        Ok(a) => a.action.as_str(),
         Err(StoreError::Invalid(_)) => "invalid",
         Err(StoreError::Conflict { .. }) => "conflict",
         Err(_) => "error",

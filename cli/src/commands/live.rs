@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use chrono::TimeZone;
 use futures::StreamExt;
 use harvester_api::live::{LogLine, LogSource};
+use harvester_api::path_segment;
 use serde_json::Value;
 
 /// Where timestamps are shown: a named IANA zone, else the machine's own.
@@ -78,7 +79,7 @@ fn target(target: &str) -> anyhow::Result<(&'static str, &str)> {
 
 pub async fn logs(client: &Client, which: &str, follow: bool, tail: usize, zone: Zone) -> anyhow::Result<()> {
     let (kind, name) = target(which)?;
-    let path = format!("logs?{kind}={name}&tail={tail}&follow={follow}");
+    let path = format!("logs?{kind}={}&tail={tail}&follow={follow}", path_segment(name));
     let resp = client.stream(&path).await?;
     let mut body = resp.bytes_stream();
     let mut buf = Vec::new();
@@ -116,29 +117,20 @@ pub async fn exec(
     if kind != "plugin" {
         bail!("{which:?}: commands go to plugins: plugin/NAME");
     }
-    let mut map = serde_json::Map::new();
+    let mut map = std::collections::BTreeMap::new();
     for a in args {
         let (k, v) = a
             .split_once('=')
             .with_context(|| format!("{a:?}: arguments are KEY=VALUE"))?;
-        map.insert(k.to_string(), Value::String(v.to_string()));
+        map.insert(k.to_string(), v.to_string());
     }
-    let mut path = format!("plugins/{plugin}/commands/{command}");
-    if let Some(n) = node {
-        path.push_str(&format!("?node={n}"));
+    let (ok, answers) = client.exec(plugin, command, node, &map).await?;
+    if answers.results.is_empty() {
+        bail!("the command was not run");
     }
-    let (ok, body) = client.post_json(&path, &Value::Object(map)).await?;
-    let results = body["results"].as_array().cloned().unwrap_or_default();
-    if results.is_empty() {
-        bail!("{}", body["message"].as_str().unwrap_or("the command was not run"));
-    }
-    for r in &results {
-        let mark = if r["ok"] == true { "" } else { "error: " };
-        println!(
-            "{}: {mark}{}",
-            r["node"].as_str().unwrap_or("?"),
-            r["message"].as_str().unwrap_or_default()
-        );
+    for r in &answers.results {
+        let mark = if r.ok { "" } else { "error: " };
+        println!("{}: {mark}{}", r.node, r.message);
     }
     if !ok {
         bail!("the command failed on some nodes");

@@ -1,0 +1,126 @@
+//! `harvester describe plugin|node NAME`: one object in detail.
+
+use super::{Table, age, labels, short};
+use crate::client::{Client, Kind};
+use harvester_api::resources::{Condition, Node, Plugin};
+
+pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result<()> {
+    match Kind::parse(kind)? {
+        Kind::Plugin => {
+            let plugin = client.plugin(name).await?;
+            let events = client.events(name).await?;
+            print_plugin(&plugin);
+            println!("Events:");
+            if events.is_empty() {
+                println!("  <none since the controller started>");
+            }
+            for e in events {
+                println!("  {:>5} ago  {}", age(e.time), e.message);
+            }
+        }
+        Kind::Node => print_node(&client.node(name).await?),
+    }
+    Ok(())
+}
+
+fn print_header(name: &str, l: &harvester_api::resources::Labels, created: u64) {
+    println!("Name:          {name}");
+    println!("Labels:        {}", labels(l));
+    println!("Created:       {} ago", age(created));
+}
+
+fn print_plugin(p: &Plugin) {
+    let (meta, spec, run) = (&p.metadata, &p.spec, &p.spec.run);
+    print_header(&meta.name, &meta.labels, meta.creation_timestamp);
+    println!("Generation:    {}", meta.generation);
+    println!("Image:         {}", spec.image);
+    println!(
+        "Digest:        {}",
+        spec.digest.map_or("-".to_string(), |d| d.to_string())
+    );
+    println!("Node selector: {}", labels(&spec.node_selector));
+    println!("Grants:        {}", json(&run.grants));
+    println!("Config:        {}", labels(&run.config));
+    println!("Tick:          {}", run.tick_interval);
+    println!("Limits:        {}", json(&run.limits));
+    println!("Nodes:");
+    let mut table = Table::new([
+        "  NODE",
+        "PHASE",
+        "GENERATION",
+        "DIGEST",
+        "RESTARTS",
+        "REASON",
+        "MESSAGE",
+    ]);
+    for (n, s) in p.status.iter().flat_map(|s| &s.nodes) {
+        table.row(vec![
+            format!("  {n}"),
+            s.phase.as_str().to_string(),
+            s.generation.to_string(),
+            short(s.digest.as_ref()),
+            s.restarts.to_string(),
+            s.reason.as_ref().map_or("", |r| r.as_str()).to_string(),
+            s.message.clone(),
+        ]);
+    }
+    table.print();
+    print_conditions(p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]));
+}
+
+fn print_node(n: &Node) {
+    let s = &n.status;
+    print_header(&n.metadata.name, &n.metadata.labels, n.metadata.creation_timestamp);
+    println!("Architecture:  {}", s.architecture);
+    println!("Hardware:      {} ({})", s.backend, json(&s.devices));
+    println!("Address:       {}", s.address);
+    let keys = if s.trusted_keys.is_empty() {
+        "no key".to_string()
+    } else {
+        format!("keys {}", s.trusted_keys.join(", "))
+    };
+    let unsigned = if s.allow_unsigned {
+        "; RUNS UNSIGNED COMPONENTS (--allow-unsigned)"
+    } else {
+        ""
+    };
+    println!("Trusts:        {keys}{unsigned}");
+    if let Some(e) = &s.engine {
+        let how = match e.compile.as_str() {
+            "hub" => "code compiled by the hub only",
+            "auto" => "code compiled by the hub when it has a trusted key, else here",
+            "local" => "compiles here",
+            other => other,
+        };
+        println!("Compile:       {how} ({}, engine {})", e.target, e.hash);
+    }
+    println!("Heartbeat:     {} ago", age(s.last_heartbeat));
+    println!("Plugins:");
+    for (p, st) in &s.plugins {
+        println!(
+            "  {p}: {} generation {} {}",
+            st.phase.as_str(),
+            st.generation,
+            st.message
+        );
+    }
+    print_conditions(&s.conditions);
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn print_conditions(conditions: &[Condition]) {
+    println!("Conditions:");
+    for c in conditions {
+        println!(
+            "  {:<12} {:<6} {:<18} {} ago  {}",
+            c.kind.as_str(),
+            c.status.as_str(),
+            c.reason.as_str(),
+            age(c.last_transition_time),
+            c.message
+        );
+    }
+}

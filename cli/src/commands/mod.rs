@@ -1,0 +1,142 @@
+//! kubectl-like commands against the controller, one file per group, over
+//! the typed [`Client`](crate::client::Client):
+//!
+//! - [`apply`]: `apply -f` (local components uploaded and pinned first).
+//! - [`get`]: `get plugins|nodes [NAME]` as tables, YAML or JSON.
+//! - [`describe`]: one object in detail, with conditions and events.
+//! - [`delete`]: by name or by manifest.
+//! - [`rollout`]: `rollout status`.
+//! - [`live`]: `logs` and `exec`, through the hub.
+//!
+//! The helpers here (tables, ages, labels, "current generation running")
+//! are the one way every command shows them.
+
+pub mod apply;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod live;
+pub mod rollout;
+
+pub use apply::{apply, read_manifests};
+pub use delete::delete;
+pub use describe::describe;
+pub use get::get;
+pub use rollout::rollout_status;
+
+use harvester_api::resources::{Condition, Labels, Plugin};
+use harvester_api::{ConditionType, Phase};
+
+/// How long ago `ms` (milliseconds since the epoch) was, kubectl-style.
+fn age(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let s = harvester_api::now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `a=b,c=d`, or `<none>`.
+fn labels(l: &Labels) -> String {
+    if l.is_empty() {
+        return "<none>".into();
+    }
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// A digest cut to `sha256:` and its first 12 hex digits, as tables show it.
+fn short(digest: Option<&harvester_api::Digest>) -> String {
+    match digest {
+        Some(d) => {
+            let s = d.to_string();
+            s[..s.len().min(19)].to_string()
+        }
+        None => "-".into(),
+    }
+}
+
+fn condition(conditions: &[Condition], kind: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.kind == kind)
+}
+
+/// How many of a plugin's nodes run its current generation, of how many
+/// it is assigned to.
+fn running_current(p: &Plugin) -> (usize, usize) {
+    let generation = p.metadata.generation;
+    let nodes = p.status.as_ref().map(|s| &s.nodes);
+    let total = nodes.map_or(0, |n| n.len());
+    let running = nodes.map_or(0, |n| {
+        n.values()
+            .filter(|n| n.generation == generation && n.phase == Phase::Running)
+            .count()
+    });
+    (running, total)
+}
+
+/// Rows printed with aligned columns, three spaces apart.
+struct Table(Vec<Vec<String>>);
+
+impl Table {
+    fn new<const N: usize>(header: [&str; N]) -> Table {
+        Table(vec![header.iter().map(|h| h.to_string()).collect()])
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.0.push(cells);
+    }
+
+    fn print(&self) {
+        print!("{}", self.render());
+    }
+
+    fn render(&self) -> String {
+        let columns = self.0.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|i| {
+                self.0
+                    .iter()
+                    .map(|r| r.get(i).map_or(0, String::len))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for r in &self.0 {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect();
+            out.push_str(cells.join("   ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_their_columns() {
+        let mut t = Table::new(["NAME", "READY"]);
+        t.row(vec!["dht22".into(), "True".into()]);
+        t.row(vec!["a".into(), "False".into()]);
+        assert_eq!(t.render(), "NAME    READY\ndht22   True\na       False\n");
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = harvester_api::now_ms();
+        assert_eq!(age(0), "-");
+        assert_eq!(age(now - 5_000), "5s");
+        assert_eq!(age(now - 600_000), "10m");
+        assert_eq!(age(now - 3 * 86_400_000), "3d");
+    }
+}

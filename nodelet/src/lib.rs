@@ -5,7 +5,7 @@
 //!   and the standalone loop or the agent, wired together.
 //! - [`runtime`]: loads, starts, hot-swaps and stops plugins (one thread each).
 //! - `sandbox`: import checks against grants, memory cap, locked-down WASI.
-//! - [`host`]: one module per capability: its binding, grant check and state.
+//! - `host`: one module per capability: its binding, grant check and state.
 //! - [`hardware`]: one trait per device; simulated and Raspberry Pi backends.
 //! - [`events`], `report`, [`metrics`]: status, events, log lines and Prometheus metrics.
 //! - `agent`: the link to the controller: watch, converge, report, run from disk when offline.
@@ -21,7 +21,7 @@ pub mod agent;
 mod bindings;
 pub mod events;
 pub mod hardware;
-pub mod host;
+mod host;
 pub mod metrics;
 pub mod node;
 mod report;

@@ -72,6 +72,48 @@ fn print_structured<T: Serialize>(items: Vec<T>, one: bool, output: &str) -> any
     Ok(())
 }
 
+/// The columns of a kind's table, and the extra ones of `-o wide`.
+struct Columns<T> {
+    plural: &'static str,
+    header: [&'static str; 5],
+    wide: [&'static str; 4],
+    row: fn(&T, bool) -> Vec<String>,
+}
+
+const PLUGINS: Columns<Plugin> = Columns {
+    plural: "plugins",
+    header: ["NAME", "GENERATION", "READY", "NODES", "AGE"],
+    wide: ["DIGEST", "IMAGE", "SELECTOR", "ON"],
+    row: plugin_row,
+};
+
+const NODES: Columns<Node> = Columns {
+    plural: "nodes",
+    header: ["NAME", "STATUS", "LABELS", "PLUGINS", "AGE"],
+    wide: ["ARCH", "BACKEND", "DEVICES", "HEARTBEAT"],
+    row: node_row,
+};
+
+fn show<T: Serialize>(items: Vec<T>, one: bool, output: &str, columns: &Columns<T>) -> anyhow::Result<()> {
+    if output == "yaml" || output == "json" {
+        return print_structured(items, one, output);
+    }
+    if items.is_empty() {
+        eprintln!("No {} found.", columns.plural);
+        return Ok(());
+    }
+    let wide = output == "wide";
+    let mut table = Table::new(columns.header);
+    if wide {
+        table.0[0].extend(columns.wide.iter().map(|h| h.to_string()));
+    }
+    for item in &items {
+        table.row((columns.row)(item, wide));
+    }
+    table.print();
+    Ok(())
+}
+
 pub async fn get(
     client: &Client,
     kind: &str,
@@ -83,72 +125,10 @@ pub async fn get(
     if !["", "wide", "yaml", "json"].contains(&output) {
         bail!("-o {output}: use wide, yaml or json");
     }
-    let wide = output == "wide";
-    match kind {
-        Kind::Plugin => {
-            let items = match name {
-                Some(n) => vec![client.plugin(n).await?],
-                None => client.plugins(selector).await?,
-            };
-            if output == "yaml" || output == "json" {
-                return print_structured(items, name.is_some(), output);
-            }
-            if items.is_empty() {
-                eprintln!("No plugins found.");
-                return Ok(());
-            }
-            let mut table = if wide {
-                Table::new([
-                    "NAME",
-                    "GENERATION",
-                    "READY",
-                    "NODES",
-                    "AGE",
-                    "DIGEST",
-                    "IMAGE",
-                    "SELECTOR",
-                    "ON",
-                ])
-            } else {
-                Table::new(["NAME", "GENERATION", "READY", "NODES", "AGE"])
-            };
-            for p in &items {
-                table.row(plugin_row(p, wide));
-            }
-            table.print();
-        }
-        Kind::Node => {
-            let items = match name {
-                Some(n) => vec![client.node(n).await?],
-                None => client.nodes(selector).await?,
-            };
-            if output == "yaml" || output == "json" {
-                return print_structured(items, name.is_some(), output);
-            }
-            if items.is_empty() {
-                eprintln!("No nodes found.");
-                return Ok(());
-            }
-            let mut table = if wide {
-                Table::new([
-                    "NAME",
-                    "STATUS",
-                    "LABELS",
-                    "PLUGINS",
-                    "AGE",
-                    "ARCH",
-                    "BACKEND",
-                    "DEVICES",
-                    "HEARTBEAT",
-                ])
-            } else {
-                Table::new(["NAME", "STATUS", "LABELS", "PLUGINS", "AGE"])
-            };
-            for n in &items {
-                table.row(node_row(n, wide));
-            }
-            table.print();
-        }
+    match (kind, name) {
+        (Kind::Plugin, Some(n)) => show(vec![client.plugin(n).await?], true, output, &PLUGINS),
+        (Kind::Plugin, None) => show(client.plugins(selector).await?, false, output, &PLUGINS),
+        (Kind::Node, Some(n)) => show(vec![client.node(n).await?], true, output, &NODES),
+        (Kind::Node, None) => show(client.nodes(selector).await?, false, output, &NODES),
     }
-    Ok(())
 }

@@ -64,28 +64,33 @@ fn lines_error(e: LinesCodecError) -> NdjsonError {
     }
 }
 
-impl<T: DeserializeOwned> Decoder for Ndjson<T> {
-    type Item = T;
-    type Error = NdjsonError;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, NdjsonError> {
+impl<T: DeserializeOwned> Ndjson<T> {
+    /// The next message `next_line` yields, past keepalives.
+    fn next(
+        &mut self,
+        buf: &mut BytesMut,
+        next_line: fn(&mut LinesCodec, &mut BytesMut) -> Result<Option<String>, LinesCodecError>,
+    ) -> Result<Option<T>, NdjsonError> {
         loop {
-            match Self::message(self.lines.decode(buf).map_err(lines_error)?)? {
+            match Self::message(next_line(&mut self.lines, buf).map_err(lines_error)?)? {
                 None => return Ok(None),
                 Some(None) => continue,
                 Some(Some(m)) => return Ok(Some(m)),
             }
         }
     }
+}
+
+impl<T: DeserializeOwned> Decoder for Ndjson<T> {
+    type Item = T;
+    type Error = NdjsonError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, NdjsonError> {
+        self.next(buf, LinesCodec::decode)
+    }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<T>, NdjsonError> {
-        loop {
-            match Self::message(self.lines.decode_eof(buf).map_err(lines_error)?)? {
-                None => return Ok(None),
-                Some(None) => continue,
-                Some(Some(m)) => return Ok(Some(m)),
-            }
-        }
+        self.next(buf, LinesCodec::decode_eof)
     }
 }
 

@@ -1,20 +1,10 @@
 //! `bme680`: the air-quality sensor, granted whole.
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::bme680::{Host, Reading};
 use crate::bindings::types::HwError;
-use harvester_api::Capability;
-use wasmtime::component::Linker;
 
-pub(super) struct Bme680;
-
-impl HostCapability for Bme680 {
-    const CAPABILITY: Capability = Capability::Bme680;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::bme680::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Bme680, Bme680, bme680);
 
 impl Host for HostState {
     fn read(&mut self) -> Result<Reading, HwError> {

@@ -1,24 +1,14 @@
 //! `buzzer`: patterns and tones, granted whole; what it plays is reported
 //! for the log, the hub and its dashboard.
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::buzzer::{Host, Pattern};
 use crate::bindings::types::HwError;
 use crate::events::EventKind;
 use crate::hardware::BuzzerPattern;
-use harvester_api::Capability;
 use std::sync::Arc;
-use wasmtime::component::Linker;
 
-pub(super) struct Buzzer;
-
-impl HostCapability for Buzzer {
-    const CAPABILITY: Capability = Capability::Buzzer;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::buzzer::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Buzzer, Buzzer, buzzer);
 
 impl HostState {
     fn buzzer(&self) -> Result<Arc<dyn crate::hardware::Buzzer>, HwError> {

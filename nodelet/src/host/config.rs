@@ -1,19 +1,9 @@
 //! `config`: the plugin's own configuration from its manifest.
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::config::Host;
-use harvester_api::Capability;
-use wasmtime::component::Linker;
 
-pub(super) struct Config;
-
-impl HostCapability for Config {
-    const CAPABILITY: Capability = Capability::Config;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::config::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Config, Config, config);
 
 impl Host for HostState {
     fn get(&mut self, key: String) -> Option<String> {

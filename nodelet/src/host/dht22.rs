@@ -1,20 +1,11 @@
 //! `dht22`: temperature and humidity from the DHT22 on the granted pin.
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::dht22::{Host, Reading};
 use crate::bindings::types::HwError;
 use harvester_api::{Capability, Grants};
-use wasmtime::component::Linker;
 
-pub(super) struct Dht22;
-
-impl HostCapability for Dht22 {
-    const CAPABILITY: Capability = Capability::Dht22;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::dht22::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Dht22, Dht22, dht22);
 
 /// The grant check: the granted data pin only.
 fn check(grants: &Grants, pin: u8) -> Result<(), String> {

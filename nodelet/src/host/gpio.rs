@@ -1,24 +1,15 @@
 //! `gpio`: digital pins, each read, write or pulse limited to granted pins.
 
-use super::{Data, HostCapability, HostState, list};
-use crate::bindings;
+use super::{HostState, list};
 use crate::bindings::gpio::Host;
 use crate::bindings::types::HwError;
 use harvester_api::{Capability, Grants};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::Linker;
 
 const MAX_PULSE_MS: u32 = 5000;
 
-pub(super) struct Gpio;
-
-impl HostCapability for Gpio {
-    const CAPABILITY: Capability = Capability::Gpio;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::gpio::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Gpio, Gpio, gpio);
 
 /// The grant check: only granted pins.
 fn check(grants: &Grants, pin: u8) -> Result<(), String> {

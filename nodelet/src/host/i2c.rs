@@ -1,22 +1,13 @@
 //! `i2c`: transfers on the granted bus, to the granted addresses, bounded in size.
 
-use super::{Data, HostCapability, HostState, list};
-use crate::bindings;
+use super::{HostState, list};
 use crate::bindings::i2c::Host;
 use crate::bindings::types::HwError;
 use harvester_api::{Capability, Grants};
-use wasmtime::component::Linker;
 
 const MAX_TRANSFER: usize = 256;
 
-pub(super) struct I2c;
-
-impl HostCapability for I2c {
-    const CAPABILITY: Capability = Capability::I2c;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::i2c::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(I2c, I2c, i2c);
 
 /// The grant check: the granted bus and addresses only.
 fn check(grants: &Grants, bus: u8, address: u8) -> Result<(), String> {

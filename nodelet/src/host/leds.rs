@@ -1,21 +1,12 @@
 //! `leds`: the plugin's granted indices of the node's shared frame.
 
-use super::{Data, HostCapability, HostState, list};
-use crate::bindings;
+use super::{HostState, list};
 use crate::bindings::leds::Host;
 use crate::bindings::types::{HwError, Rgb as WitRgb};
 use crate::hardware::Rgb;
 use harvester_api::{Capability, Grants};
-use wasmtime::component::Linker;
 
-pub(super) struct Leds;
-
-impl HostCapability for Leds {
-    const CAPABILITY: Capability = Capability::Leds;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::leds::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Leds, Leds, leds);
 
 /// The grant check: a plugin sets only the LEDs it was granted.
 fn check(grants: &Grants, index: u32) -> Result<(), String> {

@@ -1,23 +1,13 @@
 //! `log`: the plugin's own log lines, bounded in length.
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::log::{Host, Level};
 use crate::events::{LogLevel, LogSource};
-use harvester_api::Capability;
-use wasmtime::component::Linker;
 
 /// Longer messages are cut: a log line is not a data channel.
 const MAX_MESSAGE: usize = 4096;
 
-pub(super) struct Log;
-
-impl HostCapability for Log {
-    const CAPABILITY: Capability = Capability::Log;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::log::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Log, Log, log);
 
 fn cut(mut message: String) -> String {
     if message.len() > MAX_MESSAGE {

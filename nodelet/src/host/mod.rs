@@ -11,6 +11,21 @@
 //! down by [`crate::sandbox`]) and exactly the granted interfaces; the
 //! sandbox knows nothing of capabilities.
 
+/// Declares a capability module's unit type and how it links: its
+/// interface, bound to the store's [`HostState`].
+macro_rules! host_capability {
+    ($ty:ident, $cap:ident, $binding:ident) => {
+        pub(super) struct $ty;
+
+        impl super::HostCapability for $ty {
+            const CAPABILITY: harvester_api::Capability = harvester_api::Capability::$cap;
+            fn link(l: &mut wasmtime::component::Linker<super::HostState>) -> wasmtime::Result<()> {
+                crate::bindings::$binding::add_to_linker::<super::HostState, super::Data>(l, |s| s)
+            }
+        }
+    };
+}
+
 mod bme680;
 mod buzzer;
 mod config;

@@ -1,24 +1,15 @@
 //! `net`: ping and TCP checks of granted hosts, with bounded timeouts.
 
-use super::{Data, HostCapability, HostState, list};
-use crate::bindings;
+use super::{HostState, list};
 use crate::bindings::net::Host;
 use crate::bindings::types::HwError;
 use harvester_api::{Capability, Grants};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
-use wasmtime::component::Linker;
 
 const MAX_TIMEOUT_MS: u32 = 10_000;
 
-pub(super) struct Net;
-
-impl HostCapability for Net {
-    const CAPABILITY: Capability = Capability::Net;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::net::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Net, Net, net);
 
 /// The grant check: granted host names only (as written, any case).
 fn check(grants: &Grants, host: &str) -> Result<(), String> {

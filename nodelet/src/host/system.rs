@@ -1,20 +1,10 @@
 //! `system`: facts about the board (CPU temperature, uptime, load).
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::system::Host;
 use crate::bindings::types::HwError;
-use harvester_api::Capability;
-use wasmtime::component::Linker;
 
-pub(super) struct System;
-
-impl HostCapability for System {
-    const CAPABILITY: Capability = Capability::System;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::system::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(System, System, system);
 
 impl Host for HostState {
     fn cpu_temperature(&mut self) -> Result<f32, HwError> {

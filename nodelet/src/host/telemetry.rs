@@ -2,26 +2,16 @@
 //! reading the hub receives. Names are capped per plugin, so a plugin cannot
 //! grow the node's metrics without bound.
 
-use super::{Data, HostCapability, HostState};
-use crate::bindings;
+use super::HostState;
 use crate::bindings::telemetry::Host;
 use crate::events::{EventKind, LogLevel, LogSource};
-use harvester_api::Capability;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use wasmtime::component::Linker;
 
 /// Distinct reading names per plugin: each becomes a metric series.
 pub const MAX_NAMES: usize = 64;
 
-pub(super) struct Telemetry;
-
-impl HostCapability for Telemetry {
-    const CAPABILITY: Capability = Capability::Telemetry;
-    fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        bindings::telemetry::add_to_linker::<HostState, Data>(l, |s| s)
-    }
-}
+host_capability!(Telemetry, Telemetry, telemetry);
 
 /// The names a plugin version emitted, each with its first unit and its
 /// gauge: looking a series up by labels on every call would cost more than

@@ -9,7 +9,7 @@
 pub mod cache;
 pub mod config;
 
-pub use cache::{CacheOutcome, CompileCache, CompileError, release_freed_memory};
+pub use cache::{CacheOutcome, CompileCache, CompileError, release_cold_code, release_freed_memory};
 pub use config::{
     COMPILE_TARGETS, EPOCH_PERIOD, PluginEngine, compiler_for, compiler_with_cache, config, engine_hash, host_target,
 };

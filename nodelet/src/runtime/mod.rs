@@ -282,8 +282,10 @@ impl Runtime {
             }
         };
         // The component bytes and the compiler's scratch memory are freed by
-        // now; give them back so a small board shrinks to its running size.
+        // now, and the code only start-up ran is cold: give both back so a
+        // small board shrinks to its running size.
         harvester_engine::cache::release_freed_memory();
+        harvester_engine::cache::release_cold_code();
         result
     }
 

@@ -152,12 +152,22 @@ impl CompileCache {
             path: path.clone(),
             source,
         };
-        std::fs::write(&tmp, &compiled).map_err(io)?;
+        // Synced before the rename: a power cut never leaves a half-written
+        // file under the final name, and clean pages are ones the kernel
+        // can drop (see `release_cold_code`).
+        write_synced(&tmp, &compiled).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         drop(compiled);
         let component = deserialize(engine, &path).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         Ok((component, CacheOutcome::Compiled, started.elapsed()))
     }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Cranelift frees hundreds of MB after a Python compile, and each load

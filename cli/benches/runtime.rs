@@ -217,6 +217,17 @@ fn main() {
         fmt(py_on),
         &overhead(py_on, py_off),
     );
+    // What handing cold code back costs: the next tick reads the code it
+    // runs back from the compiled file.
+    let cold = measure(5, || {
+        harvester_engine::cache::release_cold_code();
+        py_inst.tick(Duration::from_secs(10)).unwrap().unwrap();
+    });
+    report.row(
+        "page out cold code, then one Python dht22 tick",
+        fmt(cold.median),
+        "after each load",
+    );
     drop((inst, py_inst, rs, py));
     drop(rt);
 

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct AgentOptions {
+pub(crate) struct AgentOptions {
     /// `http://host:port` of the controller.
     pub controller: String,
     pub name: String,
@@ -74,10 +74,10 @@ impl CompileMode {
 
 /// Below this much memory a board does not compile a component itself
 /// (Cranelift needs ~350 MB for a Python one); a Pi Zero 2W has 512 MB.
-pub const LOCAL_COMPILE_MIN_MEMORY: u64 = 1 << 30;
+pub(crate) const LOCAL_COMPILE_MIN_MEMORY: u64 = 1 << 30;
 
 /// The machine's memory, from /proc/meminfo.
-pub fn total_memory() -> Option<u64> {
+pub(crate) fn total_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -183,7 +183,7 @@ impl Agent {
 }
 
 /// Runs the agent until `shutdown`, with the node's metrics handed in.
-pub async fn run(
+pub(crate) async fn run(
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     opts: AgentOptions,

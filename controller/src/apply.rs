@@ -7,7 +7,6 @@ use harvester_api::Digest;
 use harvester_api::now_ms;
 use harvester_api::resources::{Node, Object, Plugin, is_local_path};
 use harvester_registry::{PullError, Registry};
-use std::path::Path;
 
 pub use harvester_api::answers::{AppliedObject as Applied, ApplyAction as Action};
 
@@ -24,8 +23,8 @@ fn new_uid(kind: &str, name: &str) -> String {
     )
 }
 
-/// Pins `plugin.spec.digest`: trusts an uploaded blob, reads a local file
-/// the controller can see, or resolves an OCI tag to its manifest digest,
+/// Pins `plugin.spec.digest`: checks a local component was uploaded, or
+/// resolves an OCI tag to its manifest digest,
 /// once, here, so a tag moved later changes nothing until the next apply.
 pub async fn resolve(store: &Store, registry: &Registry, plugin: &mut Plugin) -> Result<(), StoreError> {
     let image = plugin.spec.image.clone();
@@ -56,13 +55,11 @@ pub async fn resolve(store: &Store, registry: &Registry, plugin: &mut Plugin) ->
         }
         return Ok(());
     }
-    let bytes = tokio::fs::read(Path::new(&image))
-        .await
-        .map_err(|e| invalid(format!("cannot read: {e}")))?;
-    let digest = Digest::of(&bytes);
-    store.put_blob(&digest, &bytes).await?;
-    plugin.spec.digest = Some(digest);
-    Ok(())
+    // The hub never reads a file from its own disk on a client's word: that
+    // would serve any file the hub can read to whoever may apply.
+    Err(invalid(
+        "a local component needs spec.digest naming a component uploaded first; `harvester apply -f` uploads it and pins its digest".into(),
+    ))
 }
 
 /// Admission for exclusive grants: the first Plugin of `objects` (by

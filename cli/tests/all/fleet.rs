@@ -253,6 +253,24 @@ fn invalid_manifests_are_rejected_whole_naming_the_document() {
     std::fs::write(&file, typo).unwrap();
     let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `nodeSelecter`"));
+
+    // A local path the CLI did not upload is refused: the hub never reads
+    // a file from its own disk and never serves it back.
+    let (code, body) = http_body(
+        "POST",
+        fleet.port,
+        "/api/v1alpha1/apply",
+        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {name: passwd}\nspec: {image: /etc/passwd}\n",
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("spec.image \\\"/etc/passwd\\\"") && body.contains("harvester apply -f"),
+        "{body}"
+    );
+    let digest = harvester_api::Digest::of(&std::fs::read("/etc/passwd").unwrap());
+    let (code, _) = http_body("GET", fleet.port, &format!("/api/v1alpha1/blobs/{digest}"), "").unwrap();
+    assert_eq!(code, 404, "the file was not stored");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
 //! - [`live`]: what nodes push to the hub (logs, readings, LEDs) and commands sent down.
+//! - [`ndjson`]: the codec of the hub's streams, each line bounded.
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
 //!   appear in manifests.
 //! - [`resources`]: the `harvester.dev/v1alpha1` kinds `Plugin` and `Node`, multi-document parsing.
@@ -24,6 +25,7 @@ pub mod compiled;
 pub mod digest;
 pub mod grants;
 pub mod live;
+pub mod ndjson;
 pub mod quantity;
 pub mod resources;
 pub mod run_spec;

@@ -118,6 +118,15 @@ pub struct LiveReport {
     pub buzzer: Vec<BuzzerActivity>,
 }
 
+/// One line of `GET logs` besides keepalives: a log line, or how many
+/// lines the hub skipped because the reader fell behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogStreamItem {
+    Dropped { dropped: u64 },
+    Line(LogLine),
+}
+
 /// A plugin command the hub forwards to a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {

@@ -7,8 +7,7 @@ use harvester_api::resources::{Condition, Node, Plugin};
 pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result<()> {
     match Kind::parse(kind)? {
         Kind::Plugin => {
-            let plugin = client.plugin(name).await?;
-            let events = client.events(name).await?;
+            let (plugin, events) = tokio::try_join!(client.plugin(name), client.events(name))?;
             print_plugin(&plugin);
             println!("Events:");
             if events.is_empty() {

@@ -4,10 +4,12 @@
 use crate::client::Client;
 use anyhow::{Context, bail};
 use chrono::TimeZone;
-use futures::StreamExt;
-use harvester_api::live::{LogLine, LogSource};
+use futures::{StreamExt, TryStreamExt};
+use harvester_api::live::{LogLine, LogSource, LogStreamItem};
+use harvester_api::ndjson::Ndjson;
 use harvester_api::path_segment;
-use serde_json::Value;
+use tokio_util::codec::FramedRead;
+use tokio_util::io::StreamReader;
 
 /// Where timestamps are shown: a named IANA zone, else the machine's own.
 #[derive(Debug, Clone, Copy)]
@@ -81,25 +83,17 @@ pub async fn logs(client: &Client, which: &str, follow: bool, tail: usize, zone:
     let (kind, name) = target(which)?;
     let path = format!("logs?{kind}={}&tail={tail}&follow={follow}", path_segment(name));
     let resp = client.stream(&path).await?;
-    let mut body = resp.bytes_stream();
-    let mut buf = Vec::new();
+    let body = resp.bytes_stream().map_err(std::io::Error::other);
+    let mut items = FramedRead::new(StreamReader::new(body), Ndjson::<LogStreamItem>::new());
     let mut out = std::io::stdout().lock();
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk.context("the log stream broke off")?);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = buf.drain(..=pos).collect();
-            let value: Value = serde_json::from_slice(&raw).context("the hub sent a malformed log line")?;
-            if let Some(n) = value.get("dropped") {
-                eprintln!("({n} lines skipped: this terminal fell behind)");
-                continue;
+    while let Some(item) = items.next().await {
+        match item.context("the log stream from the hub broke off or sent a malformed line")? {
+            LogStreamItem::Dropped { dropped } => eprintln!("({dropped} lines skipped: this terminal fell behind)"),
+            LogStreamItem::Line(line) => {
+                use std::io::Write;
+                writeln!(out, "{}", render(&line, zone))?;
+                out.flush()?;
             }
-            if value.as_object().is_some_and(|o| o.is_empty()) {
-                continue;
-            }
-            let line: LogLine = serde_json::from_value(value).context("the hub sent a malformed log line")?;
-            use std::io::Write;
-            writeln!(out, "{}", render(&line, zone))?;
-            out.flush()?;
         }
     }
     Ok(())

@@ -67,12 +67,7 @@ fn query(port: u16, expr: &str) -> Vec<Value> {
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    harvester_api::path_segment(s)
 }
 
 /// A panel query as Grafana would send it with "All" selected.

@@ -5,6 +5,7 @@
 //! - [`compiled`]: code a hub compiles for its nodes, and what it vouches for.
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
+//! - [`identity`]: enrolment, certificates, join tokens, the CLI's client configuration.
 //! - [`live`]: what nodes push to the hub (logs, readings, LEDs) and commands sent down.
 //! - [`ndjson`]: the codec of the hub's streams, each line bounded.
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
@@ -24,6 +25,7 @@ pub mod answers;
 pub mod compiled;
 pub mod digest;
 pub mod grants;
+pub mod identity;
 pub mod live;
 pub mod ndjson;
 pub mod quantity;

@@ -4,12 +4,34 @@
 
 use anyhow::{Context, bail};
 use harvester_api::answers::{AppliedObject, CommandAnswers, ErrorAnswer, List, ObjectEvent};
+use harvester_api::identity::{ClientConfig, Revoked, TokenCreated, TokenInfo, TokenRequest};
 use harvester_api::path_segment;
 use harvester_api::resources::{Node, Plugin};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7000";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7000";
+
+/// Where the CLI finds its client configuration: `HARVESTER_CONFIG`, else
+/// `$XDG_CONFIG_HOME/harvester/config.yaml` (`~/.config/...`).
+pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let p = base.join("harvester/config.yaml");
+    p.exists().then_some(p)
+}
+
+/// Reads a client configuration, naming the file in every error.
+pub fn read_config(path: &Path) -> anyhow::Result<ClientConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the client configuration {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("{}: not a Harvester client configuration", path.display()))
+}
 
 /// The kinds the API serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,15 +90,42 @@ fn refusal(status: reqwest::StatusCode, body: ErrorAnswer) -> anyhow::Error {
 }
 
 impl Client {
-    pub fn new(server: &str) -> anyhow::Result<Client> {
+    /// A client for `server` (or the configuration's), trusting the
+    /// configuration's CA and sending its token. Without a configuration
+    /// only a plain-HTTP hub on loopback can be reached.
+    pub fn new(server: Option<&str>, config: Option<&Path>) -> anyhow::Result<Client> {
+        let config = match config_path(config) {
+            Some(p) => Some(read_config(&p)?),
+            None => None,
+        };
+        let server = server
+            .map(str::to_string)
+            .or_else(|| config.as_ref().map(|c| c.server.clone()))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_string());
         if !(server.starts_with("http://") || server.starts_with("https://")) {
             bail!("--server {server:?}: expected a URL like {DEFAULT_SERVER}");
         }
+        let mut builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        match &config {
+            Some(c) => {
+                let tls = harvester_pki::tls::client_config(&c.certificate_authority_data, None)
+                    .context("the client configuration's certificate-authority-data")?;
+                let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", c.token))
+                    .context("the client configuration's token is not a valid header value")?;
+                auth.set_sensitive(true);
+                builder = builder
+                    .tls_backend_preconfigured(tls)
+                    .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect());
+            }
+            None if server.starts_with("https://") => bail!(
+                "no client configuration to reach {server}: set HARVESTER_CONFIG to a client configuration \
+                 (the hub writes one for its admin: DATA/admin.yaml)"
+            ),
+            None => {}
+        }
         Ok(Client {
             base: format!("{}/api/v1alpha1", server.trim_end_matches('/')),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .build()?,
+            http: builder.build()?,
         })
     }
 
@@ -201,6 +250,32 @@ impl Client {
             return Ok((false, answers));
         }
         Ok((true, self.answer(resp).await?))
+    }
+
+    pub async fn create_token(&self, request: &TokenRequest) -> anyhow::Result<TokenCreated> {
+        let resp = self.send(self.http.post(self.url("tokens")).json(request)).await?;
+        self.answer(resp).await
+    }
+
+    pub async fn tokens(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        Ok(self.get::<List<TokenInfo>>("tokens").await?.items)
+    }
+
+    pub async fn delete_token(&self, id: &str) -> anyhow::Result<()> {
+        let resp = self
+            .send(self.http.delete(self.url(&format!("tokens/{}", path_segment(id)))))
+            .await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err(refusal(status, resp.json::<ErrorAnswer>().await.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    pub async fn revoke_node(&self, name: &str) -> anyhow::Result<Revoked> {
+        let url = self.url(&format!("nodes/{}/revoke", path_segment(name)));
+        let resp = self.send(self.http.post(url)).await?;
+        self.answer(resp).await
     }
 
     pub async fn put_blob(&self, digest: &harvester_api::Digest, bytes: Vec<u8>) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use harvester::client::{Client, DEFAULT_SERVER};
+use harvester::client::Client;
 use harvester::commands::{self, live};
 use harvester::{build, dev, nodelet, oci};
 use std::net::SocketAddr;
@@ -10,9 +10,15 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "harvester", version, about)]
 struct Cli {
-    /// The controller's URL.
-    #[arg(long, global = true, env = "HARVESTER_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    /// The controller's URL (default: the client configuration's, else
+    /// https://127.0.0.1:7000).
+    #[arg(long, global = true, env = "HARVESTER_SERVER")]
+    server: Option<String>,
+    /// The client configuration: server, CA and credential (default:
+    /// ~/.config/harvester/config.yaml; a hub writes one for its admin
+    /// as DATA/admin.yaml).
+    #[arg(long, global = true, env = "HARVESTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +61,35 @@ enum Command {
         /// Compile nothing for nodes: each node compiles for itself.
         #[arg(long, conflicts_with = "compile_key")]
         no_compile: bool,
+        /// Another name or address the hub is reached by, for its
+        /// certificate (repeat for several; localhost, 127.0.0.1, ::1,
+        /// the host name and the listen address are always in it).
+        #[arg(long, value_name = "NAME")]
+        tls_san: Vec<String>,
+        /// Serve this certificate chain (PEM, ending with the CA that
+        /// issued it) instead of one from the hub CA.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// How long a node certificate lives (nodes renew at two thirds).
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        node_cert_ttl: harvester_api::DurationSpec,
+        /// Plain HTTP and no identities at all: anyone who reaches the hub
+        /// is its admin. Refused unless every listener is on loopback.
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_san"])]
+        insecure_plain_http: bool,
+    },
+    /// Join tokens, for boards to enrol with.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Nodes' identities.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
     },
     /// Show log lines of a node or a plugin, as the hub received them.
     Logs {
@@ -195,6 +230,33 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a join token; it is printed once (the hub keeps its hash).
+    Create {
+        /// How long it stays valid (at most 30 days).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: harvester_api::DurationSpec,
+        /// How many boards may enrol with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// What it is for, shown by token list.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (never their secrets).
+    List,
+    /// Delete a join token by its ID.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// End a node's access at once: its certificates stop working and its
+    /// open connections close. The board keeps running its plugins.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum RolloutCommand {
     /// Wait until every selected node runs the plugin's current generation.
     Status {
@@ -238,7 +300,7 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || Client::new(&cli.server);
+    let client = || Client::new(cli.server.as_deref(), cli.config.as_deref());
     match cli.command {
         Command::Plugin {
             command: PluginCommand::Build { dir, output, cache },
@@ -295,7 +357,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             log_memory,
             compile_key,
             no_compile,
+            tls_san,
+            tls_cert,
+            tls_key,
+            node_cert_ttl,
+            insecure_plain_http,
         } => {
+            let transport = if insecure_plain_http {
+                harvester_controller::Transport::PlainLoopback
+            } else {
+                harvester_controller::Transport::Tls {
+                    names: tls_san,
+                    files: tls_cert.zip(tls_key),
+                }
+            };
             let timezone = match timezone {
                 Some(t) => {
                     live::Zone::parse(Some(&t))?;
@@ -314,6 +389,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     log_memory: log_memory.bytes() as usize,
                     compile_key: (!no_compile).then(|| compile_key.unwrap_or_else(|| data.join("compiler.key"))),
                     data,
+                    transport,
+                    node_cert_lifetime: node_cert_ttl.as_duration(),
                 },
                 nodelet::shutdown_signal(),
             )
@@ -374,6 +451,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { kind, name, file } => {
             commands::delete(&client()?, kind.as_deref(), name.as_deref(), file.as_deref()).await
         }
+        Command::Token { command } => match command {
+            TokenCommand::Create { ttl, uses, description } => {
+                commands::identity::token_create(&client()?, ttl.as_duration(), uses, &description).await
+            }
+            TokenCommand::List => commands::identity::token_list(&client()?).await,
+            TokenCommand::Delete { id } => commands::identity::token_delete(&client()?, &id).await,
+        },
+        Command::Node {
+            command: NodeCommand::Revoke { name },
+        } => commands::identity::node_revoke(&client()?, &name).await,
         Command::Rollout {
             command: RolloutCommand::Status { target, timeout },
         } => commands::rollout_status(&client()?, &target, timeout.as_duration()).await,
@@ -381,6 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    harvester_pki::install_provider();
     let cli = Cli::parse();
     init_logging();
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -53,9 +53,17 @@ pub struct NodeletArgs {
     /// Where compiled components and state are kept.
     #[arg(long, value_name = "DIR", env = "HARVESTER_DATA")]
     pub data: Option<PathBuf>,
-    /// Serve /status, /metrics and plugin commands here.
+    /// Serve /status and /metrics here (read-only).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
     pub listen: SocketAddr,
+    /// Serve plugin commands here: loopback only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9102")]
+    pub command_listen: SocketAddr,
+    /// The join token to enrol with on first start (a file, or - for
+    /// stdin; never on the command line). Later starts use the
+    /// certificate kept in DATA/pki.
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = HardwareChoice::Auto)]
     pub hardware: HardwareChoice,
     /// On a Pi: the DHT22's data pin (BCM), or none.
@@ -150,6 +158,13 @@ impl NodeletArgs {
             }
             (None, Some(controller)) => Mode::Hub {
                 controller,
+                join_token: self.join_token_file.map(|f| {
+                    if f.as_os_str() == "-" {
+                        node::JoinTokenSource::Stdin
+                    } else {
+                        node::JoinTokenSource::File(f)
+                    }
+                }),
                 labels: harvester_api::resources::parse_selector(&self.labels)
                     .map_err(|e| anyhow::anyhow!("--labels: {e}"))?,
                 heartbeat: self.heartbeat.as_duration(),
@@ -171,6 +186,7 @@ impl NodeletArgs {
         Ok(NodeConfig {
             data: self.data.unwrap_or_else(default_data_dir),
             listen: self.listen,
+            command_listen: self.command_listen,
             hardware: HardwareConfig {
                 choice: match self.hardware {
                     HardwareChoice::Sim => node::HardwareChoice::Sim,

@@ -10,6 +10,8 @@
 //! - `http/`: the API by audience (`objects` for people, `nodes` for the
 //!   node protocol, `ops`, `compiled`), its error shape, NDJSON streams,
 //!   and the `dashboard`.
+//! - `identity/`: the hub CA, join tokens, node certificates, revocation,
+//!   the admin credential; the TLS listener that says who is connecting.
 //! - `commands`: plugin commands fanned out to the nodes running the plugin.
 //! - `compile`: code compiled for the nodes' targets, signed by the hub.
 //! - `live`: logs, readings and LED frames the nodes push; commands to nodes.
@@ -19,6 +21,7 @@ mod apply;
 mod commands;
 mod compile;
 mod http;
+mod identity;
 mod live;
 mod metrics;
 mod reconciler;
@@ -48,6 +51,107 @@ pub struct ControllerOptions {
     /// Compile components for nodes that ask (with the hub's signing key
     /// at this path, made on first start), or not at all.
     pub compile_key: Option<PathBuf>,
+    pub transport: Transport,
+    /// How long a node certificate lives; nodes renew at two thirds.
+    pub node_cert_lifetime: Duration,
+}
+
+/// How the hub's listeners speak.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// TLS, with a server certificate from the hub CA for these names
+    /// (DNS names or addresses) besides the usual local ones, or from
+    /// the user's files (certificate chain, key).
+    Tls {
+        names: Vec<String>,
+        files: Option<(PathBuf, PathBuf)>,
+    },
+    /// Plain HTTP without identities: loopback only, for development.
+    PlainLoopback,
+}
+
+/// The names the hub's certificate carries: the local ones, the listen
+/// address when it is a specific one, and the user's.
+fn server_names(listen: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+            names.push(host.to_string());
+        }
+    }
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The URL the local admin reaches the hub at.
+fn local_url(listen: SocketAddr) -> String {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{host}:{}", listen.port())
+}
+
+/// Serves `app` on `listener` until `shutdown`, each request knowing its peer.
+async fn serve<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = identity::listener::Peer>,
+    identity::listener::Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<identity::listener::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Where the hub listens, TLS or (loopback only) plain.
+enum Listening {
+    Tls(identity::listener::TlsListener),
+    Plain(identity::listener::PlainListener),
+}
+
+impl Listening {
+    async fn bind(
+        addr: SocketAddr,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<(Listening, SocketAddr)> {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let local = tcp.local_addr()?;
+        Ok(match tls {
+            Some(config) => (
+                Listening::Tls(identity::listener::TlsListener::new(tcp, config.clone())?),
+                local,
+            ),
+            None => (Listening::Plain(identity::listener::PlainListener(tcp)), local),
+        })
+    }
+
+    async fn serve(
+        self,
+        app: axum::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        match self {
+            Listening::Tls(l) => serve(l, app, shutdown).await,
+            Listening::Plain(l) => serve(l, app, shutdown).await,
+        }
+    }
 }
 
 /// Opens the store, starts the reconciler and serves the API until `shutdown`.
@@ -68,16 +172,47 @@ pub async fn run(
         options.node_timeout,
         options.resync,
     ));
+    let (identities, tls) = match &options.transport {
+        Transport::PlainLoopback => {
+            let loopback = |a: SocketAddr| a.ip().is_loopback();
+            if !loopback(options.listen) || options.dashboard.is_some_and(|d| !loopback(d)) {
+                anyhow::bail!(
+                    "plain HTTP is for loopback only: listen on 127.0.0.1 or [::1], or leave out --insecure-plain-http"
+                );
+            }
+            tracing::warn!("plain HTTP without identities: anyone on this machine is the admin");
+            (None, None)
+        }
+        Transport::Tls { names, files } => {
+            let ids = identity::Identities::open(
+                store.open_tree("identity")?,
+                &options.data.join("pki"),
+                &options.data.join("admin.yaml"),
+                &local_url(options.listen),
+                options.node_cert_lifetime,
+            )?;
+            let (chain, key) = match files {
+                Some((cert, key)) => harvester_pki::tls::read_identity(cert, key)?,
+                None => ids.ca().server_identity(&server_names(options.listen, names))?,
+            };
+            let config = harvester_pki::tls::server_config(chain, key, ids.ca().cert_der())?;
+            (Some(Arc::new(ids)), Some(config))
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let worker = tokio::spawn(reconciler.clone().run());
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
+    let (listener, local) = Listening::bind(options.listen, tls.as_ref()).await?;
     tracing::info!(
-        "controller serving http://{} (data {}, revision {})",
-        listener.local_addr()?,
+        "controller serving {scheme}://{local} (data {}, revision {})",
         options.data.display(),
         store.resource_version()
     );
+    if identities.is_some() {
+        tracing::info!(
+            "the admin's client configuration: HARVESTER_CONFIG={}",
+            options.data.join("admin.yaml").display()
+        );
+    }
     let compiler = match &options.compile_key {
         Some(key) => {
             let c = compile::Compiler::new(&options.data.join("compiled"), key)?;
@@ -97,20 +232,21 @@ pub async fn run(
         metrics,
         registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),
         live: Arc::new(live::Live::new(options.log_memory)),
+        identities,
     };
     let live = api.live.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dashboard = match options.dashboard {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
+            let (listener, local) = Listening::bind(addr, tls.as_ref())
                 .await
-                .map_err(|e| anyhow::anyhow!("dashboard: cannot listen on {addr}: {e}"))?;
-            tracing::info!("dashboard on http://{}/", listener.local_addr()?);
+                .map_err(|e| anyhow::anyhow!("dashboard: {e}"))?;
+            tracing::info!("dashboard on {scheme}://{local}/");
             let app = http::dashboard::router(api.clone(), options.timezone.clone());
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
+                listener
+                    .serve(app, async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     })
                     .await
@@ -126,7 +262,7 @@ pub async fn run(
         live.close();
         stop.send_replace(true);
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    listener.serve(app, shutdown).await?;
     if let Some(d) = dashboard {
         d.await??;
     }

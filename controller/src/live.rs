@@ -86,7 +86,8 @@ pub struct Live {
     trim_cursor: AtomicU64,
     logs: broadcast::Sender<LogLine>,
     links: Mutex<HashMap<String, (u64, mpsc::Sender<Command>)>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    /// Commands sent, by id: the node each went to, and who waits.
+    pending: Mutex<HashMap<u64, (String, oneshot::Sender<CommandResult>)>>,
     next_id: AtomicU64,
     closing: watch::Sender<bool>,
 }
@@ -267,7 +268,7 @@ impl Live {
             .map(|(_, tx)| tx.clone())
             .ok_or_else(|| CommandError::NotConnected(node.to_string()))?;
         let (done, answer) = oneshot::channel();
-        lock(&self.pending).insert(id, done);
+        lock(&self.pending).insert(id, (node.to_string(), done));
         let command = Command {
             id,
             plugin: plugin.to_string(),
@@ -289,11 +290,21 @@ impl Live {
         })
     }
 
-    /// A node answered; false when nobody waits for that id any more.
-    pub fn answer(&self, id: u64, result: CommandResult) -> bool {
-        match lock(&self.pending).remove(&id) {
-            Some(tx) => tx.send(result).is_ok(),
-            None => false,
+    /// `node` answered command `id`. Only the node a command went to may
+    /// answer it.
+    pub fn answer(&self, node: &str, id: u64, result: CommandResult) -> Answered {
+        let mut pending = lock(&self.pending);
+        match pending.get(&id) {
+            Some((to, _)) if to != node => Answered::NotSentTo,
+            Some(_) => {
+                let (_, tx) = pending.remove(&id).expect("present");
+                if tx.send(result).is_ok() {
+                    Answered::Delivered
+                } else {
+                    Answered::Gone
+                }
+            }
+            None => Answered::Gone,
         }
     }
 }
@@ -482,4 +493,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
     }
+}
+
+/// What became of a command's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Delivered,
+    /// Whoever asked gave up waiting.
+    Gone,
+    /// The command went to another node.
+    NotSentTo,
 }

@@ -130,6 +130,11 @@ impl Store {
         })
     }
 
+    /// Another tree in the same database (identities keep theirs here).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     fn tree(&self, kind: Kind) -> &sled::Tree {
         match kind {
             Kind::Plugin => &self.plugins,

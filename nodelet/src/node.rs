@@ -49,6 +49,8 @@ pub enum Mode {
     /// A hub.
     Hub {
         controller: String,
+        /// For the first start: the join token to enrol with.
+        join_token: Option<crate::agent::identity::JoinTokenSource>,
         labels: Labels,
         heartbeat: Duration,
         trust: TrustPolicy,
@@ -60,16 +62,26 @@ pub enum Mode {
 pub struct NodeConfig {
     pub name: String,
     pub data: PathBuf,
-    /// Where /status, /metrics and plugin commands are served.
+    /// Where /status and /metrics are served (read-only).
     pub listen: SocketAddr,
+    /// Where plugin commands are served: loopback only.
+    pub command_listen: SocketAddr,
     pub hardware: HardwareConfig,
     pub restart_backoff: Duration,
     pub registry: RegistryOptions,
     pub mode: Mode,
 }
 
+pub use crate::agent::identity::JoinTokenSource;
+
 impl NodeConfig {
     fn check(&self) -> anyhow::Result<()> {
+        if !self.command_listen.ip().is_loopback() {
+            bail!(
+                "--command-listen {}: plugin commands are served on loopback only (127.0.0.1 or [::1]); from elsewhere, use harvester exec through the hub",
+                self.command_listen
+            );
+        }
         if let Mode::Hub { trust, compile, .. } = &self.mode
             && *compile == CompileMode::Hub
             && trust.compilers.is_empty()
@@ -174,6 +186,12 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
     tracing::info!("serving /status and /metrics on http://{address}");
     let app = crate::server::router(config.name.clone(), runtime.clone(), metrics.clone(), sim_buzzer);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let commands = tokio::net::TcpListener::bind(config.command_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--command-listen)", config.command_listen))?;
+    tracing::info!("serving plugin commands on http://{}", commands.local_addr()?);
+    let command_app = crate::server::command_router(runtime.clone());
+    let command_server = tokio::spawn(async move { axum::serve(commands, command_app).await });
 
     let result = match config.mode {
         Mode::Standalone { manifest, poll } => {
@@ -181,6 +199,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
         }
         Mode::Hub {
             controller,
+            join_token,
             labels,
             heartbeat,
             trust,
@@ -191,6 +210,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
                 metrics,
                 AgentOptions {
                     controller,
+                    join_token,
                     name: config.name,
                     labels,
                     data_dir: config.data,
@@ -207,5 +227,6 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
         }
     };
     server.abort();
+    command_server.abort();
     result
 }

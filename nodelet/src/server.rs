@@ -1,6 +1,7 @@
-//! The node's local HTTP endpoints, on loopback by default:
-//! `GET /status` (plugins, hardware, LED frame), `GET /metrics` (Prometheus),
-//! `POST /plugins/{name}/commands/{command}` (run a plugin command), `GET /healthz`.
+//! The node's local HTTP endpoints. Read-only on `--listen` (loopback by
+//! default): `GET /status` (plugins, hardware, LED frame), `GET /metrics`
+//! (Prometheus), `GET /healthz`. Plugin commands on their own listener,
+//! loopback only (`--command-listen`): `POST /plugins/{name}/commands/{command}`.
 
 use crate::metrics::Metrics;
 use crate::runtime::{CommandError, Runtime};
@@ -45,13 +46,19 @@ pub(crate) fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .route("/metrics", get(exposition))
-        .route("/plugins/{name}/commands/{command}", post(command))
         .with_state(App {
             node,
             runtime,
             metrics,
             sim_buzzer,
         })
+}
+
+/// The plugin command endpoint, for the loopback-only listener.
+pub(crate) fn command_router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/plugins/{name}/commands/{command}", post(command))
+        .with_state(runtime)
 }
 
 async fn status(State(app): State<App>) -> Json<NodeStatus> {
@@ -75,11 +82,10 @@ async fn exposition(State(app): State<App>) -> Response {
 }
 
 async fn command(
-    State(app): State<App>,
+    State(rt): State<Arc<Runtime>>,
     Path((name, command)): Path<(String, String)>,
     Query(args): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let rt = app.runtime.clone();
     let args: Vec<(String, String)> = args.into_iter().collect();
     let result = tokio::task::spawn_blocking(move || rt.command(&name, &command, args)).await;
     match result {

@@ -196,7 +196,13 @@ impl Pending {
 }
 
 /// Pushes live reports to `url` until aborted.
-pub async fn run(http: reqwest::Client, url: String, runtime: Arc<Runtime>, logs: Option<Arc<LogBuffer>>) {
+/// `http` gives the link's client as of now (a renewed certificate makes a new one).
+pub(crate) async fn run(
+    http: impl Fn() -> reqwest::Client,
+    url: String,
+    runtime: Arc<Runtime>,
+    logs: Option<Arc<LogBuffer>>,
+) {
     let mut events = runtime.subscribe();
     let mut pending = Pending::default();
     let mut tick = tokio::time::interval(INTERVAL);
@@ -243,7 +249,7 @@ pub async fn run(http: reqwest::Client, url: String, runtime: Arc<Runtime>, logs
             leds: has_leds.then(|| runtime.led_frame().iter().map(|c| c.hex()).collect()),
             buzzer: pending.buzzer.iter().cloned().collect(),
         };
-        let sent = http
+        let sent = http()
             .post(&url)
             .timeout(Duration::from_secs(10))
             .json(&report)

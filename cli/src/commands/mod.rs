@@ -7,6 +7,7 @@
 //! - [`delete`]: by name or by manifest.
 //! - [`rollout`]: `rollout status`.
 //! - [`live`]: `logs` and `exec`, through the hub.
+//! - [`identity`]: join tokens and node revocation.
 //!
 //! The helpers here (tables, ages, labels, "current generation running")
 //! are the one way every command shows them.
@@ -15,6 +16,7 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod identity;
 pub mod live;
 pub mod rollout;
 

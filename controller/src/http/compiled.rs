@@ -2,6 +2,7 @@
 //! the body is the code streamed from disk, the headers carry the signed
 //! statement of what it is.
 
+use super::access::Caller;
 use super::{Api, ApiError};
 use crate::compile::CompileFailure;
 use axum::Router;
@@ -39,6 +40,7 @@ impl From<CompileFailure> for ApiError {
 
 async fn compiled(
     State(api): State<Api>,
+    Caller(caller): Caller,
     Path(artifact): Path<String>,
     Query(q): Query<CompiledQuery>,
 ) -> Result<Response, ApiError> {
@@ -51,6 +53,7 @@ async fn compiled(
         );
     };
     let artifact: Digest = artifact.parse().map_err(ApiError::bad_request)?;
+    super::access::may_fetch(&api, &caller, &artifact)?;
     let code = match compiler
         .code_for(&api.store, &api.registry, artifact, &q.target, &q.engine)
         .await

@@ -40,7 +40,6 @@ struct Page {
 }
 
 pub(crate) fn router(api: Api, timezone: String) -> Router {
-    let metrics = api.metrics.clone();
     let routes = Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route(
@@ -58,7 +57,7 @@ pub(crate) fn router(api: Api, timezone: String) -> Router {
         .route("/api/logs", get(logs))
         .route("/api/plugins/{plugin}/commands/{command}", post(command));
     super::Audience::Dashboard
-        .serve(routes, metrics)
+        .serve(routes, &api)
         .with_state(Page { api, timezone })
 }
 

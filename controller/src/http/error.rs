@@ -40,6 +40,11 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, reason, message)
     }
 
+    /// No credential, or one the hub does not accept (401).
+    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
     pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }

@@ -7,20 +7,24 @@
 //! - [`ops`]: operating the fleet: logs, plugin commands, `/metrics`,
 //!   Prometheus service discovery, `/healthz`.
 //! - [`compiled`]: code the hub compiled for a node's target.
+//! - [`enrol`]: boards enrol and renew their certificates; the admin's
+//!   join tokens and node revocation.
 //! - [`dashboard`]: the hub dashboard, on its own listener.
 //!
 //! Each audience is one router behind one layer ([`Audience::guard`]):
-//! what is true of every request an audience makes (today: it is counted
-//! in `harvester_hub_http_requests_total`; with identities: who may call)
-//! is written there once. [`error`] is the one shape of an error answer
+//! what is true of every request an audience makes is written there once:
+//! who sent it and whether they may ([`access`]), and its count in
+//! `harvester_hub_http_requests_total`. [`error`] is the one shape of an error answer
 //! and [`ndjson`] the one way to stream.
 //!
 //! JSON in and out, YAML accepted for apply. Request bodies are
 //! size-limited; malformed input gets 400 with the parser's line and
 //! column; a stale update gets 409.
 
+mod access;
 mod compiled;
 pub(crate) mod dashboard;
+mod enrol;
 mod error;
 mod ndjson;
 mod nodes;
@@ -29,14 +33,15 @@ mod ops;
 
 pub(crate) use error::ApiError;
 
+use crate::identity::listener::Peer;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
 use crate::store::{Kind, Store};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 /// Manifests, statuses and reports are small; components have their own limit.
@@ -54,6 +59,9 @@ pub(crate) struct Api {
     pub metrics: Arc<Metrics>,
     /// Compiles components for nodes (none: nodes compile themselves).
     pub compiler: Option<Arc<crate::compile::Compiler>>,
+    /// The CA, join tokens, certificates, the admin credential. None: a
+    /// hub on plain HTTP on loopback, where every caller is the admin.
+    pub identities: Option<Arc<crate::identity::Identities>>,
 }
 
 /// Who a group of routes serves.
@@ -67,14 +75,17 @@ pub(crate) enum Audience {
     Operators,
     /// The dashboard page in a browser (its own listener).
     Dashboard,
+    /// Boards enrolling or renewing: their credential is in the request.
+    Joining,
 }
 
 impl Audience {
-    pub(crate) const ALL: [Audience; 4] = [
+    pub(crate) const ALL: [Audience; 5] = [
         Audience::People,
         Audience::Nodes,
         Audience::Operators,
         Audience::Dashboard,
+        Audience::Joining,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -83,27 +94,36 @@ impl Audience {
             Audience::Nodes => "nodes",
             Audience::Operators => "operators",
             Audience::Dashboard => "dashboard",
+            Audience::Joining => "joining",
         }
     }
 
     /// Puts `routes` behind this audience's layer.
-    pub(crate) fn serve<S: Clone + Send + Sync + 'static>(self, routes: Router<S>, metrics: Arc<Metrics>) -> Router<S> {
-        routes.route_layer(middleware::from_fn_with_state((self, metrics), Audience::guard))
+    pub(crate) fn serve<S: Clone + Send + Sync + 'static>(self, routes: Router<S>, api: &Api) -> Router<S> {
+        routes.route_layer(middleware::from_fn_with_state((self, api.clone()), Audience::guard))
     }
 
     /// Every request of the audience passes here.
-    async fn guard(
-        State((audience, metrics)): State<(Audience, Arc<Metrics>)>,
-        request: Request,
-        next: Next,
-    ) -> Response {
-        let response = next.run(request).await;
+    async fn guard(State((audience, api)): State<(Audience, Api)>, mut request: Request, next: Next) -> Response {
+        let admitted = access::identify(&api, audience, &request)
+            .and_then(|who| access::admit(audience, &who, request.uri().path()).map(|()| who));
+        let response = match admitted {
+            Ok(who) => {
+                request.extensions_mut().insert(who);
+                next.run(request).await
+            }
+            Err(e) => {
+                let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.addr);
+                tracing::info!(?peer, path = request.uri().path(), "refused: {}", e.message());
+                e.into_response()
+            }
+        };
         let class = match response.status().as_u16() {
             100..=399 => "ok",
             400..=499 => "client_error",
             _ => "server_error",
         };
-        metrics
+        api.metrics
             .http_requests
             .with_label_values(&[audience.as_str(), class])
             .inc();
@@ -113,11 +133,11 @@ impl Audience {
 
 /// The API on one listener: every audience's routes.
 pub(crate) fn router(api: Api) -> Router {
-    let m = &api.metrics;
     Router::new()
-        .merge(Audience::People.serve(objects::routes(), m.clone()))
-        .merge(Audience::Nodes.serve(nodes::routes().merge(compiled::routes()), m.clone()))
-        .merge(Audience::Operators.serve(ops::routes(), m.clone()))
+        .merge(Audience::People.serve(objects::routes().merge(enrol::admin()), &api))
+        .merge(Audience::Nodes.serve(nodes::routes().merge(compiled::routes()), &api))
+        .merge(Audience::Operators.serve(ops::routes(), &api))
+        .merge(Audience::Joining.serve(enrol::joining(), &api))
         .layer(DefaultBodyLimit::max(REQUEST_LIMIT))
         .with_state(api)
 }
@@ -180,6 +200,7 @@ mod tests {
             live: Arc::new(Live::new(1 << 20)),
             metrics,
             compiler: None,
+            identities: None,
         }
     }
 

@@ -3,9 +3,10 @@
 //! commands, pushes live reports, answers commands and downloads the
 //! components it was assigned.
 
+use super::access::{Caller, ThisNode, may_fetch};
 use super::{Api, ApiError, ndjson};
 use crate::apply::node_update;
-use crate::live::Live;
+use crate::live::{Answered, Live};
 use crate::metrics::StreamGuard;
 use crate::store::{Kind, StoreError};
 use axum::body::Body;
@@ -33,7 +34,7 @@ pub(super) fn routes() -> Router<Api> {
 /// A nodelet creates or refreshes its Node: labels and status.
 async fn register(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    ThisNode(name): ThisNode,
     Json(node): Json<Node>,
 ) -> Result<Response, ApiError> {
     if node.metadata.name != name {
@@ -52,7 +53,7 @@ async fn register(
 /// The status subresource: written by the node itself.
 async fn status(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    ThisNode(name): ThisNode,
     Json(status): Json<NodeStatusV1>,
 ) -> Result<Response, ApiError> {
     api.store
@@ -75,7 +76,7 @@ async fn status(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn heartbeat(State(api): State<Api>, ThisNode(name): ThisNode) -> Result<Response, ApiError> {
     api.must_exist(Kind::Node, &name)?;
     api.reconciler.heartbeat(&name);
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -83,8 +84,13 @@ async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> Result<R
 
 /// The node's one outbound watch: its full assignments now and after every
 /// change, and commands for its plugins, one JSON per line, with keepalives.
-async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn assignments(State(api): State<Api>, ThisNode(name): ThisNode) -> Result<Response, ApiError> {
     let mut rx = api.reconciler.watch_assignments(&name);
+    // Revoking or deleting the node ends the stream at once.
+    let gone = match &api.identities {
+        Some(ids) => ids.until_gone(&name),
+        None => tokio_util::sync::CancellationToken::new(),
+    };
     let metrics = api.metrics.clone();
     let live = api.live.clone();
     let (token, mut commands) = live.link(&name);
@@ -105,6 +111,7 @@ async fn assignments(State(api): State<Api>, Path(name): Path<String>) -> Result
                 },
                 Some(command) = commands.recv() => ndjson::line(&NodeMessage::Command { command }),
                 _ = tokio::time::sleep(ndjson::KEEPALIVE) => ndjson::keepalive(),
+                _ = gone.cancelled() => return,
             };
             if tx.send(line).await.is_err() {
                 return;
@@ -125,7 +132,7 @@ impl Drop for Unlink {
 /// A node's live report: log lines, readings, LED frame, buzzer activity.
 async fn live_report(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    ThisNode(name): ThisNode,
     Json(report): Json<LiveReport>,
 ) -> Result<Response, ApiError> {
     api.must_exist(Kind::Node, &name)?;
@@ -135,20 +142,28 @@ async fn live_report(
 
 async fn command_result(
     State(api): State<Api>,
-    Path((_name, id)): Path<(String, u64)>,
+    ThisNode(name): ThisNode,
+    Path((_, id)): Path<(String, u64)>,
     Json(result): Json<CommandResult>,
-) -> Response {
-    if api.live.answer(id, result) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
+) -> Result<Response, ApiError> {
+    match api.live.answer(&name, id, result) {
+        Answered::Delivered => Ok(StatusCode::NO_CONTENT.into_response()),
         // Whoever asked gave up waiting.
-        StatusCode::GONE.into_response()
+        Answered::Gone => Ok(StatusCode::GONE.into_response()),
+        Answered::NotSentTo => Err(ApiError::forbidden(format!(
+            "command {id} was not sent to node {name:?}"
+        ))),
     }
 }
 
 /// A component uploaded to the hub, by digest.
-async fn get_blob(State(api): State<Api>, Path(digest): Path<String>) -> Result<Response, ApiError> {
+async fn get_blob(
+    State(api): State<Api>,
+    Caller(caller): Caller,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
     let digest: Digest = digest.parse().map_err(ApiError::bad_request)?;
+    may_fetch(&api, &caller, &digest)?;
     match api.store.get_blob(&digest)? {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/wasm")], Body::from(bytes.to_vec())).into_response()),
         None => Err(ApiError::not_found(format!("no blob {digest}"))),

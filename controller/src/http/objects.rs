@@ -225,6 +225,11 @@ async fn delete(
         .await?;
     if kind == Kind::Node {
         api.live.forget(&name);
+        // A deleted node's certificates die with it.
+        if let Some(ids) = &api.identities {
+            ids.revoke(&name)
+                .map_err(|e| ApiError::internal("IdentityStore", e.to_string()))?;
+        }
     }
     Ok(Json(json!({"kind": kind.as_str(), "name": name, "action": "deleted"})).into_response())
 }

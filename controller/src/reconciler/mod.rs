@@ -110,6 +110,13 @@ impl Reconciler {
         self.events.of(plugin)
     }
 
+    /// Whether `node` is assigned a plugin whose artifact is `digest`.
+    pub(crate) fn assigned(&self, node: &str, digest: &harvester_api::Digest) -> bool {
+        lock(&self.assignments)
+            .get(node)
+            .is_some_and(|tx| tx.borrow().plugins.iter().any(|a| a.digest == *digest))
+    }
+
     /// The node's assignments, kept current.
     pub(crate) fn watch_assignments(&self, node: &str) -> watch::Receiver<Assignments> {
         let mut all = lock(&self.assignments);

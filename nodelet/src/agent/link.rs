@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio_util::codec::FramedRead;
 use tokio_util::io::StreamReader;
 
+use super::identity::NodeIdentity;
+
 /// What the hub said to a status report.
 pub(super) enum Reported {
     Accepted,
@@ -22,7 +24,9 @@ pub(super) enum Reported {
 
 /// The node protocol, as this node speaks it.
 pub(super) struct HubLink {
-    http: reqwest::Client,
+    /// Made again when the node's certificate is renewed; open streams
+    /// keep the client they started with.
+    http: std::sync::RwLock<reqwest::Client>,
     /// `http://hub:port/api/v1alpha1`.
     base: String,
     /// This node's name, path-encoded.
@@ -54,7 +58,7 @@ where
 
 /// `resp` when it is a success; otherwise an error naming `what`, the
 /// status and the hub's message.
-async fn ensure_success(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+pub(super) async fn ensure_success(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
@@ -71,15 +75,40 @@ async fn ensure_success(resp: reqwest::Response, what: &str) -> anyhow::Result<r
     Err(anyhow::anyhow!("{what}: {status} {message}"))
 }
 
+/// `builder` trusting only the hub CA `ca_pem`, presenting `identity`
+/// (certificate, key) when given.
+pub(super) fn with_tls(
+    builder: reqwest::ClientBuilder,
+    ca_pem: &str,
+    identity: Option<&NodeIdentity>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let tls = harvester_pki::tls::client_config(ca_pem, identity.map(|i| (i.cert_pem.as_str(), i.key_pem.as_str())))?;
+    Ok(builder.tls_backend_preconfigured(tls))
+}
+
+fn client(identity: Option<&NodeIdentity>) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    Ok(match identity {
+        Some(id) => with_tls(builder, &id.ca_pem, Some(id))?.build()?,
+        None => builder.build()?,
+    })
+}
+
 impl HubLink {
-    pub fn new(controller: &str, node: &str) -> anyhow::Result<HubLink> {
+    /// `identity`: this node's certificate and the hub CA (none: a hub on
+    /// plain HTTP, for development).
+    pub fn new(controller: &str, node: &str, identity: Option<&NodeIdentity>) -> anyhow::Result<HubLink> {
         Ok(HubLink {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()?,
+            http: std::sync::RwLock::new(client(identity)?),
             base: format!("{}/api/v1alpha1", controller.trim_end_matches('/')),
             node: harvester_api::path_segment(node),
         })
+    }
+
+    /// From now on, requests present `identity` (a renewed certificate).
+    pub fn set_identity(&self, identity: &NodeIdentity) -> anyhow::Result<()> {
+        *self.http.write().unwrap_or_else(|e| e.into_inner()) = client(Some(identity))?;
+        Ok(())
     }
 
     fn url(&self, path: &str) -> String {
@@ -90,9 +119,9 @@ impl HubLink {
         format!("{}/nodes/{}/{path}", self.base, self.node)
     }
 
-    /// The client, for the uplink's reports on the same connection pool.
+    /// The client as of now (renewals replace it).
     pub fn http(&self) -> reqwest::Client {
-        self.http.clone()
+        self.http.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn live_url(&self) -> String {
@@ -100,12 +129,12 @@ impl HubLink {
     }
 
     pub async fn register(&self, node: &Node) -> anyhow::Result<()> {
-        let resp = self.http.put(self.node_url("register")).json(node).send().await?;
+        let resp = self.http().put(self.node_url("register")).json(node).send().await?;
         ensure_success(resp, "registering").await.map(drop)
     }
 
     pub async fn report(&self, status: &NodeStatusV1) -> anyhow::Result<Reported> {
-        let resp = self.http.put(self.node_url("status")).json(status).send().await?;
+        let resp = self.http().put(self.node_url("status")).json(status).send().await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Reported::Unknown);
         }
@@ -120,7 +149,7 @@ impl HubLink {
         &self,
         idle: Duration,
     ) -> anyhow::Result<impl Stream<Item = anyhow::Result<NodeMessage>> + use<>> {
-        let resp = self.http.get(self.node_url("assignments")).send().await?;
+        let resp = self.http().get(self.node_url("assignments")).send().await?;
         let resp = ensure_success(resp, "watching assignments").await?;
         let bytes = resp.bytes_stream().map_err(std::io::Error::other);
         let messages = FramedRead::new(StreamReader::new(bytes), Ndjson::<NodeMessage>::new());
@@ -129,7 +158,7 @@ impl HubLink {
 
     pub async fn answer(&self, command: u64, result: &CommandResult) -> anyhow::Result<()> {
         let resp = self
-            .http
+            .http()
             .post(self.node_url(&format!("commands/{command}")))
             .json(result)
             .send()
@@ -142,7 +171,11 @@ impl HubLink {
     /// A component uploaded to the hub (unchecked: the caller checks its digest).
     pub async fn blob(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
         let what = format!("downloading {digest} from the controller");
-        let resp = ensure_success(self.http.get(self.url(&format!("blobs/{digest}"))).send().await?, &what).await?;
+        let resp = ensure_success(
+            self.http().get(self.url(&format!("blobs/{digest}"))).send().await?,
+            &what,
+        )
+        .await?;
         read_capped(resp.bytes_stream(), MAX_COMPONENT)
             .await
             .map_err(|e| anyhow::anyhow!("{what}: {e:#}"))
@@ -152,7 +185,7 @@ impl HubLink {
     pub async fn compiled(&self, artifact: &Digest, target: &str, engine: &str) -> anyhow::Result<reqwest::Response> {
         let url = self.url(&format!("compiled/{artifact}?target={target}&engine={engine}"));
         let resp = self
-            .http
+            .http()
             .get(url)
             .send()
             .await

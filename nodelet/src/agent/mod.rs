@@ -15,6 +15,7 @@ mod converge;
 mod failure;
 mod fetch;
 mod hub_code;
+pub(crate) mod identity;
 pub(crate) mod link;
 mod status;
 
@@ -33,8 +34,11 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub(crate) struct AgentOptions {
-    /// `http://host:port` of the controller.
+    /// `https://host:port` of the controller (`http://`: a development
+    /// hub without identities).
     pub controller: String,
+    /// For the first start: the join token to enrol with.
+    pub join_token: Option<identity::JoinTokenSource>,
     pub name: String,
     pub labels: Labels,
     pub data_dir: PathBuf,
@@ -200,10 +204,16 @@ pub(crate) async fn run(
     if let Some(logs) = &opts.logs {
         runtime.forward_plugin_lines(logs.clone());
     }
+    let me = if opts.controller.starts_with("http://") {
+        tracing::warn!("the controller is plain HTTP: no identity, nothing encrypted; for development only");
+        None
+    } else {
+        Some(identity::establish(&opts.controller, &opts.name, &opts.data_dir, opts.join_token.as_ref()).await?)
+    };
     let agent = Arc::new(Agent {
         runtime,
         metrics,
-        link: HubLink::new(&opts.controller, &opts.name)?,
+        link: HubLink::new(&opts.controller, &opts.name, me.as_ref())?,
         registry: Registry::new(opts.registry.clone()),
         store: BlobStore::new(opts.data_dir.join("blobs")),
         opts,
@@ -225,8 +235,12 @@ pub(crate) async fn run(
 
     let converger = tokio::spawn(converge::run(agent.clone()));
     let reporter = tokio::spawn(status::run(agent.clone()));
+    let renewer = me.map(|me| tokio::spawn(renew(agent.clone(), me)));
     let uplink = tokio::spawn(crate::uplink::run(
-        agent.link.http(),
+        {
+            let agent = agent.clone();
+            move || agent.link.http()
+        },
         agent.link.live_url(),
         agent.runtime.clone(),
         agent.opts.logs.clone(),
@@ -253,6 +267,9 @@ pub(crate) async fn run(
     };
 
     shutdown.await;
+    if let Some(r) = renewer {
+        r.abort();
+    }
     watcher.abort();
     uplink.abort();
     reporter.abort();
@@ -260,4 +277,48 @@ pub(crate) async fn run(
     let rt = agent.runtime.clone();
     let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
     Ok(())
+}
+
+/// Renews the node's certificate at two thirds of its life, for as long
+/// as the agent runs; a failed attempt is retried with backoff.
+async fn renew(agent: Arc<Agent>, mut me: identity::NodeIdentity) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = me
+            .cert
+            .renew_at()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            // Never a tight loop, whatever the clock says.
+            .max(Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
+        let http = agent.link.http();
+        match identity::renew(
+            &http,
+            &agent.opts.controller,
+            &agent.opts.name,
+            &agent.opts.data_dir,
+            &me,
+        )
+        .await
+        {
+            Ok(renewed) => match agent.link.set_identity(&renewed) {
+                Ok(()) => {
+                    tracing::info!(
+                        serial = renewed.cert.serial,
+                        "renewed this board's certificate, valid until {}",
+                        harvester_pki::rfc3339(renewed.cert.not_after)
+                    );
+                    me = renewed;
+                    backoff = Duration::from_secs(1);
+                }
+                Err(e) => tracing::error!("cannot use the renewed certificate: {e:#}"),
+            },
+            Err(e) => {
+                tracing::warn!("renewing this board's certificate: {e:#}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }

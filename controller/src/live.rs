@@ -323,6 +323,16 @@ impl LogFilter {
     }
 }
 
+/// What became of a command's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Delivered,
+    /// Whoever asked gave up waiting.
+    Gone,
+    /// The command went to another node.
+    NotSentTo,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,13 +481,14 @@ mod tests {
             tokio::spawn(async move {
                 let c = rx.recv().await.unwrap();
                 assert_eq!((c.plugin.as_str(), c.name.as_str()), ("buzzer", "short"));
-                live.answer(
-                    c.id,
-                    CommandResult {
-                        ok: true,
-                        message: "played short".into(),
-                    },
-                );
+                let result = CommandResult {
+                    ok: true,
+                    message: "played short".into(),
+                };
+                // Only the node the command went to may answer it.
+                assert_eq!(live.answer("pi3", c.id, result.clone()), Answered::NotSentTo);
+                assert_eq!(live.answer("pi4", c.id, result.clone()), Answered::Delivered);
+                assert_eq!(live.answer("pi4", c.id, result), Answered::Gone);
                 rx
             })
         };
@@ -493,14 +504,4 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
     }
-}
-
-/// What became of a command's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answered {
-    Delivered,
-    /// Whoever asked gave up waiting.
-    Gone,
-    /// The command went to another node.
-    NotSentTo,
 }

@@ -168,3 +168,13 @@ pub fn rfc3339(t: SystemTime) -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{} ms since the epoch", unix_ms(t)))
 }
+
+/// SHA-256 of a certificate's public key (SPKI), base64: what Chromium's
+/// `--ignore-certificate-errors-spki-list` pins and HPKP-style tools show.
+pub fn spki_sha256_base64(cert_pem: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let der = certificates(cert_pem)?.remove(0);
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(cert.public_key().raw)))
+}

@@ -88,13 +88,21 @@ impl ClientCertVerifier for GraceVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         match self.inner.verify_client_cert(end_entity, intermediates, now) {
-            Err(Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
-                let then = now.as_secs().saturating_sub(RENEWAL_GRACE.as_secs());
-                self.inner.verify_client_cert(
-                    end_entity,
-                    intermediates,
-                    UnixTime::since_unix_epoch(Duration::from_secs(then)),
-                )
+            Err(e @ Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
+                // Checked as of its last valid second, if that is within the grace.
+                let Ok(info) = crate::CertInfo::of_der(end_entity) else {
+                    return Err(e);
+                };
+                let last = info
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .saturating_sub(Duration::from_secs(1));
+                if now.as_secs() > last.as_secs() + RENEWAL_GRACE.as_secs() {
+                    return Err(e);
+                }
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, UnixTime::since_unix_epoch(last))
             }
             other => other,
         }
@@ -258,5 +266,38 @@ impl ServerCertVerifier for Presented {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Ca, NodeKey};
+
+    #[test]
+    fn an_expired_node_certificate_passes_the_handshake_only_within_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = Ca::load_or_create(dir.path()).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let issued = ca
+            .sign_node("pi4", &key.csr("pi4").unwrap(), Duration::from_secs(60))
+            .unwrap();
+        let cert = crate::certificates(&issued.pem).unwrap().remove(0);
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots(std::slice::from_ref(ca.cert_der())).unwrap(),
+            crate::provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+        let verifier = GraceVerifier { inner };
+        let at = |secs_after_expiry: u64| {
+            let t = issued.not_after.duration_since(std::time::UNIX_EPOCH).unwrap()
+                + Duration::from_secs(secs_after_expiry);
+            verifier.verify_client_cert(&cert, &[], UnixTime::since_unix_epoch(t))
+        };
+        assert!(at(0).is_ok());
+        assert!(at(3600).is_ok(), "expired an hour ago: within the grace");
+        assert!(at(RENEWAL_GRACE.as_secs() + 3600).is_err(), "past the grace");
     }
 }

@@ -22,7 +22,7 @@ fn harvester(fleet: &Fleet, args: &[&str]) -> std::process::Output {
         .args(args)
         .current_dir(fleet.dir.path())
         .env("COSIGN_PASSWORD", PASSWORD)
-        .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", fleet.port))
+        .env("HARVESTER_CONFIG", fleet.dir.path().join("controller/admin.yaml"))
         .output()
         .unwrap()
 }
@@ -137,7 +137,7 @@ fn the_showcase_in_a_browser() {
             "--timezone",
             "America/New_York",
         ])
-        .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", fleet.port))
+        .env("HARVESTER_CONFIG", fleet.dir.path().join("controller/admin.yaml"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -180,7 +180,7 @@ fn the_showcase_in_a_browser() {
         Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["dev", dev_dir.to_str().unwrap(), "--key", key.to_str().unwrap()])
             .env("COSIGN_PASSWORD", PASSWORD)
-            .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", fleet.port))
+            .env("HARVESTER_CONFIG", fleet.dir.path().join("controller/admin.yaml"))
             .env("PATH", path)
             .stdout(std::fs::File::create(&dev_log).unwrap())
             .stderr(std::fs::File::create(fleet.dir.path().join("dev.err")).unwrap())
@@ -199,7 +199,11 @@ fn the_showcase_in_a_browser() {
     let mut script = Command::new("node")
         .arg(browser.join("dashboard.mjs"))
         .current_dir(&browser)
-        .env("DASHBOARD_URL", format!("http://127.0.0.1:{}/", fleet.dashboard))
+        .env("DASHBOARD_URL", format!("https://127.0.0.1:{}/", fleet.dashboard))
+        .env("DASHBOARD_CA_SPKI", {
+            let ca = std::fs::read_to_string(fleet.dir.path().join("controller/pki/ca.crt")).unwrap();
+            harvester_pki::spki_sha256_base64(&ca).unwrap()
+        })
         .env("OUT_DIR", &out_dir)
         .env("RELOAD_TIMEOUT_MS", "300000")
         .stdout(Stdio::piped())

@@ -125,9 +125,19 @@ fn the_install_lays_out_units_that_systemd_accepts_and_that_start() {
             .spawn()
             .unwrap(),
     );
+    let data = dir.path().join("controller");
     wait_until(Duration::from_secs(20), "controller up", || {
-        http("GET", api, "/healthz").is_some_and(|r| r.0 == 200)
+        data.join("admin.yaml").exists() && Hub::admin(api, &data).try_raw("GET", "/healthz", &[], b"").is_ok()
     });
+    let hub = Hub::admin(api, &data);
+    let token = Command::new(bin())
+        .args(["token", "create", "--ttl", "10m"])
+        .env("HARVESTER_CONFIG", data.join("admin.yaml"))
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token_file = dir.path().join("join-token");
+    std::fs::write(&token_file, &token.stdout).unwrap();
     let key = dir.path().join("cosign");
     let out = Command::new(bin())
         .args(["keygen", "--output-key-prefix", key.to_str().unwrap()])
@@ -138,7 +148,9 @@ fn the_install_lays_out_units_that_systemd_accepts_and_that_start() {
     let mut node = unit_command(&read("harvester-nodelet.service"), &read("nodelet.env"));
     let port = free_port();
     swap(&mut node, "--data", dir.path().join("node").to_str().unwrap());
-    swap(&mut node, "--controller", &format!("http://127.0.0.1:{api}"));
+    swap(&mut node, "--controller", &format!("https://127.0.0.1:{api}"));
+    swap(&mut node, "--join-token-file", token_file.to_str().unwrap());
+    swap(&mut node, "--command-listen", "127.0.0.1:0");
     swap(
         &mut node,
         "--trust-key",
@@ -160,6 +172,7 @@ fn the_install_lays_out_units_that_systemd_accepts_and_that_start() {
             .unwrap(),
     );
     wait_until(Duration::from_secs(20), "the node registered", || {
-        http("GET", api, "/api/v1alpha1/nodes/board").is_some_and(|r| r.0 == 200 && r.1.contains("role"))
+        let (code, body) = hub.call("GET", "/api/v1alpha1/nodes/board", "");
+        code == 200 && body.contains("role")
     });
 }

@@ -15,12 +15,20 @@ pub struct Fleet {
     /// The hub dashboard's port.
     pub dashboard: u16,
     controller: Option<Proc>,
+    /// Extra arguments for the controller.
+    controller_args: Vec<String>,
     nodes: Vec<(String, u16, Proc)>,
     probe: PathBuf,
+    /// A join token with uses for every node the test starts.
+    join_token: Option<PathBuf>,
 }
 
 impl Fleet {
     pub fn new() -> Fleet {
+        Fleet::with_controller_args(&[])
+    }
+
+    pub fn with_controller_args(args: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let probe = dir.path().join("probe.wasm");
         std::fs::write(&probe, component("probe").as_slice()).unwrap();
@@ -29,8 +37,10 @@ impl Fleet {
             dashboard: free_port(),
             dir,
             controller: None,
+            controller_args: args.iter().map(|a| a.to_string()).collect(),
             nodes: Vec::new(),
             probe,
+            join_token: None,
         };
         f.start_controller();
         f
@@ -43,15 +53,53 @@ impl Fleet {
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--node-timeout", "3s"])
             .args(["--dashboard", &format!("127.0.0.1:{}", self.dashboard)])
             .args(["--timezone", "America/New_York"])
+            .args(&self.controller_args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("controller.log")).unwrap())
             .spawn()
             .unwrap();
         self.controller = Some(Proc(child));
-        let port = self.port;
+        let admin = self.dir.path().join("controller/admin.yaml");
         wait_until(T, "controller up", || {
-            http("GET", port, "/healthz").is_some_and(|r| r.0 == 200)
+            admin.exists()
+                && self
+                    .hub()
+                    .try_raw("GET", "/healthz", &[], b"")
+                    .is_ok_and(|r| r.0 == 200)
         });
+    }
+
+    /// The hub's API as its admin.
+    pub fn hub(&self) -> Hub {
+        Hub::admin(self.port, &self.dir.path().join("controller"))
+    }
+
+    /// The dashboard, over TLS with the hub CA.
+    pub fn dashboard_hub(&self) -> Hub {
+        self.hub().anonymous().at(self.dashboard)
+    }
+
+    /// The API as node `name` (its certificate).
+    pub fn hub_as_node(&self, name: &str) -> Hub {
+        self.hub().as_node(&self.dir.path().join(name))
+    }
+
+    /// A new join token: `harvester token create` with these arguments.
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        self.cli_ok(&all).trim().to_string()
+    }
+
+    /// The file holding the fleet's join token for the nodes it starts.
+    fn join_token_file(&mut self) -> PathBuf {
+        if let Some(f) = &self.join_token {
+            return f.clone();
+        }
+        let file = self.dir.path().join("join-token");
+        std::fs::write(&file, self.token(&["--uses", "100", "--ttl", "1h"])).unwrap();
+        self.join_token = Some(file.clone());
+        file
     }
 
     pub fn kill_controller(&mut self) {
@@ -60,16 +108,20 @@ impl Fleet {
     }
 
     /// A node for local (unsigned) components uploaded through the controller.
-    fn start_node(&mut self, name: &str, labels: &str, devices: &str) -> u16 {
+    pub fn start_node(&mut self, name: &str, labels: &str, devices: &str) -> u16 {
         self.start_node_with(name, labels, devices, &["--allow-unsigned"])
     }
 
     pub fn start_node_with(&mut self, name: &str, labels: &str, devices: &str, extra: &[&str]) -> u16 {
         let port = free_port();
+        let token = self.join_token_file();
         let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["nodelet", "--name", name, "--labels", labels, "--sim-devices", devices])
             .args(extra)
-            .args(["--controller", &format!("http://127.0.0.1:{}", self.port)])
+            .args(["--controller", &format!("https://127.0.0.1:{}", self.port)])
+            .arg("--join-token-file")
+            .arg(&token)
+            .args(["--command-listen", "127.0.0.1:0"])
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
@@ -103,7 +155,8 @@ impl Fleet {
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(args)
-            .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", self.port))
+            .env("HARVESTER_CONFIG", self.dir.path().join("controller/admin.yaml"))
+            .env_remove("HARVESTER_SERVER")
             .output()
             .unwrap()
     }
@@ -116,7 +169,7 @@ impl Fleet {
     }
 
     /// A Plugin manifest running the probe component.
-    fn plugin_yaml(&self, name: &str, selector: &str, grants: &str, version: &str) -> String {
+    pub fn plugin_yaml(&self, name: &str, selector: &str, grants: &str, version: &str) -> String {
         format!(
             "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {}\n  nodeSelector: {{{selector}}}\n  grants: {grants}\n  config: {{VERSION: \"{version}\"}}\n  tickInterval: 100ms\n",
             self.probe.display()
@@ -239,13 +292,9 @@ fn invalid_manifests_are_rejected_whole_naming_the_document() {
     );
 
     // Malformed YAML: 400 with the parser's line and column.
-    let (code, body) = http_body(
-        "POST",
-        fleet.port,
-        "/api/v1alpha1/apply",
-        "kind: Plugin\nmetadata: {name: [\n",
-    )
-    .unwrap();
+    let (code, body) = fleet
+        .hub()
+        .call("POST", "/api/v1alpha1/apply", "kind: Plugin\nmetadata: {name: [\n");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("line"), "{body}");
     // Unknown fields are rejected, not ignored.
@@ -256,20 +305,18 @@ fn invalid_manifests_are_rejected_whole_naming_the_document() {
 
     // A local path the CLI did not upload is refused: the hub never reads
     // a file from its own disk and never serves it back.
-    let (code, body) = http_body(
+    let (code, body) = fleet.hub().call(
         "POST",
-        fleet.port,
         "/api/v1alpha1/apply",
         "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {name: passwd}\nspec: {image: /etc/passwd}\n",
-    )
-    .unwrap();
+    );
     assert_eq!(code, 422, "{body}");
     assert!(
         body.contains("spec.image \\\"/etc/passwd\\\"") && body.contains("harvester apply -f"),
         "{body}"
     );
     let digest = harvester_api::Digest::of(&std::fs::read("/etc/passwd").unwrap());
-    let (code, _) = http_body("GET", fleet.port, &format!("/api/v1alpha1/blobs/{digest}"), "").unwrap();
+    let (code, _) = fleet.hub().call("GET", &format!("/api/v1alpha1/blobs/{digest}"), "");
     assert_eq!(code, 404, "the file was not stored");
 }
 
@@ -281,7 +328,7 @@ fn a_stale_update_gets_409_and_changes_nothing() {
     fleet.apply(&fleet.plugin_yaml("p", "", "{gpio: {pins: [17]}}", "2"));
     let mut stale = old.clone();
     stale["spec"]["config"]["VERSION"] = "3".into();
-    let (code, body) = http_body("PUT", fleet.port, "/api/v1alpha1/plugins/p", &stale.to_string()).unwrap();
+    let (code, body) = fleet.hub().call("PUT", "/api/v1alpha1/plugins/p", &stale.to_string());
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("was changed by someone else"), "{body}");
     let now = fleet.plugin("p");
@@ -291,21 +338,22 @@ fn a_stale_update_gets_409_and_changes_nothing() {
     // With the current resourceVersion the same update goes through.
     let mut fresh = now.clone();
     fresh["spec"]["config"]["VERSION"] = "3".into();
-    let (code, body) = http_body("PUT", fleet.port, "/api/v1alpha1/plugins/p", &fresh.to_string()).unwrap();
+    let (code, body) = fleet.hub().call("PUT", "/api/v1alpha1/plugins/p", &fresh.to_string());
     assert_eq!(code, 200, "{body}");
     assert_eq!(fleet.plugin("p")["metadata"]["generation"], 3);
 }
 
 /// Reads NDJSON watch events from a raw connection until `done` says so.
-fn read_events(port: u16, from: u64, done: impl Fn(&Value) -> bool) -> Vec<Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET /api/v1alpha1/watch?resourceVersion={from} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .unwrap();
+fn read_events(hub: &Hub, from: u64, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    use std::io::{BufRead, BufReader};
+    let mut s = hub.connect().unwrap();
+    hub.send(
+        &mut s,
+        "GET",
+        &format!("/api/v1alpha1/watch?resourceVersion={from}"),
+        &[],
+        b"",
+    );
     let mut events = Vec::new();
     for line in BufReader::new(s).lines() {
         let line = line.unwrap();
@@ -330,13 +378,13 @@ fn a_watch_resumed_after_a_dropped_connection_misses_no_event() {
         fleet.apply(&fleet.plugin_yaml(&format!("w{i}"), "", "{gpio: {pins: [17]}}", "1"));
     }
     let added = |name: &'static str| move |e: &Value| e["type"] == "ADDED" && e["object"]["metadata"]["name"] == name;
-    let first = read_events(fleet.port, 0, added("w1"));
+    let first = read_events(&fleet.hub(), 0, added("w1"));
     let last = first.last().unwrap()["resourceVersion"].as_u64().unwrap();
     // Changes made while nobody watches.
     for i in 3..6 {
         fleet.apply(&fleet.plugin_yaml(&format!("w{i}"), "", "{gpio: {pins: [17]}}", "1"));
     }
-    let rest = read_events(fleet.port, last, added("w5"));
+    let rest = read_events(&fleet.hub(), last, added("w5"));
     let rvs: Vec<u64> = first
         .iter()
         .chain(&rest)
@@ -471,18 +519,17 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
         out.trim().strip_prefix("pi4: ").unwrap().parse::<u64>().is_ok(),
         "{out}"
     );
-    let api = fleet.port;
-    let (code, _, body) = http_raw("POST", api, "/api/v1alpha1/plugins/nope/commands/x", &[], b"");
+    let api = fleet.hub();
+    let (code, _, body) = api.raw("POST", "/api/v1alpha1/plugins/nope/commands/x", &[], b"");
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
-    let (code, _, body) = http_raw("POST", api, "/api/v1alpha1/plugins/probe/commands/x?node=hub", &[], b"");
+    let (code, _, body) = api.raw("POST", "/api/v1alpha1/plugins/probe/commands/x?node=hub", &[], b"");
     assert_eq!(code, 409);
     assert!(String::from_utf8_lossy(&body).contains("not running on node hub"));
-    let (code, _, body) = http_raw("POST", api, "/api/v1alpha1/plugins/probe/commands/x", &[], b"[1]");
+    let (code, _, body) = api.raw("POST", "/api/v1alpha1/plugins/probe/commands/x", &[], b"[1]");
     assert_eq!(code, 400);
     assert!(String::from_utf8_lossy(&body).contains("arguments must be a JSON object"));
-    let (code, _, _) = http_raw(
+    let (code, _, _) = api.raw(
         "POST",
-        api,
         "/api/v1alpha1/nodes/ghost/live",
         &[("content-type", "application/json")],
         b"{}",
@@ -505,8 +552,8 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
 
     // The dashboard: its own assets with a strict policy, and writes only
     // from its own page, only the buzzer's commands.
-    let dash = fleet.dashboard;
-    let (code, head, body) = http_raw("GET", dash, "/", &[], b"");
+    let dash = fleet.dashboard_hub();
+    let (code, head, body) = dash.raw("GET", "/", &[], b"");
     assert_eq!(code, 200);
     assert!(
         head.to_lowercase()
@@ -514,27 +561,25 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
         "{head}"
     );
     assert!(String::from_utf8_lossy(&body).contains("/assets/app.js"));
-    let (code, _, _) = http_raw("POST", dash, "/api/plugins/buzzer/commands/short", &[], b"");
+    let (code, _, _) = dash.raw("POST", "/api/plugins/buzzer/commands/short", &[], b"");
     assert_eq!(code, 403, "no page header");
-    let (code, _, _) = http_raw(
+    let (code, _, _) = dash.raw(
         "POST",
-        dash,
         "/api/plugins/buzzer/commands/short",
         &[("X-Harvester", "1"), ("Origin", "http://evil.example")],
         b"",
     );
     assert_eq!(code, 403, "another site's page");
-    let own = format!("http://127.0.0.1:{dash}");
-    let (code, _, body) = http_raw(
+    let own = format!("https://127.0.0.1:{}", dash.port);
+    let (code, _, body) = dash.raw(
         "POST",
-        dash,
         "/api/plugins/probe/commands/gpio",
         &[("X-Harvester", "1"), ("Origin", &own)],
         b"",
     );
     assert_eq!(code, 403, "not a dashboard command");
     assert!(String::from_utf8_lossy(&body).contains("does not send"));
-    let (code, _, body) = http_raw("GET", dash, "/api/logs?node=pi4&tail=5", &[], b"");
+    let (code, _, body) = dash.raw("GET", "/api/logs?node=pi4&tail=5", &[], b"");
     assert_eq!(code, 200);
     let lines: Value = serde_json::from_slice(&body).unwrap();
     assert!(!lines.as_array().unwrap().is_empty() && lines.as_array().unwrap().len() <= 5);

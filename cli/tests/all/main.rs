@@ -8,6 +8,7 @@ mod dashboard;
 mod deploy;
 mod fleet;
 mod hot_swap;
+mod identity;
 mod process;
 mod sandbox;
 mod showcase;

@@ -47,6 +47,8 @@ fn standalone_nodelet_rejects_a_bad_manifest_naming_file_and_field() {
                 file.to_str().unwrap(),
                 "--listen",
                 &format!("127.0.0.1:{}", free_port()),
+                "--command-listen",
+                "127.0.0.1:0",
             ],
             dir.path(),
         )
@@ -77,6 +79,7 @@ fn standalone_nodelet_follows_manifest_and_component_changes() {
     };
     write_manifest("1");
     let port = free_port();
+    let commands = free_port();
     let mut child = Proc(
         harvester(
             &[
@@ -85,6 +88,8 @@ fn standalone_nodelet_follows_manifest_and_component_changes() {
                 manifest.to_str().unwrap(),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--command-listen",
+                &format!("127.0.0.1:{commands}"),
                 "--poll",
                 "100ms",
                 "--name",
@@ -139,11 +144,13 @@ fn standalone_nodelet_follows_manifest_and_component_changes() {
         plugin(&status(port).unwrap(), "probe")["ticks"].as_u64().unwrap() > ticks
     });
 
-    // Commands reach the plugin; unknown plugins get 404.
-    let (code, body) = http("POST", port, "/plugins/probe/commands/ticks").unwrap();
+    // Commands reach the plugin on the loopback-only command listener;
+    // unknown plugins get 404; the read-only listener runs no command.
+    let (code, body) = http("POST", commands, "/plugins/probe/commands/ticks").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.trim().parse::<u64>().unwrap() > 0);
-    assert_eq!(http("POST", port, "/plugins/nope/commands/x").unwrap().0, 404);
+    assert_eq!(http("POST", commands, "/plugins/nope/commands/x").unwrap().0, 404);
+    assert_eq!(http("POST", port, "/plugins/probe/commands/ticks").unwrap().0, 404);
     let (code, metrics) = http("GET", port, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(

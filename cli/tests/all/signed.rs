@@ -18,7 +18,7 @@ fn harvester(fleet: &Fleet, args: &[&str]) -> std::process::Output {
         .args(args)
         .current_dir(fleet.dir.path())
         .env("COSIGN_PASSWORD", PASSWORD)
-        .env("HARVESTER_SERVER", format!("http://127.0.0.1:{}", fleet.port))
+        .env("HARVESTER_CONFIG", fleet.dir.path().join("controller/admin.yaml"))
         .env("DOCKER_CONFIG", fleet.dir.path().join("docker-config"))
         .output()
         .unwrap()
@@ -554,6 +554,15 @@ fn a_registry_that_wants_credentials_gets_them_from_the_docker_config() {
 
 fn metric(port: u16, series: &str) -> f64 {
     let (_, body) = http("GET", port, "/metrics").unwrap();
+    find_metric(&body, series)
+}
+
+fn hub_metric(hub: &Hub, series: &str) -> f64 {
+    let (_, body) = hub.call("GET", "/metrics", "");
+    find_metric(&body, series)
+}
+
+fn find_metric(body: &str, series: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
         .unwrap_or_else(|| panic!("no series {series} in /metrics"))
@@ -614,7 +623,7 @@ fn small_boards_run_python_plugins_from_code_the_hub_compiled_and_refuse_code_th
     }
     wait_until(T, "ticks with readings", || ticks(zero, "dht22") >= 2);
     assert_eq!(
-        metric(f.port, "harvester_hub_compile_requests_total{result=\"compiled\"}"),
+        hub_metric(&f.hub(), "harvester_hub_compile_requests_total{result=\"compiled\"}"),
         1.0,
         "the hub compiles an artifact once for all nodes of a target"
     );
@@ -651,24 +660,19 @@ fn small_boards_run_python_plugins_from_code_the_hub_compiled_and_refuse_code_th
     let path =
         |target: &str, engine: &str, d: &str| format!("/api/v1alpha1/compiled/{d}?target={target}&engine={engine}");
     let ours = engine["hash"].as_str().unwrap().to_string();
-    let (code, body) = http("GET", f.port, &path("riscv64gc-unknown-linux-gnu", &ours, &digest)).unwrap();
+    let hub = f.hub();
+    let (code, body) = hub.call("GET", &path("riscv64gc-unknown-linux-gnu", &ours, &digest), "");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("aarch64-unknown-linux-gnu"), "{body}");
-    let (code, body) = http(
+    let (code, body) = hub.call(
         "GET",
-        f.port,
         &path(engine["target"].as_str().unwrap(), "0123456789abcdef", &digest),
-    )
-    .unwrap();
+        "",
+    );
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("different Harvester versions"), "{body}");
     let unknown = format!("sha256:{}", "ab".repeat(32));
-    let (code, body) = http(
-        "GET",
-        f.port,
-        &path(engine["target"].as_str().unwrap(), &ours, &unknown),
-    )
-    .unwrap();
+    let (code, body) = hub.call("GET", &path(engine["target"].as_str().unwrap(), &ours, &unknown), "");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("no Plugin on this hub runs artifact"), "{body}");
 

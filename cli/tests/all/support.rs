@@ -341,3 +341,160 @@ pub fn variant(base: &[u8], tag: &str) -> Vec<u8> {
     out.extend_from_slice(tag.as_bytes());
     out
 }
+
+/// A hub on 127.0.0.1 over TLS, trusting its CA, as the admin (bearer
+/// token), as a node (its certificate), or as nobody.
+#[derive(Clone)]
+pub struct Hub {
+    pub port: u16,
+    ca: String,
+    token: Option<String>,
+    cert: Option<(String, String)>,
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl Hub {
+    /// The admin, from the client configuration the hub wrote in `data`.
+    pub fn admin(port: u16, data: &Path) -> Hub {
+        let text = std::fs::read_to_string(data.join("admin.yaml")).unwrap();
+        let c: harvester_api::identity::ClientConfig = serde_yaml::from_str(&text).unwrap();
+        Hub {
+            port,
+            ca: c.certificate_authority_data,
+            token: Some(c.token),
+            cert: None,
+        }
+    }
+
+    /// The same hub's CA on another port (the dashboard's).
+    pub fn at(&self, port: u16) -> Hub {
+        Hub { port, ..self.clone() }
+    }
+
+    /// No credential at all.
+    pub fn anonymous(&self) -> Hub {
+        Hub {
+            token: None,
+            cert: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Hub {
+        Hub {
+            token: Some(token.to_string()),
+            cert: None,
+            ..self.clone()
+        }
+    }
+
+    /// The node whose data directory is `node_data`, by its certificate.
+    pub fn as_node(&self, node_data: &Path) -> Hub {
+        let read = |f: &str| std::fs::read_to_string(node_data.join("pki").join(f)).unwrap();
+        self.with_cert(&read("node.crt"), &read("node.key"))
+    }
+
+    pub fn with_cert(&self, cert: &str, key: &str) -> Hub {
+        Hub {
+            token: None,
+            cert: Some((cert.to_string(), key.to_string())),
+            ..self.clone()
+        }
+    }
+
+    /// A TLS connection, handshake done (an error when the hub refuses it).
+    pub fn connect(&self) -> Result<TlsStream, String> {
+        let identity = self.cert.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        let config = harvester_pki::tls::client_config(&self.ca, identity).map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        let sock = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
+        }
+        Ok(s)
+    }
+
+    /// Writes a request's head and body; the answer is for the caller to read.
+    pub fn send(&self, s: &mut TlsStream, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        s.flush().unwrap();
+    }
+
+    /// One request on its own connection: (status, head, body), or why the
+    /// connection failed.
+    pub fn try_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String, Vec<u8>), String> {
+        let mut s = self.connect()?;
+        let mut all = headers.to_vec();
+        all.push(("Connection", "close"));
+        self.send(&mut s, method, path, &all, body);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                // A peer that closes without close_notify: what came is all.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) if out.is_empty() => return Err(e.to_string()),
+                Err(_) => break,
+            }
+        }
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP answer: {:?}", String::from_utf8_lossy(&out)))?;
+        let head = String::from_utf8_lossy(&out[..split]).to_string();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut body = out[split + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        Ok((status, head, body))
+    }
+
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+        self.try_raw(method, path, headers, body).unwrap()
+    }
+
+    /// A request with a JSON (or YAML) body: (status, body).
+    pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let (code, _, body) = self.raw(method, path, &[("Content-Type", "application/json")], body.as_bytes());
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < end + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[(end + 4 + size).min(data.len())..];
+    }
+    out
+}

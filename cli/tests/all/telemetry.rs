@@ -102,17 +102,17 @@ fn prometheus_finds_every_node_and_every_dashboard_panel_has_data() {
     let (_, node_metrics) = http("GET", fleet.node_port("pi4"), "/metrics").unwrap();
     assert!(node_metrics.contains("harvester_sensor_value{plugin=\"dht22\",sensor=\"temperature\""));
     promtool(&["check", "metrics"], Some(&node_metrics));
-    let (_, hub_metrics) = http("GET", fleet.port, "/metrics").unwrap();
+    let hub = fleet.hub();
+    let (_, hub_metrics) = hub.call("GET", "/metrics", "");
     assert!(
         hub_metrics.contains("harvester_nodes{condition=\"Ready\"} 2"),
         "{hub_metrics}"
     );
     promtool(&["check", "metrics"], Some(&hub_metrics));
     let shipped = repo().join("grafana/prometheus.yml");
-    promtool(&["check", "config", shipped.to_str().unwrap()], None);
 
     // Service discovery names both nodes.
-    let (code, sd) = http("GET", fleet.port, "/api/v1alpha1/prometheus/targets").unwrap();
+    let (code, sd) = hub.call("GET", "/api/v1alpha1/prometheus/targets", "");
     assert_eq!(code, 200);
     let groups: Vec<Value> = serde_json::from_str(&sd).unwrap();
     let mut names: Vec<&str> = groups.iter().map(|g| g["labels"]["node"].as_str().unwrap()).collect();
@@ -120,8 +120,19 @@ fn prometheus_finds_every_node_and_every_dashboard_panel_has_data() {
     assert_eq!(names, ["hub", "pi4"]);
 
     // The shipped config, pointed at this controller, scraping every second.
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
     let ctl = format!("127.0.0.1:{}", fleet.port);
+    let dir = fleet.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The CA and a token file where the shipped config expects them.
+    let admin: harvester_api::identity::ClientConfig =
+        serde_yaml::from_str(&std::fs::read_to_string(fleet.dir.path().join("controller/admin.yaml")).unwrap())
+            .unwrap();
+    std::fs::write(dir.join("harvester.token"), &admin.token).unwrap();
+    std::fs::write(dir.join("harvester-ca.crt"), &admin.certificate_authority_data).unwrap();
+    let text = std::fs::read_to_string(&shipped)
+        .unwrap()
+        .replace("/etc/prometheus/", &format!("{}/", dir.display()));
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     config["global"]["scrape_interval"] = "1s".into();
     for job in config["scrape_configs"].as_sequence_mut().unwrap() {
         if let Some(sc) = job.get_mut("static_configs") {
@@ -133,9 +144,8 @@ fn prometheus_finds_every_node_and_every_dashboard_panel_has_data() {
             sd[0]["refresh_interval"] = "1s".into();
         }
     }
-    let dir = fleet.dir.path().join("prometheus");
-    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("prometheus.yml"), serde_yaml::to_string(&config).unwrap()).unwrap();
+    promtool(&["check", "config", dir.join("prometheus.yml").to_str().unwrap()], None);
     let port = free_port();
     let _prometheus = Proc(
         Command::new("prometheus")

@@ -2,8 +2,10 @@
 // reports each step on stdout (one line per step) for the Rust test that
 // runs the fleet. Exits 0 only if every check passed.
 //
-// Environment: DASHBOARD_URL, OUT_DIR (screenshots), CHROMIUM (default
-// /usr/bin/chromium), RELOAD_TIMEOUT_MS.
+// Environment: DASHBOARD_URL, DASHBOARD_CA_SPKI (the hub CA's public key
+// hash, base64 SHA-256: the browser trusts that CA and no other for the
+// page), OUT_DIR (screenshots), CHROMIUM (default /usr/bin/chromium),
+// RELOAD_TIMEOUT_MS.
 //
 // Protocol: after the live checks it prints `READY_FOR_RELOAD temperature=T`
 // and waits (without reloading the page) for LED 1 of pi4 to turn red,
@@ -30,7 +32,8 @@ function check(cond, what) {
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
+    '--disable-sync', '--no-first-run', '--disable-dev-shm-usage',
+    ...(process.env.DASHBOARD_CA_SPKI ? [`--ignore-certificate-errors-spki-list=${process.env.DASHBOARD_CA_SPKI}`] : [])],
   headless: true,
   timeout: 60000,
 });

@@ -186,7 +186,9 @@ async fn command(
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        if origin.to_str().ok() != Some(&format!("http://{host}")) {
+        // The hub's own page is served over TLS unless the hub runs plain.
+        let scheme = if page.api.identities.is_some() { "https" } else { "http" };
+        if origin.to_str().ok() != Some(&format!("{scheme}://{host}")) {
             return forbidden("commands are accepted from this dashboard's own page only");
         }
     }

@@ -62,11 +62,7 @@ fn answer(api: &Api, issued: harvester_pki::Issued) -> Result<Response, ApiError
     .into_response())
 }
 
-async fn enrol(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Json(req): Json<CertificateRequest>,
-) -> Result<Response, ApiError> {
+async fn enrol(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let ids = identities(&api)?.clone();
     let credential = headers
         .get(header::AUTHORIZATION)
@@ -74,6 +70,11 @@ async fn enrol(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|v| v.trim().to_string())
         .ok_or_else(|| ApiError::unauthorized("enrolling needs a join token (harvester token create)"))?;
+    // The credential first: who cannot enrol learns nothing about the body.
+    ids.check_join_token(&credential)
+        .map_err(|r| ApiError::from(EnrolError::Refused(r)))?;
+    let req: CertificateRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the enrolment request: {e}")))?;
     let issued = tokio::task::spawn_blocking(move || ids.enrol(&credential, &req.node, &req.csr))
         .await
         .map_err(|e| ApiError::internal("Enrol", e.to_string()))??;

@@ -243,6 +243,29 @@ impl Identities {
         Ok(gone)
     }
 
+    /// Whether a join token's `<id>.<secret>` would enrol a board now.
+    pub(crate) fn check_join_token(&self, credential: &str) -> Result<(), Refusal> {
+        let (id, secret) = JoinToken::split_credential(credential).ok_or(Refusal::UnknownToken)?;
+        self.usable_token(id, secret).map(drop)
+    }
+
+    fn usable_token(&self, id: &str, secret: &str) -> Result<TokenRecord, Refusal> {
+        let record: TokenRecord = match self.tree.get(format!("token/{id}"))? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => return Err(Refusal::UnknownToken),
+        };
+        if !harvester_pki::same_secret(&harvester_pki::sha256_hex(secret.as_bytes()), &record.secret_sha256) {
+            return Err(Refusal::UnknownToken);
+        }
+        if ms(SystemTime::now()) >= record.expires {
+            return Err(Refusal::TokenExpired(id.to_string()));
+        }
+        if record.uses_left == 0 {
+            return Err(Refusal::TokenUsedUp(id.to_string()));
+        }
+        Ok(record)
+    }
+
     /// Enrols `node` with a join token's `<id>.<secret>`: spends one use
     /// and signs the CSR's public key, unless the name has a working
     /// certificate already.
@@ -250,19 +273,7 @@ impl Identities {
         let (id, secret) = JoinToken::split_credential(credential).ok_or(Refusal::UnknownToken)?;
         let _w = lock(&self.writes);
         let key = format!("token/{id}");
-        let mut record: TokenRecord = match self.tree.get(&key).map_err(Refusal::from)? {
-            Some(v) => serde_json::from_slice(&v).map_err(Refusal::from)?,
-            None => return Err(Refusal::UnknownToken.into()),
-        };
-        if !harvester_pki::same_secret(&harvester_pki::sha256_hex(secret.as_bytes()), &record.secret_sha256) {
-            return Err(Refusal::UnknownToken.into());
-        }
-        if ms(SystemTime::now()) >= record.expires {
-            return Err(Refusal::TokenExpired(id.to_string()).into());
-        }
-        if record.uses_left == 0 {
-            return Err(Refusal::TokenUsedUp(id.to_string()).into());
-        }
+        let mut record = self.usable_token(id, secret)?;
         if self.has_working_certificate(node)? {
             return Err(Refusal::Enrolled(node.to_string()).into());
         }

@@ -1,0 +1,315 @@
+//! Identities, end to end: a real controller over TLS, real nodelets that
+//! enrol with join tokens, and requests as nobody, as the admin, as one
+//! node or as another, each on its own TLS connection.
+
+use crate::fleet::{Fleet, T, runs};
+use crate::support::*;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A nodelet run to completion (it exits when it cannot enrol).
+fn nodelet_once(fleet: &Fleet, name: &str, token: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harvester"))
+        .args(["nodelet", "--name", name, "--sim-devices", "leds", "--allow-unsigned"])
+        .args(["--controller", &format!("https://127.0.0.1:{}", fleet.port)])
+        .arg("--join-token-file")
+        .arg(token)
+        .args(["--listen", "127.0.0.1:0", "--command-listen", "127.0.0.1:0", "--data"])
+        .arg(fleet.dir.path().join(name))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "nodelet {name} should have given up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(fleet: &Fleet, file: &str, text: &str) -> std::path::PathBuf {
+    let p = fleet.dir.path().join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every route but /healthz needs a credential; a node certificate opens
+/// only the node protocol, for that node, for what it was assigned.
+#[test]
+fn nobody_gets_in_without_an_identity_and_a_node_acts_only_as_itself() {
+    let mut fleet = Fleet::new();
+    let a = fleet.start_node("a", "role=a", "leds");
+    fleet.start_node("b", "role=b", "leds");
+    let probe = component("probe");
+    let only_b = variant(&probe, "only-b");
+    std::fs::write(fleet.dir.path().join("b.wasm"), &only_b).unwrap();
+    fleet.apply(&fleet.plugin_yaml("pa", "role: a", "{gpio: {pins: [17]}}", "1"));
+    let yaml = fleet.plugin_yaml("pb", "role: b", "{gpio: {pins: [18]}}", "1").replace(
+        fleet.dir.path().join("probe.wasm").to_str().unwrap(),
+        fleet.dir.path().join("b.wasm").to_str().unwrap(),
+    );
+    fleet.apply(&yaml);
+    fleet.cli_ok(&["rollout", "status", "plugin/pa", "--timeout", "60s"]);
+    fleet.cli_ok(&["rollout", "status", "plugin/pb", "--timeout", "60s"]);
+    assert!(runs(a, "pa", 1));
+    let b_digest = harvester_api::Digest::of(&only_b).to_string();
+    let a_digest = harvester_api::Digest::of(&probe).to_string();
+
+    let hub = fleet.hub();
+    let nobody = hub.anonymous();
+    let routes = [
+        ("GET", "/api/v1alpha1/plugins".to_string()),
+        ("GET", "/api/v1alpha1/nodes/a".to_string()),
+        ("POST", "/api/v1alpha1/apply".to_string()),
+        ("GET", "/api/v1alpha1/watch".to_string()),
+        ("DELETE", "/api/v1alpha1/plugins/pa".to_string()),
+        ("PUT", "/api/v1alpha1/nodes/a/register".to_string()),
+        ("PUT", "/api/v1alpha1/nodes/a/status".to_string()),
+        ("GET", "/api/v1alpha1/nodes/a/assignments".to_string()),
+        ("POST", "/api/v1alpha1/nodes/a/live".to_string()),
+        ("POST", "/api/v1alpha1/nodes/a/commands/1".to_string()),
+        ("GET", format!("/api/v1alpha1/blobs/{a_digest}")),
+        ("GET", format!("/api/v1alpha1/compiled/{a_digest}?target=x&engine=y")),
+        ("GET", "/api/v1alpha1/logs".to_string()),
+        ("POST", "/api/v1alpha1/plugins/pa/commands/gpio".to_string()),
+        ("GET", "/metrics".to_string()),
+        ("GET", "/api/v1alpha1/prometheus/targets".to_string()),
+        ("GET", "/api/v1alpha1/tokens".to_string()),
+        ("POST", "/api/v1alpha1/tokens".to_string()),
+        ("POST", "/api/v1alpha1/nodes/a/revoke".to_string()),
+        ("POST", "/api/v1alpha1/enrol".to_string()),
+        ("POST", "/api/v1alpha1/nodes/a/certificate".to_string()),
+    ];
+    for (method, path) in &routes {
+        let (code, body) = nobody.call(method, path, "{}");
+        assert_eq!(code, 401, "{method} {path} without a credential: {body}");
+        let (code, _) = hub.with_token(&"0".repeat(64)).call(method, path, "{}");
+        assert_eq!(code, 401, "{method} {path} with a made-up token");
+    }
+    assert_eq!(nobody.call("GET", "/healthz", "").0, 200);
+    assert_eq!(hub.call("GET", "/api/v1alpha1/plugins", "").0, 200);
+
+    // Node a, by its certificate.
+    let as_a = fleet.hub_as_node("a");
+    assert_eq!(as_a.call("POST", "/api/v1alpha1/nodes/a/heartbeat", "").0, 204);
+    for (method, path, body) in [
+        ("PUT", "/api/v1alpha1/nodes/b/status", "{}"),
+        ("PUT", "/api/v1alpha1/nodes/b/register", "{}"),
+        ("POST", "/api/v1alpha1/nodes/b/heartbeat", ""),
+        ("GET", "/api/v1alpha1/nodes/b/assignments", ""),
+        ("POST", "/api/v1alpha1/nodes/b/live", "{}"),
+        (
+            "POST",
+            "/api/v1alpha1/nodes/b/commands/1",
+            "{\"ok\": true, \"message\": \"forged\"}",
+        ),
+        (
+            "POST",
+            "/api/v1alpha1/nodes/b/certificate",
+            "{\"node\": \"b\", \"csr\": \"x\"}",
+        ),
+    ] {
+        let (code, answer) = as_a.call(method, path, body);
+        assert_eq!(code, 403, "node a: {method} {path}: {answer}");
+        assert!(answer.contains("may act only as itself"), "{answer}");
+    }
+    let (code, answer) = as_a.call("GET", &format!("/api/v1alpha1/blobs/{b_digest}"), "");
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("not assigned"), "{answer}");
+    let (code, _) = fleet
+        .hub_as_node("b")
+        .call("GET", &format!("/api/v1alpha1/blobs/{b_digest}"), "");
+    assert_eq!(code, 200, "b may fetch what it runs");
+    for (method, path) in [
+        ("POST", "/api/v1alpha1/apply"),
+        ("GET", "/api/v1alpha1/plugins"),
+        ("GET", "/api/v1alpha1/logs"),
+        ("POST", "/api/v1alpha1/tokens"),
+        ("POST", "/api/v1alpha1/nodes/b/revoke"),
+    ] {
+        let (code, answer) = as_a.call(method, path, "{}");
+        assert_eq!(code, 403, "node a: {method} {path}: {answer}");
+    }
+
+    // A certificate for "a" from another CA does not get past TLS.
+    let other = tempfile::tempdir().unwrap();
+    let (ca, _) = harvester_pki::Ca::load_or_create(other.path()).unwrap();
+    let key = harvester_pki::NodeKey::generate().unwrap();
+    let forged = ca
+        .sign_node("a", &key.csr("a").unwrap(), Duration::from_secs(3600))
+        .unwrap();
+    let refused = hub
+        .with_cert(&forged.pem, &key.pem())
+        .try_raw("POST", "/api/v1alpha1/nodes/a/heartbeat", &[], b"");
+    assert!(
+        refused.as_ref().map_or(true, |(code, _, _)| *code >= 400),
+        "{:?}",
+        refused.map(|r| r.0)
+    );
+}
+
+#[test]
+fn join_tokens_expire_run_out_and_only_open_a_hub_with_their_ca() {
+    let fleet = Fleet::new();
+    // One use: the first board enrols, the second is refused.
+    let once = write(&fleet, "once", &fleet.token(&["--uses", "1"]));
+    let mut first = Proc(
+        Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args([
+                "nodelet",
+                "--name",
+                "first",
+                "--sim-devices",
+                "leds",
+                "--allow-unsigned",
+            ])
+            .args(["--controller", &format!("https://127.0.0.1:{}", fleet.port)])
+            .arg("--join-token-file")
+            .arg(&once)
+            .args(["--listen", "127.0.0.1:0", "--command-listen", "127.0.0.1:0", "--data"])
+            .arg(fleet.dir.path().join("first"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(T, "first enrolled", || {
+        fleet.cli(&["get", "node", "first"]).status.success()
+    });
+    let key_mode = std::fs::metadata(fleet.dir.path().join("first/pki/node.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key_mode.permissions().mode() & 0o777, 0o600);
+    let out = nodelet_once(&fleet, "second", &once);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is used up"), "{}", stderr(&out));
+    assert!(
+        !fleet.cli(&["get", "node", "second"]).status.success(),
+        "nothing stored"
+    );
+
+    // Past its TTL.
+    let brief = write(&fleet, "brief", &fleet.token(&["--ttl", "1s"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = nodelet_once(&fleet, "late", &brief);
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    // A token whose secret is wrong, and text that is no token.
+    let good = fleet.token(&[]);
+    let (head, secret) = good.rsplit_once('.').unwrap();
+    let flipped = if secret.starts_with('0') { "1" } else { "0" };
+    let wrong = write(&fleet, "wrong", &format!("{head}.{flipped}{}", &secret[1..]));
+    let out = nodelet_once(&fleet, "guess", &wrong);
+    assert!(stderr(&out).contains("unknown token"), "{}", stderr(&out));
+    let junk = write(&fleet, "junk-token", "hello");
+    let out = nodelet_once(&fleet, "junk", &junk);
+    assert!(stderr(&out).contains("not a join token"), "{}", stderr(&out));
+
+    // A token of another hub: this hub does not present that CA, so the
+    // board sends nothing and refuses.
+    let elsewhere = Fleet::new();
+    let foreign = write(&fleet, "foreign", &elsewhere.token(&[]));
+    let out = nodelet_once(&fleet, "stray", &foreign);
+    assert!(
+        stderr(&out).contains("does not present the CA this join token names"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!fleet.cli(&["get", "node", "stray"]).status.success());
+
+    // A name with a working certificate is not enrolled again.
+    let more = write(&fleet, "more", &fleet.token(&["--uses", "2"]));
+    let twin = fleet.dir.path().join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    let out = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_harvester"));
+        c.args([
+            "nodelet",
+            "--name",
+            "first",
+            "--sim-devices",
+            "leds",
+            "--allow-unsigned",
+        ])
+        .args(["--controller", &format!("https://127.0.0.1:{}", fleet.port)])
+        .arg("--join-token-file")
+        .arg(&more)
+        .args(["--listen", "127.0.0.1:0", "--command-listen", "127.0.0.1:0", "--data"])
+        .arg(&twin);
+        c.output().unwrap()
+    };
+    assert!(stderr(&out).contains("enrolled already"), "{}", stderr(&out));
+    assert!(first.0.try_wait().unwrap().is_none(), "the real one runs on");
+    first.0.kill().unwrap();
+    let tokens = fleet.cli_ok(&["token", "list"]);
+    assert!(
+        tokens.contains("USES LEFT") && !tokens.contains(&good[good.len() - 64..]),
+        "{tokens}"
+    );
+}
+
+/// Revoked: refused at once, its open watch closed, its plugins running on.
+/// Renewed: before expiry, without a restart.
+#[test]
+fn a_revoked_node_is_cut_off_at_once_and_certificates_renew_by_themselves() {
+    let mut fleet = Fleet::with_controller_args(&["--node-cert-ttl", "6s"]);
+    let pi4 = fleet.start_node("pi4", "role=sensor", "leds");
+    fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1"));
+    fleet.cli_ok(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
+    let pid = fleet.node_pid("pi4");
+    let serial = || {
+        let pem = std::fs::read_to_string(fleet.dir.path().join("pi4/pki/node.crt")).unwrap();
+        harvester_pki::CertInfo::of_pem(&pem).unwrap()
+    };
+    let first = serial();
+    // Renewed at two thirds of 6 s, again and again; the node stays Ready
+    // past its first certificate's expiry.
+    wait_until(Duration::from_secs(30), "two renewals", || {
+        let now = serial();
+        now.serial != first.serial && now.not_after >= first.not_after + Duration::from_secs(6)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(std::time::SystemTime::now() > first.not_after);
+    let node = fleet.cli_ok(&["get", "node", "pi4"]);
+    assert!(node.contains("Ready") && !node.contains("NotReady"), "{node}");
+    assert_eq!(fleet.node_pid("pi4"), pid, "no restart");
+
+    // An open watch, as the node.
+    let as_pi4 = fleet.hub_as_node("pi4");
+    let mut watch = as_pi4.connect().unwrap();
+    as_pi4.send(&mut watch, "GET", "/api/v1alpha1/nodes/pi4/assignments", &[], b"");
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    assert!(watch.read(&mut buf).unwrap() > 0, "the stream starts");
+
+    let out = fleet.cli_ok(&["node", "revoke", "pi4"]);
+    assert!(out.contains("revoked"), "{out}");
+    // The stream ends within a few seconds, not at the next keepalive.
+    watch.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    loop {
+        match watch.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => assert!(started.elapsed() < Duration::from_secs(5), "the watch stays open"),
+        }
+    }
+    let (code, body) = fleet
+        .hub_as_node("pi4")
+        .call("POST", "/api/v1alpha1/nodes/pi4/heartbeat", "");
+    assert_eq!(code, 401);
+    assert!(body.contains("revoked"), "{body}");
+    wait_until(T, "the hub sees it gone", || {
+        fleet.cli_ok(&["get", "node", "pi4"]).contains("NotReady")
+    });
+    assert!(runs(pi4, "probe", 1), "the board keeps running its plugins");
+    assert!(
+        std::fs::read_to_string(fleet.dir.path().join("pi4.log"))
+            .unwrap()
+            .contains("was revoked")
+    );
+}

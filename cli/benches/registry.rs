@@ -236,6 +236,9 @@ async fn main() {
             "--listen",
             &format!("127.0.0.1:{ctl_port}"),
             "--no-dashboard",
+            // What is measured here is the registry path; the control
+            // plane over TLS is control_plane's.
+            "--insecure-plain-http",
         ],
     );
     let server = format!("http://127.0.0.1:{ctl_port}");
@@ -261,6 +264,8 @@ async fn main() {
                 &server,
                 "--listen",
                 &format!("127.0.0.1:{p}"),
+                "--command-listen",
+                "127.0.0.1:0",
                 "--data",
                 dir.path().join(name).to_str().unwrap(),
                 "--trust-key",
@@ -369,6 +374,8 @@ async fn main() {
                 &server,
                 "--listen",
                 &format!("127.0.0.1:{p}"),
+                "--command-listen",
+                "127.0.0.1:0",
                 "--data",
                 dir.path().join(name).to_str().unwrap(),
                 "--trust-key",

@@ -292,7 +292,12 @@ fn nodelet_rss(plugins: &[(&str, &PathBuf, &str)]) -> (u64, u64) {
             .arg(&manifest)
             .arg("--data")
             .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--command-listen",
+                "127.0.0.1:0",
+            ])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();

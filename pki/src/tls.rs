@@ -38,10 +38,12 @@ pub fn server_config(
     client_ca: &CertificateDer<'static>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = crate::provider();
-    let inner =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&[client_ca.clone()])?, provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots(std::slice::from_ref(client_ca))?,
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(GraceVerifier { inner }))

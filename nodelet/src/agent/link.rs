@@ -194,6 +194,22 @@ impl HubLink {
     }
 }
 
+/// What to do about a TLS failure, in words: the alerts a hub sends say
+/// only which check failed.
+pub(super) fn tls_hint(e: &anyhow::Error) -> &'static str {
+    let text = format!("{e:#}");
+    if text.contains("UnknownCA") || text.contains("BadCertificate") {
+        " (the hub does not accept this board's certificate: issued by another hub's CA? \
+         Move DATA/pki away and enrol again with a join token from this hub)"
+    } else if text.contains("CertificateExpired") {
+        " (this board's certificate expired more than 30 days ago: move DATA/pki away and enrol again with a new join token)"
+    } else if text.contains("NotValidYet") {
+        " (the hub's certificate is not valid yet by this board's clock: is the time set?)"
+    } else {
+        ""
+    }
+}
+
 /// Ends the stream with an error when no item arrives within `idle`.
 fn tokio_stream_timeout<S, T, E>(stream: S, idle: Duration) -> impl Stream<Item = anyhow::Result<T>>
 where
@@ -222,6 +238,14 @@ mod tests {
         assert_eq!(read_capped(chunks(4), 4096).await.unwrap().len(), 4096);
         let err = read_capped(chunks(5), 4096).await.unwrap_err();
         assert!(err.to_string().contains("larger than 4096 bytes"), "{err}");
+    }
+
+    #[test]
+    fn tls_refusals_say_what_to_do() {
+        let alert = anyhow::anyhow!("received fatal alert: UnknownCA").context("error sending request");
+        assert!(tls_hint(&alert).contains("another hub's CA"));
+        assert!(tls_hint(&anyhow::anyhow!("received fatal alert: CertificateExpired")).contains("30 days"));
+        assert_eq!(tls_hint(&anyhow::anyhow!("connection refused")), "");
     }
 
     #[tokio::test]

@@ -257,7 +257,8 @@ pub(crate) async fn run(
                     }
                     tracing::warn!(
                         controller = agent.opts.controller,
-                        "watch ended: {e:#}; retrying in {backoff:?}"
+                        "watch ended: {e:#}{}; retrying in {backoff:?}",
+                        link::tls_hint(&e)
                     );
                 }
                 tokio::time::sleep(backoff).await;

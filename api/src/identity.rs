@@ -67,23 +67,162 @@ pub struct Revoked {
     pub certificates: u32,
 }
 
-/// What the CLI needs to reach a hub: where, which CA to trust, and the
-/// credential. The file is the user's secret (mode 0600).
-#[derive(Clone, Serialize, Deserialize)]
+/// What a person may do. Each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// get, list, watch, logs, events, the dashboard.
+    Viewer,
+    /// + apply, update, delete, uploads, plugin commands (the buzzer).
+    Operator,
+    /// + users, join tokens, node revocation, the audit trail.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?}: viewer, operator or admin")),
+        }
+    }
+}
+
+/// `POST /api/v1alpha1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserRequest {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A user as lists show it: never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    pub created: u64,
+}
+
+/// The answer to `POST /api/v1alpha1/users`: the token, shown once. It
+/// carries the hub CA's hash as join tokens do, so `harvester login` can
+/// check the hub before it sends the token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: UserInfo,
+}
+
+/// `GET /api/v1alpha1/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    pub user: String,
+    pub role: Role,
+}
+
+/// One write, as the audit trail keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Milliseconds since the epoch.
+    pub time: u64,
+    pub user: String,
+    /// Empty for a board enrolling with a join token.
+    #[serde(default)]
+    pub role: String,
+    /// `POST /api/v1alpha1/apply` and the like.
+    pub action: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    /// `ok` or `refused`, `failed`.
+    pub outcome: String,
+    /// The client's address.
+    pub source: String,
+}
+
+/// A client configuration file: hubs to reach (contexts) and which one is
+/// current, as kubectl's kubeconfig. The file is the user's secret (0600).
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ClientConfig {
+    #[serde(default)]
+    pub current_context: String,
+    #[serde(default)]
+    pub contexts: Vec<Context>,
+}
+
+/// One hub: where, which CA to trust, and the credential.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Context {
+    pub name: String,
     /// `https://host:port`.
     pub server: String,
     /// The hub CA, PEM.
     pub certificate_authority_data: String,
-    /// A bearer token.
+    /// `<user>.<secret>`.
     pub token: String,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
-            .field("server", &self.server)
-            .finish_non_exhaustive()
+            .field("current_context", &self.current_context)
+            .field("contexts", &self.contexts)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// The context `name`, else the current one.
+    pub fn context(&self, name: Option<&str>) -> Result<&Context, String> {
+        let want = name.unwrap_or(&self.current_context);
+        if want.is_empty() {
+            return Err("no current context: harvester config use-context NAME, or harvester login".into());
+        }
+        self.contexts.iter().find(|c| c.name == want).ok_or_else(|| {
+            let known: Vec<&str> = self.contexts.iter().map(|c| c.name.as_str()).collect();
+            format!(
+                "no context {want:?}; known: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+
+    /// Adds `context`, replacing one of the same name.
+    pub fn upsert(&mut self, context: Context) {
+        self.contexts.retain(|c| c.name != context.name);
+        self.contexts.push(context);
     }
 }

@@ -36,6 +36,8 @@ fn spawn(args: &[&str]) -> Proc {
     Proc(
         std::process::Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(args)
+            // Hubs add their admin to the local user's client configuration.
+            .env("XDG_CONFIG_HOME", std::env::temp_dir().join("harvester-bench-config"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -137,8 +139,9 @@ async fn controller(mode: Mode, data: &Path, extra: &[&str]) -> Hub {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let c: harvester_api::identity::ClientConfig =
+            let config: harvester_api::identity::ClientConfig =
                 serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let c = config.context(None).unwrap().clone();
             let tls = harvester_pki::tls::client_config(&c.certificate_authority_data, None).unwrap();
             let mut auth = reqwest::header::HeaderMap::new();
             auth.insert(

@@ -4,7 +4,10 @@
 
 use anyhow::{Context, bail};
 use harvester_api::answers::{AppliedObject, CommandAnswers, ErrorAnswer, List, ObjectEvent};
-use harvester_api::identity::{ClientConfig, Revoked, TokenCreated, TokenInfo, TokenRequest};
+use harvester_api::identity::{
+    AuditEntry, ClientConfig, Revoked, TokenCreated, TokenInfo, TokenRequest, UserCreated, UserInfo, UserRequest,
+    WhoAmI,
+};
 use harvester_api::path_segment;
 use harvester_api::resources::{Node, Plugin};
 use serde::de::DeserializeOwned;
@@ -13,17 +16,22 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7000";
 
-/// Where the CLI finds its client configuration: `HARVESTER_CONFIG`, else
-/// `$XDG_CONFIG_HOME/harvester/config.yaml` (`~/.config/...`).
+/// The client configuration file's default place:
+/// `$XDG_CONFIG_HOME/harvester/config.yaml`, else `~/.config/...`.
+pub fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("harvester/config.yaml"))
+}
+
+/// Where the CLI finds its client configuration: `--config` or
+/// `HARVESTER_CONFIG`, else the default place if a file is there.
 pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return Some(p.to_path_buf());
     }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    let p = base.join("harvester/config.yaml");
-    p.exists().then_some(p)
+    default_config_path().filter(|p| p.exists())
 }
 
 /// Reads a client configuration, naming the file in every error.
@@ -31,6 +39,11 @@ pub fn read_config(path: &Path) -> anyhow::Result<ClientConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the client configuration {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("{}: not a Harvester client configuration", path.display()))
+}
+
+/// Writes a client configuration (mode 0600: it holds credentials).
+pub fn write_config(path: &Path, config: &ClientConfig) -> anyhow::Result<()> {
+    harvester_pki::write_private(path, serde_yaml::to_string(config)?.as_bytes())
 }
 
 /// The kinds the API serves.
@@ -93,9 +106,20 @@ impl Client {
     /// A client for `server` (or the configuration's), trusting the
     /// configuration's CA and sending its token. Without a configuration
     /// only a plain-HTTP hub on loopback can be reached.
-    pub fn new(server: Option<&str>, config: Option<&Path>) -> anyhow::Result<Client> {
+    pub fn new(server: Option<&str>, config: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
         let config = match config_path(config) {
-            Some(p) => Some(read_config(&p)?),
+            Some(p) => {
+                let file = read_config(&p)?;
+                Some(
+                    file.context(context)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                        .clone(),
+                )
+            }
+            None if context.is_some() => bail!(
+                "--context {:?}: there is no client configuration (harvester login URL --token-file FILE makes one)",
+                context.unwrap_or_default()
+            ),
             None => None,
         };
         let server = server
@@ -118,8 +142,8 @@ impl Client {
                     .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect());
             }
             None if server.starts_with("https://") => bail!(
-                "no client configuration to reach {server}: set HARVESTER_CONFIG to a client configuration \
-                 (the hub writes one for its admin: DATA/admin.yaml)"
+                "no client configuration to reach {server}: harvester login {server} --token-file FILE, \
+                 or set HARVESTER_CONFIG (the hub writes one for its admin: DATA/admin.yaml)"
             ),
             None => {}
         }
@@ -262,14 +286,42 @@ impl Client {
     }
 
     pub async fn delete_token(&self, id: &str) -> anyhow::Result<()> {
-        let resp = self
-            .send(self.http.delete(self.url(&format!("tokens/{}", path_segment(id)))))
-            .await?;
+        self.delete_path(&format!("tokens/{}", path_segment(id))).await
+    }
+
+    /// DELETE of something that answers with no body.
+    async fn delete_path(&self, path: &str) -> anyhow::Result<()> {
+        let resp = self.send(self.http.delete(self.url(path))).await?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(refusal(status, resp.json::<ErrorAnswer>().await.unwrap_or_default()));
         }
         Ok(())
+    }
+
+    pub async fn create_user(&self, request: &UserRequest) -> anyhow::Result<UserCreated> {
+        let resp = self.send(self.http.post(self.url("users")).json(request)).await?;
+        self.answer(resp).await
+    }
+
+    pub async fn users(&self) -> anyhow::Result<Vec<UserInfo>> {
+        Ok(self.get::<List<UserInfo>>("users").await?.items)
+    }
+
+    pub async fn delete_user(&self, name: &str) -> anyhow::Result<()> {
+        self.delete_path(&format!("users/{}", path_segment(name))).await
+    }
+
+    pub async fn whoami(&self) -> anyhow::Result<WhoAmI> {
+        self.get("whoami").await
+    }
+
+    pub async fn audit(&self, since_ms: u64, user: Option<&str>) -> anyhow::Result<Vec<AuditEntry>> {
+        let mut path = format!("audit?since={since_ms}");
+        if let Some(u) = user {
+            path.push_str(&format!("&user={}", path_segment(u)));
+        }
+        Ok(self.get::<List<AuditEntry>>(&path).await?.items)
     }
 
     pub async fn revoke_node(&self, name: &str) -> anyhow::Result<Revoked> {

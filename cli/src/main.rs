@@ -19,6 +19,10 @@ struct Cli {
     /// as DATA/admin.yaml).
     #[arg(long, global = true, env = "HARVESTER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The context of the client configuration to use (default: its
+    /// current one); for login, the name of the context to write.
+    #[arg(long, global = true, env = "HARVESTER_CONTEXT", value_name = "NAME")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,6 +95,38 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// People: users with a role (viewer, operator, admin) and a token.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Log in to a hub with a user's token: writes a context (server, the
+    /// hub's CA, the credential) into the client configuration.
+    Login {
+        /// https://HOST:PORT
+        server: String,
+        /// The token, as user create printed it (a file, or - for stdin).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+    },
+    /// Forget a context's credential (the current one, or --context).
+    Logout,
+    /// The client configuration's contexts.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Who changed what, when, from where, with what outcome (admins).
+    Audit {
+        /// How far back.
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        since: harvester_api::DurationSpec,
+        /// Only this user's writes.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// The user and role the current credential is.
+    Whoami,
     /// Show log lines of a node or a plugin, as the hub received them.
     Logs {
         /// node/NAME or plugin/NAME.
@@ -250,6 +286,32 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Make a user; its token is printed once (the hub keeps its hash).
+    Create {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: harvester_api::identity::Role,
+    },
+    /// List users and their roles.
+    List,
+    /// Delete a user: its token, dashboard sessions and open watches end at once.
+    Delete { name: String },
+}
+
+fn parse_role(s: &str) -> Result<harvester_api::identity::Role, String> {
+    s.parse()
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// List the contexts; * marks the current one.
+    GetContexts,
+}
+
+#[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// End a node's access at once: its certificates stop working and its
     /// open connections close. The board keeps running its plugins.
@@ -300,7 +362,7 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || Client::new(cli.server.as_deref(), cli.config.as_deref());
+    let client = || Client::new(cli.server.as_deref(), cli.config.as_deref(), cli.context.as_deref());
     match cli.command {
         Command::Plugin {
             command: PluginCommand::Build { dir, output, cache },
@@ -461,6 +523,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node {
             command: NodeCommand::Revoke { name },
         } => commands::identity::node_revoke(&client()?, &name).await,
+        Command::User { command } => match command {
+            UserCommand::Create { name, role } => commands::identity::user_create(&client()?, &name, role).await,
+            UserCommand::List => commands::identity::user_list(&client()?).await,
+            UserCommand::Delete { name } => commands::identity::user_delete(&client()?, &name).await,
+        },
+        Command::Login { server, token_file } => {
+            commands::identity::login(&server, &token_file, cli.context.as_deref(), cli.config.as_deref()).await
+        }
+        Command::Logout => commands::identity::logout(cli.context.as_deref(), cli.config.as_deref()),
+        Command::Config { command } => match command {
+            ConfigCommand::UseContext { name } => commands::identity::use_context(&name, cli.config.as_deref()),
+            ConfigCommand::GetContexts => commands::identity::get_contexts(cli.config.as_deref()),
+        },
+        Command::Audit { since, user } => {
+            commands::identity::audit(&client()?, since.as_duration(), user.as_deref()).await
+        }
+        Command::Whoami => commands::identity::whoami(&client()?).await,
         Command::Rollout {
             command: RolloutCommand::Status { target, timeout },
         } => commands::rollout_status(&client()?, &target, timeout.as_duration()).await,

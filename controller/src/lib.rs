@@ -89,6 +89,20 @@ fn server_names(listen: SocketAddr, extra: &[String]) -> Vec<String> {
     names
 }
 
+/// The names of the hub: the usual ones, the API's and the dashboard's
+/// addresses, and the user's.
+fn hub_names(options: &ControllerOptions, extra: &[String]) -> Vec<String> {
+    let mut names = server_names(options.listen, extra);
+    if let Some(d) = options.dashboard
+        && !d.ip().is_unspecified()
+    {
+        names.push(d.ip().to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The URL the local admin reaches the hub at.
 fn local_url(listen: SocketAddr) -> String {
     let host = match listen.ip() {
@@ -186,6 +200,7 @@ pub async fn run(
         Transport::Tls { names, files } => {
             let ids = identity::Identities::open(
                 store.open_tree("identity")?,
+                store.open_tree("audit")?,
                 &options.data.join("pki"),
                 &options.data.join("admin.yaml"),
                 &local_url(options.listen),
@@ -193,13 +208,18 @@ pub async fn run(
             )?;
             let (chain, key) = match files {
                 Some((cert, key)) => harvester_pki::tls::read_identity(cert, key)?,
-                None => ids.ca().server_identity(&server_names(options.listen, names))?,
+                None => ids.ca().server_identity(&hub_names(&options, names))?,
             };
             let config = harvester_pki::tls::server_config(chain, key, ids.ca().cert_der())?;
             (Some(Arc::new(ids)), Some(config))
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // The names the dashboard answers to (its Host header).
+    let hosts = match &options.transport {
+        Transport::Tls { names, .. } => hub_names(&options, names),
+        Transport::PlainLoopback => hub_names(&options, &[]),
+    };
     let worker = tokio::spawn(reconciler.clone().run());
     let (listener, local) = Listening::bind(options.listen, tls.as_ref()).await?;
     tracing::info!(
@@ -242,7 +262,7 @@ pub async fn run(
                 .await
                 .map_err(|e| anyhow::anyhow!("dashboard: {e}"))?;
             tracing::info!("dashboard on {scheme}://{local}/");
-            let app = http::dashboard::router(api.clone(), options.timezone.clone());
+            let app = http::dashboard::router(api.clone(), options.timezone.clone(), hosts.clone());
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 listener

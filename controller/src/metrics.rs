@@ -19,6 +19,7 @@ pub struct Metrics {
     pub compile_requests: IntCounterVec,
     pub compile_seconds: Histogram,
     pub http_requests: IntCounterVec,
+    pub audit_events: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -144,8 +145,22 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            audit_events: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "harvester_hub_audit_events_total",
+                        "Writes recorded in the audit trail by outcome (ok, rejected, refused, failed)",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
+        for o in ["ok", "rejected", "refused", "failed"] {
+            m.audit_events.with_label_values(&[o]);
+        }
         for a in crate::http::Audience::ALL {
             for o in ["ok", "client_error", "server_error"] {
                 m.http_requests.with_label_values(&[a.as_str(), o]);

@@ -60,6 +60,30 @@ impl JoinToken {
     }
 }
 
+impl JoinToken {
+    /// A user's token as `user create` prints it: the same shape, with the
+    /// user's name in place of the id.
+    pub fn parse_user_token(s: &str) -> Result<JoinToken, TokenError> {
+        let rest = s.trim().strip_prefix(PREFIX).ok_or(TokenError::Shape)?;
+        let (hash, credential) = rest.split_once("::").ok_or(TokenError::Shape)?;
+        let (name, secret) = credential.split_once('.').ok_or(TokenError::Shape)?;
+        let label = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !label || !hex(hash, 64) || !hex(secret, 64) {
+            return Err(TokenError::Shape);
+        }
+        Ok(JoinToken {
+            ca_hash: hash.to_ascii_lowercase(),
+            id: name.to_string(),
+            secret: secret.to_string(),
+        })
+    }
+}
+
 impl std::fmt::Display for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{PREFIX}{}::{}.{}", self.ca_hash, self.id, self.secret)
@@ -95,6 +119,18 @@ mod tests {
         assert_eq!(back, t);
         assert!(!format!("{t:?}").contains(&t.secret));
         assert_eq!(JoinToken::split_credential(&t.credential()), Some((&*t.id, &*t.secret)));
+    }
+
+    #[test]
+    fn a_user_token_names_its_user() {
+        let t = JoinToken {
+            id: "alice".into(),
+            ..JoinToken::new(&"cd".repeat(32))
+        };
+        let back = JoinToken::parse_user_token(&t.to_string()).unwrap();
+        assert_eq!((back.id.as_str(), back.credential()), ("alice", t.credential()));
+        assert!(JoinToken::parse_user_token("H10xyz::alice.00").is_err());
+        assert!(t.to_string().parse::<JoinToken>().is_err(), "not a join token");
     }
 
     #[test]

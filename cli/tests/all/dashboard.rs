@@ -194,12 +194,21 @@ fn the_showcase_in_a_browser() {
     assert!(dev_output().contains("generation 2 is live"), "{}", dev_output());
     let pid = fleet.node_pid("pi4");
 
+    // People with roles: the page signs in as each.
+    let operator = harvester_ok(&fleet, &["user", "create", "visitor", "--role", "operator"])
+        .trim()
+        .to_string();
+    let viewer = harvester_ok(&fleet, &["user", "create", "onlooker", "--role", "viewer"])
+        .trim()
+        .to_string();
     let out_dir = repo().join("target/test-output/dashboard");
     let _ = std::fs::remove_dir_all(&out_dir);
     let mut script = Command::new("node")
         .arg(browser.join("dashboard.mjs"))
         .current_dir(&browser)
         .env("DASHBOARD_URL", format!("https://127.0.0.1:{}/", fleet.dashboard))
+        .env("DASHBOARD_TOKEN", &operator)
+        .env("DASHBOARD_VIEWER_TOKEN", &viewer)
         .env("DASHBOARD_CA_SPKI", {
             let ca = std::fs::read_to_string(fleet.dir.path().join("controller/pki/ca.crt")).unwrap();
             harvester_pki::spki_sha256_base64(&ca).unwrap()

@@ -120,6 +120,7 @@ fn the_install_lays_out_units_that_systemd_accepts_and_that_start() {
     let _controller = Proc(
         Command::new(bin())
             .args(&ctl[1..])
+            .env("XDG_CONFIG_HOME", dir.path().join("config-home"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -54,6 +54,9 @@ impl Fleet {
             .args(["--dashboard", &format!("127.0.0.1:{}", self.dashboard)])
             .args(["--timezone", "America/New_York"])
             .args(&self.controller_args)
+            // The hub adds its admin to the local user's client
+            // configuration on first start: this test's, not the machine's.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config-home"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("controller.log")).unwrap())
             .spawn()
@@ -550,8 +553,9 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
     let out = fleet.cli(&["logs", "pi4"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected node/NAME or plugin/NAME"));
 
-    // The dashboard: its own assets with a strict policy, and writes only
-    // from its own page, only the buzzer's commands.
+    // The dashboard: its own assets with a strict policy; a sign-in page
+    // for who has no session; only its own names as Host; writes only from
+    // its own page, only the buzzer's commands, only for operators.
     let dash = fleet.dashboard_hub();
     let (code, head, body) = dash.raw("GET", "/", &[], b"");
     assert_eq!(code, 200);
@@ -560,29 +564,91 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
             .contains("content-security-policy: default-src 'self'"),
         "{head}"
     );
-    assert!(String::from_utf8_lossy(&body).contains("/assets/app.js"));
-    let (code, _, _) = dash.raw("POST", "/api/plugins/buzzer/commands/short", &[], b"");
+    assert!(String::from_utf8_lossy(&body).contains("/assets/signin.js"));
+    assert_eq!(dash.raw("GET", "/api/state", &[], b"").0, 401, "no session");
+    let (code, _, body) = dash.raw("GET", "/", &[("Host", "evil.example:3000")], b"");
+    assert_eq!(code, 421, "a foreign Host (DNS rebinding)");
+    assert!(String::from_utf8_lossy(&body).contains("not a name of this hub"));
+    let own = format!("https://127.0.0.1:{}", dash.port);
+    let page = [
+        ("X-Harvester", "1"),
+        ("Origin", own.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let sign_in = |token: &str| {
+        let body = serde_json::json!({ "token": token }).to_string();
+        let (code, head, answer) = dash.raw("POST", "/api/session", &page, body.as_bytes());
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+        let cookie = head
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .expect("a session cookie")
+            .to_string();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        cookie.split(';').next().unwrap().to_string()
+    };
+    let body = serde_json::json!({ "token": format!("nobody.{}", "0".repeat(64)) }).to_string();
+    assert_eq!(dash.raw("POST", "/api/session", &page, body.as_bytes()).0, 401);
+    let body = serde_json::json!({ "token": "x" }).to_string();
+    assert_eq!(
+        dash.raw(
+            "POST",
+            "/api/session",
+            &[("Content-Type", "application/json")],
+            body.as_bytes()
+        )
+        .0,
+        403,
+        "signing in needs the page's header too"
+    );
+    let viewer = fleet.cli_ok(&["user", "create", "looker", "--role", "viewer"]);
+    let looker = sign_in(viewer.trim());
+    let (code, _, body) = dash.raw(
+        "POST",
+        "/api/plugins/buzzer/commands/short",
+        &[("X-Harvester", "1"), ("Origin", &own), ("Cookie", &looker)],
+        b"",
+    );
+    assert_eq!(code, 403, "a viewer");
+    assert!(String::from_utf8_lossy(&body).contains("needs the operator role"));
+    let operator = fleet.cli_ok(&["user", "create", "presser", "--role", "operator"]);
+    let presser = sign_in(operator.trim());
+    let (code, _, _) = dash.raw(
+        "POST",
+        "/api/plugins/buzzer/commands/short",
+        &[("Cookie", &presser)],
+        b"",
+    );
     assert_eq!(code, 403, "no page header");
     let (code, _, _) = dash.raw(
         "POST",
         "/api/plugins/buzzer/commands/short",
-        &[("X-Harvester", "1"), ("Origin", "http://evil.example")],
+        &[
+            ("X-Harvester", "1"),
+            ("Origin", "https://evil.example"),
+            ("Cookie", &presser),
+        ],
         b"",
     );
     assert_eq!(code, 403, "another site's page");
-    let own = format!("https://127.0.0.1:{}", dash.port);
     let (code, _, body) = dash.raw(
         "POST",
         "/api/plugins/probe/commands/gpio",
-        &[("X-Harvester", "1"), ("Origin", &own)],
+        &[("X-Harvester", "1"), ("Origin", &own), ("Cookie", &presser)],
         b"",
     );
     assert_eq!(code, 403, "not a dashboard command");
     assert!(String::from_utf8_lossy(&body).contains("does not send"));
-    let (code, _, body) = dash.raw("GET", "/api/logs?node=pi4&tail=5", &[], b"");
+    let (code, _, body) = dash.raw("GET", "/api/logs?node=pi4&tail=5", &[("Cookie", &looker)], b"");
     assert_eq!(code, 200);
     let lines: Value = serde_json::from_slice(&body).unwrap();
     assert!(!lines.as_array().unwrap().is_empty() && lines.as_array().unwrap().len() <= 5);
+    // Deleting the user ends its session at once.
+    fleet.cli_ok(&["user", "delete", "looker"]);
+    assert_eq!(dash.raw("GET", "/api/state", &[("Cookie", &looker)], b"").0, 401);
 
     // A node that is gone does not answer; the hub says so within its
     // deadline instead of hanging (a killed node's stream is noticed on the

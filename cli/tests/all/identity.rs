@@ -385,3 +385,195 @@ fn plain_http_and_plugin_commands_stay_on_loopback() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("loopback only"), "{}", stderr(&out));
 }
+
+/// The CLI as a person with their own client configuration (a config
+/// home of their own, no HARVESTER_CONFIG).
+fn as_person(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_harvester"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("HARVESTER_CONFIG")
+        .env_remove("HARVESTER_SERVER")
+        .env_remove("HARVESTER_CONTEXT")
+        .output()
+        .unwrap()
+}
+
+/// Makes user `name` on `fleet`'s hub and logs in as them from `home`:
+/// (the token file, what login said).
+fn login(
+    fleet: &Fleet,
+    home: &Path,
+    name: &str,
+    role: &str,
+    server: &str,
+    extra: &[&str],
+) -> (std::path::PathBuf, String) {
+    let token = fleet.cli_ok(&["user", "create", name, "--role", role]);
+    let file = home.with_extension(format!("{}.token", fleet.port));
+    std::fs::write(&file, token).unwrap();
+    let mut args = vec!["login", server, "--token-file", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let said = ok(as_person(home, &args));
+    (file, said)
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Users with roles, each from their own client configuration, several
+/// hubs as contexts, deletion that takes effect at once, and the audit
+/// trail of it all.
+#[test]
+fn people_act_by_their_role_from_their_own_configuration_and_are_audited() {
+    let mut fleet = Fleet::new();
+    fleet.start_node("pi4", "role=sensor", "leds");
+    fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1"));
+    fleet.cli_ok(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
+    let server = format!("https://127.0.0.1:{}", fleet.port);
+    let alice_home = fleet.dir.path().join("alice");
+    let bob_home = fleet.dir.path().join("bob");
+
+    // No configuration yet: one line saying what to do.
+    let out = as_person(&alice_home, &["get", "plugins"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("harvester login"), "{}", stderr(&out));
+    let out = as_person(&alice_home, &["get", "plugins", "--config", "/nonexistent/config.yaml"]);
+    assert!(stderr(&out).contains("cannot read the client configuration /nonexistent/config.yaml"));
+    let junk = write(&fleet, "junk.yaml", "server: [\n");
+    let out = as_person(&alice_home, &["get", "plugins", "--config", junk.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("not a Harvester client configuration"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A viewer: logs in with the token, reads, may not write.
+    let (alice, said) = login(&fleet, &alice_home, "alice", "viewer", &server, &[]);
+    assert!(said.contains("as alice (viewer)"), "{said}");
+    let file = alice_home.join("harvester/config.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(ok(as_person(&alice_home, &["get", "plugins"])).contains("probe"));
+    let manifest = write(
+        &fleet,
+        "alice.yaml",
+        &fleet.plugin_yaml("mine", "role: sensor", "{gpio: {pins: [18]}}", "1"),
+    );
+    for args in [
+        vec!["apply", "-f", manifest.to_str().unwrap()],
+        vec!["delete", "plugin", "probe"],
+        vec!["exec", "plugin/probe", "gpio"],
+    ] {
+        let out = as_person(&alice_home, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("needs the operator role"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
+    // An operator writes, but may not make users.
+    login(&fleet, &bob_home, "bob", "operator", &server, &[]);
+    ok(as_person(&bob_home, &["apply", "-f", manifest.to_str().unwrap()]));
+    let out = as_person(&bob_home, &["user", "create", "mallory", "--role", "admin"]);
+    assert!(stderr(&out).contains("needs the admin role"), "{}", stderr(&out));
+
+    // Two hubs as two contexts.
+    let other = Fleet::new();
+    let there = format!("https://127.0.0.1:{}", other.port);
+    login(
+        &other,
+        &alice_home,
+        "alice",
+        "viewer",
+        &there,
+        &["--context", "greenhouse"],
+    );
+    let out = as_person(&alice_home, &["get", "plugins"]);
+    assert!(
+        stderr(&out).contains("No plugins found"),
+        "now on the other hub: {}",
+        stderr(&out)
+    );
+    let contexts = ok(as_person(&alice_home, &["config", "get-contexts"]));
+    assert!(
+        contexts.contains("* ") && contexts.contains("greenhouse") && contexts.contains(&server),
+        "{contexts}"
+    );
+    ok(as_person(
+        &alice_home,
+        &["config", "use-context", &format!("alice@127.0.0.1:{}", fleet.port)],
+    ));
+    assert!(ok(as_person(&alice_home, &["get", "plugins"])).contains("probe"));
+    let out = as_person(&alice_home, &["get", "plugins", "--context", "greenhouse"]);
+    assert!(
+        out.status.success() && stderr(&out).contains("No plugins found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_person(&alice_home, &["get", "plugins", "--context", "nowhere"]);
+    assert!(stderr(&out).contains("no context \"nowhere\""), "{}", stderr(&out));
+
+    // Deleting a user ends its open watch and its next request.
+    let credential = std::fs::read_to_string(&alice)
+        .unwrap()
+        .trim()
+        .rsplit_once("::")
+        .unwrap()
+        .1
+        .to_string();
+    let as_alice = fleet.hub().with_token(&credential);
+    let mut watch = as_alice.connect().unwrap();
+    as_alice.send(&mut watch, "GET", "/api/v1alpha1/watch", &[], b"");
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    assert!(watch.read(&mut buf).unwrap() > 0, "the watch starts");
+    fleet.cli_ok(&["user", "delete", "alice"]);
+    watch.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match watch.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the deleted user's watch stays open")
+            }
+            Err(_) => break,
+        }
+    }
+    let out = as_person(&alice_home, &["get", "plugins"]);
+    assert!(stderr(&out).contains("unknown token"), "{}", stderr(&out));
+
+    // Who did what: the audit trail, for admins.
+    let trail = fleet.cli_ok(&["audit", "--user", "bob"]);
+    assert!(
+        trail.contains("POST /api/v1alpha1/apply") && trail.contains("operator"),
+        "{trail}"
+    );
+    assert!(
+        trail.contains("POST /api/v1alpha1/users") && trail.contains("refused"),
+        "{trail}"
+    );
+    let all = fleet.cli_ok(&["audit", "--since", "1h"]);
+    assert!(
+        all.contains("DELETE /api/v1alpha1/users/alice") && all.contains("admin"),
+        "{all}"
+    );
+    assert!(all.contains("alice") && all.contains("127.0.0.1:"), "{all}");
+    let out = as_person(&bob_home, &["audit"]);
+    assert!(stderr(&out).contains("needs the admin role"), "{}", stderr(&out));
+
+    // Logging out forgets the credential.
+    ok(as_person(&bob_home, &["logout"]));
+    let out = as_person(&bob_home, &["get", "plugins"]);
+    assert!(stderr(&out).contains("no current context"), "{}", stderr(&out));
+}

@@ -358,7 +358,8 @@ impl Hub {
     /// The admin, from the client configuration the hub wrote in `data`.
     pub fn admin(port: u16, data: &Path) -> Hub {
         let text = std::fs::read_to_string(data.join("admin.yaml")).unwrap();
-        let c: harvester_api::identity::ClientConfig = serde_yaml::from_str(&text).unwrap();
+        let config: harvester_api::identity::ClientConfig = serde_yaml::from_str(&text).unwrap();
+        let c = config.context(None).unwrap().clone();
         Hub {
             port,
             ca: c.certificate_authority_data,
@@ -420,11 +421,10 @@ impl Hub {
 
     /// Writes a request's head and body; the answer is for the caller to read.
     pub fn send(&self, s: &mut TlsStream, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n", body.len());
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: 127.0.0.1:{}\r\n", self.port));
+        }
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }

@@ -123,12 +123,15 @@ fn prometheus_finds_every_node_and_every_dashboard_panel_has_data() {
     let ctl = format!("127.0.0.1:{}", fleet.port);
     let dir = fleet.dir.path().join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();
-    // The CA and a token file where the shipped config expects them.
-    let admin: harvester_api::identity::ClientConfig =
-        serde_yaml::from_str(&std::fs::read_to_string(fleet.dir.path().join("controller/admin.yaml")).unwrap())
-            .unwrap();
-    std::fs::write(dir.join("harvester.token"), &admin.token).unwrap();
-    std::fs::write(dir.join("harvester-ca.crt"), &admin.certificate_authority_data).unwrap();
+    // The CA and a viewer's token file where the shipped config expects them.
+    let viewer = fleet.cli_ok(&["user", "create", "prometheus", "--role", "viewer"]);
+    let credential = viewer.trim().rsplit_once("::").unwrap().1;
+    std::fs::write(dir.join("harvester.token"), credential).unwrap();
+    std::fs::copy(
+        fleet.dir.path().join("controller/pki/ca.crt"),
+        dir.join("harvester-ca.crt"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&shipped)
         .unwrap()
         .replace("/etc/prometheus/", &format!("{}/", dir.display()));

@@ -2,7 +2,8 @@
 // reports each step on stdout (one line per step) for the Rust test that
 // runs the fleet. Exits 0 only if every check passed.
 //
-// Environment: DASHBOARD_URL, DASHBOARD_CA_SPKI (the hub CA's public key
+// Environment: DASHBOARD_URL, DASHBOARD_TOKEN (an operator's token),
+// DASHBOARD_VIEWER_TOKEN (a viewer's), DASHBOARD_CA_SPKI (the hub CA's public key
 // hash, base64 SHA-256: the browser trusts that CA and no other for the
 // page), OUT_DIR (screenshots), CHROMIUM (default /usr/bin/chromium),
 // RELOAD_TIMEOUT_MS.
@@ -41,15 +42,63 @@ let page;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   page = await context.newPage();
-  page.on('console', m => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  // Refusals the test asks for (a wrong token, a viewer's buzzer press)
+  // show as failed loads in the console: expected while this is set.
+  let refusalsExpected = false;
+  page.on('console', m => {
+    if (m.type() !== 'error') return;
+    if (refusalsExpected && /status of 40[13]/.test(m.text())) return;
+    problems.push(`console: ${m.text()}`);
+  });
   page.on('pageerror', e => problems.push(`page error: ${e.message}`));
   page.on('request', r => {
     const u = r.url();
     if (!u.startsWith(origin + '/') && !u.startsWith('data:')) external.push(u);
   });
-  page.on('requestfailed', r => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('requestfailed', r => {
+    // Leaving the page (signing out) cuts its event stream.
+    if (refusalsExpected && r.failure()?.errorText === 'net::ERR_ABORTED') return;
+    problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+  });
 
+  async function signIn(token) {
+    await page.goto(url, { waitUntil: 'load' });
+    await page.waitForSelector('#signin');
+    await page.fill('#token', token);
+    await page.click('#signin-button');
+    await page.waitForSelector('#signout', { timeout: 15000 });
+  }
+
+  // Signed out, the page is a sign-in form; a wrong token is refused there.
+  refusalsExpected = true;
   await page.goto(url, { waitUntil: 'load' });
+  check(await page.locator('#signin').isVisible(), 'the page asks for a token first');
+  await page.fill('#token', 'nobody.' + '0'.repeat(64));
+  await page.click('#signin-button');
+  await page.waitForFunction(() => document.getElementById('signin-result').textContent.includes('unknown token'), null, { timeout: 10000 });
+  check(true, 'a wrong token is refused');
+
+  // A viewer sees the fleet but may not press the buzzer.
+  await signIn(process.env.DASHBOARD_VIEWER_TOKEN);
+  await page.waitForFunction(() => document.getElementById('whoami').textContent.includes('(viewer)'), null, { timeout: 15000 });
+  await page.click('[data-buzzer="short"]');
+  await page.waitForFunction(() => {
+    const r = document.getElementById('buzzer-result');
+    return r.classList.contains('bad') && r.textContent.includes('operator role');
+  }, null, { timeout: 15000 });
+  check(true, 'a viewer may not press the buzzer (the operator role is needed)');
+  const session = (await context.cookies()).find(c => c.name === 'harvester_session');
+  check(session && session.httpOnly && session.secure && session.sameSite === 'Strict' && session.expires > 0,
+    'the session cookie is HttpOnly, Secure, SameSite=Strict, with an expiry');
+  await page.click('#signout');
+  await page.waitForSelector('#signin', { timeout: 15000 });
+  check(!(await context.cookies()).some(c => c.name === 'harvester_session'), 'signing out ends the session');
+  refusalsExpected = false;
+
+  // An operator from here on.
+  await signIn(process.env.DASHBOARD_TOKEN);
+  await page.waitForFunction(() => document.getElementById('whoami').textContent.includes('(operator)'), null, { timeout: 15000 });
+  check(true, 'signed in as an operator');
   await page.evaluate(() => { window.__sameDocument = true; });
 
   // Readings appear, with units, and change without a reload.

@@ -3,10 +3,14 @@
 //! server-sent event stream (the fleet every second, log lines as they
 //! arrive) and the buzzer buttons' commands.
 //!
-//! It has its own listener (loopback by default) apart from the API. The
-//! one write it accepts, a plugin command, needs a custom request header
-//! and a matching Origin, so another site open in the same browser cannot
-//! send it.
+//! It has its own listener (loopback by default) apart from the API, over
+//! TLS. People sign in with their token (`POST /api/session`) and get an
+//! HttpOnly, Secure, SameSite=Strict session cookie; the page needs the
+//! viewer role, the buzzer buttons the operator role. Requests whose Host
+//! is not one of the hub's names are refused (DNS rebinding), and every
+//! write (signing in, a plugin command) needs a custom request header and
+//! a matching Origin, so another site open in the same browser cannot send
+//! one.
 
 use super::{Api, ApiError};
 use crate::store::Kind;
@@ -22,6 +26,10 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 const INDEX: &str = include_str!("dashboard/index.html");
+const SIGN_IN: &str = include_str!("dashboard/signin.html");
+const SIGN_IN_SCRIPT: &str = include_str!("dashboard/signin.js");
+/// The session cookie's name.
+pub(crate) const COOKIE: &str = "harvester_session";
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/app.css");
 const ICON: &str = include_str!("dashboard/icon.svg");
@@ -39,12 +47,18 @@ struct Page {
     timezone: String,
 }
 
-pub(crate) fn router(api: Api, timezone: String) -> Router {
+/// `hosts`: the names and addresses the hub is reached by; a request for
+/// any other Host is refused.
+pub(crate) fn router(api: Api, timezone: String, hosts: Vec<String>) -> Router {
     let routes = Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route("/", get(index))
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/assets/signin.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SIGN_IN_SCRIPT) }),
         )
         .route(
             "/assets/app.css",
@@ -52,13 +66,140 @@ pub(crate) fn router(api: Api, timezone: String) -> Router {
         )
         .route("/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
         .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON) }))
+        .route("/api/session", post(sign_in).delete(sign_out))
         .route("/api/state", get(state))
         .route("/api/events", get(events))
         .route("/api/logs", get(logs))
         .route("/api/plugins/{plugin}/commands/{command}", post(command));
+    let hosts = std::sync::Arc::new(hosts);
     super::Audience::Dashboard
         .serve(routes, &api)
+        .layer(axum::middleware::from_fn_with_state(hosts, known_host))
         .with_state(Page { api, timezone })
+}
+
+/// The host part of a Host header (`name`, `name:port`, `[v6]:port`).
+fn host_of(value: &str) -> &str {
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    value.rsplit_once(':').map_or(value, |(h, _)| h)
+}
+
+/// Refuses requests for a Host that is not one of the hub's names: a page
+/// of another site whose name was made to point here (DNS rebinding) gets
+/// nothing.
+async fn known_host(
+    State(hosts): State<std::sync::Arc<Vec<String>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_of)
+        .unwrap_or("");
+    if hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        axum::http::StatusCode::MISDIRECTED_REQUEST,
+        "UnknownHost",
+        format!("{host:?} is not a name of this hub (add it with --tls-san)"),
+    )
+    .into_response()
+}
+
+/// The page, or the sign-in page for who has no session.
+async fn index(super::access::Caller(caller): super::access::Caller) -> Response {
+    match caller {
+        crate::identity::Identity::User { .. } => asset("text/html; charset=utf-8", INDEX),
+        _ => asset("text/html; charset=utf-8", SIGN_IN),
+    }
+}
+
+/// A write from the page: the custom header, and the page's own Origin.
+fn from_own_page(page: &Page, headers: &HeaderMap) -> Result<(), &'static str> {
+    if headers.get("x-harvester").is_none() {
+        return Err("writes need the X-Harvester header");
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        // The hub's own page is served over TLS unless the hub runs plain.
+        let scheme = if page.api.identities.is_some() { "https" } else { "http" };
+        if origin.to_str().ok() != Some(&format!("{scheme}://{host}")) {
+            return Err("writes are accepted from this dashboard's own page only");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    token: String,
+}
+
+/// Signs in with a user's token: a session cookie for 12 hours.
+async fn sign_in(State(page): State<Page>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(why) = from_own_page(&page, &headers) {
+        return forbidden(why);
+    }
+    let Some(ids) = &page.api.identities else {
+        return ApiError::bad_request("this hub runs without identities: there is nothing to sign in to")
+            .into_response();
+    };
+    let Ok(req) = serde_json::from_slice::<SignIn>(&body) else {
+        return ApiError::bad_request("expected {\"token\": \"...\"}").into_response();
+    };
+    let token = req.token.trim();
+    // A token as `user create` prints it carries the CA's hash in front.
+    let credential = token.rsplit_once("::").map_or(token, |(_, c)| c);
+    match ids.sign_in(credential) {
+        Ok((id, crate::identity::Identity::User { name, role })) => {
+            let cookie = format!(
+                "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
+                crate::identity::SESSION_LIFETIME.as_secs()
+            );
+            (
+                [(header::SET_COOKIE, cookie)],
+                axum::Json(json!({"user": name, "role": role})),
+            )
+                .into_response()
+        }
+        Ok(_) | Err(_) => {
+            ApiError::unauthorized("unknown token: sign in with a user's token (harvester user create)").into_response()
+        }
+    }
+}
+
+async fn sign_out(State(page): State<Page>, headers: HeaderMap) -> Response {
+    if let Err(why) = from_own_page(&page, &headers) {
+        return forbidden(why);
+    }
+    if let (Some(ids), Some(id)) = (&page.api.identities, session_cookie(&headers)) {
+        ids.sign_out(id);
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0"),
+        )],
+        axum::http::StatusCode::NO_CONTENT,
+    )
+        .into_response()
+}
+
+/// The session id the request's cookie carries.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -110,8 +251,16 @@ fn snapshot(page: &Page, history: bool) -> Result<serde_json::Value, ApiError> {
     }))
 }
 
-async fn state(State(page): State<Page>, Query(q): Query<StateQuery>) -> Result<Response, ApiError> {
-    let mut r = axum::Json(snapshot(&page, q.history)?).into_response();
+async fn state(
+    State(page): State<Page>,
+    super::access::Caller(caller): super::access::Caller,
+    Query(q): Query<StateQuery>,
+) -> Result<Response, ApiError> {
+    let mut snapshot = snapshot(&page, q.history)?;
+    if let crate::identity::Identity::User { name, role } = caller {
+        snapshot["user"] = json!({"name": name, "role": role});
+    }
+    let mut r = axum::Json(snapshot).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     Ok(r)
@@ -119,9 +268,11 @@ async fn state(State(page): State<Page>, Query(q): Query<StateQuery>) -> Result<
 
 /// `state` every second and `log` per line, until the page goes away or
 /// the hub shuts down.
-async fn events(State(page): State<Page>) -> Response {
+async fn events(State(page): State<Page>, super::access::Caller(caller): super::access::Caller) -> Response {
     let mut logs = page.api.live.follow_logs();
     let mut closing = page.api.live.closing();
+    // A deleted user's page stops getting anything at once.
+    let gone = page.api.until_gone(&caller);
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
@@ -140,6 +291,7 @@ async fn events(State(page): State<Page>) -> Response {
                     Err(_) => return,
                 },
                 _ = closing.changed() => return,
+                _ = gone.cancelled() => return,
             };
             if tx.send(event).await.is_err() {
                 return;
@@ -181,16 +333,8 @@ async fn command(
     Path((plugin, command)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if headers.get("x-harvester").is_none() {
-        return forbidden("commands need the X-Harvester header");
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        // The hub's own page is served over TLS unless the hub runs plain.
-        let scheme = if page.api.identities.is_some() { "https" } else { "http" };
-        if origin.to_str().ok() != Some(&format!("{scheme}://{host}")) {
-            return forbidden("commands are accepted from this dashboard's own page only");
-        }
+    if let Err(why) = from_own_page(&page, &headers) {
+        return forbidden(why);
     }
     let allowed = PAGE_COMMANDS
         .iter()

@@ -1,6 +1,6 @@
 //! Identities over the API: boards enrol with a join token and renew
-//! their certificates; the admin makes and deletes join tokens and
-//! revokes nodes.
+//! their certificates; admins make and delete join tokens and users,
+//! revoke nodes and read the audit trail; anyone signed in asks who they are.
 
 use super::access::{Caller, ThisNode};
 use super::{Api, ApiError};
@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use harvester_api::identity::{CertificateAnswer, CertificateRequest, Revoked, TokenCreated, TokenRequest};
+use harvester_api::identity::{
+    CertificateAnswer, CertificateRequest, Revoked, TokenCreated, TokenRequest, UserCreated, UserRequest, WhoAmI,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +24,16 @@ pub(super) fn joining() -> Router<Api> {
         .route("/api/v1alpha1/nodes/{name}/certificate", post(renew))
 }
 
-/// The admin's.
-pub(super) fn admin() -> Router<Api> {
+/// People's (the admin role for all but `whoami`, see `access`).
+pub(super) fn people() -> Router<Api> {
     Router::new()
         .route("/api/v1alpha1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1alpha1/tokens/{id}", delete(delete_token))
         .route("/api/v1alpha1/nodes/{name}/revoke", post(revoke))
+        .route("/api/v1alpha1/users", get(list_users).post(create_user))
+        .route("/api/v1alpha1/users/{name}", delete(delete_user))
+        .route("/api/v1alpha1/audit", get(audit))
+        .route("/api/v1alpha1/whoami", get(whoami))
 }
 
 fn identities(api: &Api) -> Result<&Arc<Identities>, ApiError> {
@@ -46,6 +52,8 @@ impl From<EnrolError> for ApiError {
         match e {
             EnrolError::Request(m) => ApiError::invalid(m),
             EnrolError::Refused(r @ Refusal::Enrolled(_)) => ApiError::conflict("Enrolled", r.to_string()),
+            EnrolError::Refused(r @ Refusal::UserExists(_)) => ApiError::conflict("UserExists", r.to_string()),
+            EnrolError::Refused(r @ Refusal::NoUser(_)) => ApiError::not_found(r.to_string()),
             EnrolError::Refused(r @ Refusal::Store(_)) => ApiError::internal("IdentityStore", r.to_string()),
             EnrolError::Refused(r) => ApiError::unauthorized(r.to_string()),
         }
@@ -162,6 +170,59 @@ async fn revoke(State(api): State<Api>, Path(name): Path<String>) -> Result<Resp
     Ok(Json(Revoked {
         node: name,
         certificates,
+    })
+    .into_response())
+}
+
+async fn create_user(State(api): State<Api>, Json(req): Json<UserRequest>) -> Result<Response, ApiError> {
+    let (token, info) = identities(&api)?.create_user(&req.name, req.role)?;
+    Ok((StatusCode::CREATED, Json(UserCreated { token, info })).into_response())
+}
+
+async fn list_users(State(api): State<Api>) -> Result<Response, ApiError> {
+    Ok(Json(harvester_api::answers::List {
+        resource_version: 0,
+        items: identities(&api)?.users(),
+    })
+    .into_response())
+}
+
+async fn delete_user(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    identities(&api)?
+        .delete_user(&name)
+        .map_err(|r| ApiError::from(EnrolError::Refused(r)))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn whoami(State(api): State<Api>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    identities(&api)?;
+    match caller {
+        Identity::User { name, role } => Ok(Json(WhoAmI { user: name, role }).into_response()),
+        _ => Err(ApiError::bad_request("whoami is for people; nodes know who they are")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    since: u64,
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most an audit answer holds, newest last.
+const AUDIT_PAGE: usize = 1000;
+
+async fn audit(
+    State(api): State<Api>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(AUDIT_PAGE).min(AUDIT_PAGE);
+    let entries = identities(&api)?.audit().entries(q.since, q.user.as_deref(), limit);
+    Ok(Json(harvester_api::answers::List {
+        resource_version: 0,
+        items: entries,
     })
     .into_response())
 }

@@ -105,20 +105,24 @@ impl Audience {
 
     /// Every request of the audience passes here.
     async fn guard(State((audience, api)): State<(Audience, Api)>, mut request: Request, next: Next) -> Response {
-        let admitted = access::identify(&api, audience, &request)
-            .and_then(|who| access::admit(audience, &who, request.uri().path()).map(|()| who));
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.addr);
+        let identified = access::identify(&api, audience, &request);
+        let caller = identified.as_ref().ok().cloned();
+        let admitted = identified.and_then(|who| access::admit(audience, &who, &method, &path).map(|()| who));
         let response = match admitted {
             Ok(who) => {
                 request.extensions_mut().insert(who);
                 next.run(request).await
             }
             Err(e) => {
-                let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.addr);
-                tracing::info!(?peer, path = request.uri().path(), "refused: {}", e.message());
+                tracing::info!(?peer, path, "refused: {}", e.message());
                 e.into_response()
             }
         };
-        let class = match response.status().as_u16() {
+        let status = response.status().as_u16();
+        let class = match status {
             100..=399 => "ok",
             400..=499 => "client_error",
             _ => "server_error",
@@ -127,6 +131,39 @@ impl Audience {
             .http_requests
             .with_label_values(&[audience.as_str(), class])
             .inc();
+        // People's writes, enrolments and refusals of either: who, what,
+        // with what outcome, from where. A node's own reports are not.
+        let write = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
+        if write
+            && matches!(
+                audience,
+                Audience::People | Audience::Operators | Audience::Joining | Audience::Dashboard
+            )
+            && let Some(ids) = &api.identities
+        {
+            let (user, role) = match caller {
+                Some(crate::identity::Identity::User { name, role }) => (name, role.as_str().to_string()),
+                Some(crate::identity::Identity::Node { name, .. }) => (format!("node/{name}"), String::new()),
+                _ if audience == Audience::Joining => ("join-token".to_string(), String::new()),
+                _ => ("anonymous".to_string(), String::new()),
+            };
+            let outcome = match status {
+                100..=399 => "ok",
+                401 | 403 => "refused",
+                400..=499 => "rejected",
+                _ => "failed",
+            };
+            api.metrics.audit_events.with_label_values(&[outcome]).inc();
+            ids.audit().record(&harvester_api::identity::AuditEntry {
+                time: harvester_api::now_ms(),
+                user,
+                role,
+                action: format!("{method} {path}"),
+                status,
+                outcome: outcome.to_string(),
+                source: peer.map(|p| p.to_string()).unwrap_or_default(),
+            });
+        }
         response
     }
 }
@@ -134,7 +171,7 @@ impl Audience {
 /// The API on one listener: every audience's routes.
 pub(crate) fn router(api: Api) -> Router {
     Router::new()
-        .merge(Audience::People.serve(objects::routes().merge(enrol::admin()), &api))
+        .merge(Audience::People.serve(objects::routes().merge(enrol::people()), &api))
         .merge(Audience::Nodes.serve(nodes::routes().merge(compiled::routes()), &api))
         .merge(Audience::Operators.serve(ops::routes(), &api))
         .merge(Audience::Joining.serve(enrol::joining(), &api))
@@ -205,7 +242,12 @@ mod tests {
     }
 
     async fn call(app: &Router, method: Method, uri: &str) -> StatusCode {
-        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "localhost:3000")
+            .body(Body::empty())
+            .unwrap();
         app.clone().oneshot(request).await.unwrap().status()
     }
 
@@ -229,7 +271,7 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(call(&app, Method::GET, "/healthz").await, StatusCode::OK);
-        let page = dashboard::router(api, "UTC".into());
+        let page = dashboard::router(api, "UTC".into(), vec!["localhost".into()]);
         assert_eq!(call(&page, Method::GET, "/api/state").await, StatusCode::OK);
         let count = |a: Audience, o: &str| metrics.http_requests.with_label_values(&[a.as_str(), o]).get();
         assert_eq!(

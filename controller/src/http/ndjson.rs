@@ -1,6 +1,7 @@
 //! Long-lived answers, one JSON document per line (watches, log follows,
 //! a node's assignment stream): fed by a task that stops when the client
-//! goes away, ended when the hub shuts down, kept open by `{}` keepalives.
+//! goes away, ended when the hub shuts down or the caller's access ends
+//! (a user deleted, a node revoked), kept open by `{}` keepalives.
 
 use axum::body::{Body, Bytes};
 use axum::http::header;
@@ -25,19 +26,25 @@ pub(crate) fn keepalive() -> Line {
 
 /// The answer: lines from `f`, which sends into the channel it is given
 /// and returns when the client is gone or it has nothing more to say.
-pub(crate) fn response<F, Fut>(closing: tokio::sync::watch::Receiver<bool>, f: F) -> Response
+/// It ends at once when the hub is `closing` or the caller is `gone`.
+pub(crate) fn response<F, Fut>(
+    closing: tokio::sync::watch::Receiver<bool>,
+    gone: tokio_util::sync::CancellationToken,
+    f: F,
+) -> Response
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Line>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(f(tx));
-    let stream = futures::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+    let stream = futures::stream::unfold((rx, closing, gone), |(mut rx, mut closing, gone)| async move {
         let item = tokio::select! {
             item = rx.recv() => item,
             _ = closing.wait_for(|c| *c) => None,
+            _ = gone.cancelled() => None,
         };
-        item.map(|item| (item, (rx, closing)))
+        item.map(|item| (item, (rx, closing, gone)))
     });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],

@@ -84,17 +84,18 @@ async fn heartbeat(State(api): State<Api>, ThisNode(name): ThisNode) -> Result<R
 
 /// The node's one outbound watch: its full assignments now and after every
 /// change, and commands for its plugins, one JSON per line, with keepalives.
-async fn assignments(State(api): State<Api>, ThisNode(name): ThisNode) -> Result<Response, ApiError> {
+async fn assignments(
+    State(api): State<Api>,
+    ThisNode(name): ThisNode,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     let mut rx = api.reconciler.watch_assignments(&name);
     // Revoking or deleting the node ends the stream at once.
-    let gone = match &api.identities {
-        Some(ids) => ids.until_gone(&name),
-        None => tokio_util::sync::CancellationToken::new(),
-    };
+    let gone = api.until_gone(&caller);
     let metrics = api.metrics.clone();
     let live = api.live.clone();
     let (token, mut commands) = live.link(&name);
-    Ok(ndjson::response(api.live.closing(), move |tx| async move {
+    Ok(ndjson::response(api.live.closing(), gone, move |tx| async move {
         let _open = StreamGuard::new(&metrics, "assignments");
         let _link = Unlink(live, name, token);
         // An untagged NodeMessage::Assignments is the assignments' own JSON:
@@ -111,7 +112,6 @@ async fn assignments(State(api): State<Api>, ThisNode(name): ThisNode) -> Result
                 },
                 Some(command) = commands.recv() => ndjson::line(&NodeMessage::Command { command }),
                 _ = tokio::time::sleep(ndjson::KEEPALIVE) => ndjson::keepalive(),
-                _ = gone.cancelled() => return,
             };
             if tx.send(line).await.is_err() {
                 return;

@@ -1,6 +1,7 @@
 //! Plugins and Nodes for people and their tools: apply, get, list, update,
 //! delete, watch; a plugin's recent events; uploads of local components.
 
+use super::access::Caller;
 use super::{Api, ApiError, ndjson};
 use crate::apply;
 use crate::metrics::StreamGuard;
@@ -241,37 +242,45 @@ struct WatchQuery {
 }
 
 /// Every change after `resourceVersion`, then live ones, one JSON per line.
-async fn watch(State(api): State<Api>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+async fn watch(
+    State(api): State<Api>,
+    Caller(caller): Caller,
+    Query(q): Query<WatchQuery>,
+) -> Result<Response, ApiError> {
     // Subscribe before reading the backlog so nothing falls in between.
     let mut live = api.store.subscribe();
     let backlog = api.store.events_since(q.resource_version)?;
     let mut last = backlog.last().map_or(q.resource_version, |e| e.resource_version);
     let metrics = api.metrics.clone();
-    Ok(ndjson::response(api.live.closing(), move |tx| async move {
-        let _open = StreamGuard::new(&metrics, "watch");
-        for ev in backlog {
-            if tx.send(ndjson::line(&ev)).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            let next = tokio::time::timeout(ndjson::KEEPALIVE, live.recv()).await;
-            let line = match next {
-                Err(_) => ndjson::keepalive(),
-                Ok(Ok(ev)) if ev.resource_version <= last => continue,
-                Ok(Ok(ev)) => {
-                    last = ev.resource_version;
-                    ndjson::line(&ev)
+    Ok(ndjson::response(
+        api.live.closing(),
+        api.until_gone(&caller),
+        move |tx| async move {
+            let _open = StreamGuard::new(&metrics, "watch");
+            for ev in backlog {
+                if tx.send(ndjson::line(&ev)).await.is_err() {
+                    return;
                 }
-                // Fell behind the live buffer: end the stream; the client
-                // resumes from its last resourceVersion and loses nothing.
-                Ok(Err(_)) => return,
-            };
-            if tx.send(line).await.is_err() {
-                return;
             }
-        }
-    }))
+            loop {
+                let next = tokio::time::timeout(ndjson::KEEPALIVE, live.recv()).await;
+                let line = match next {
+                    Err(_) => ndjson::keepalive(),
+                    Ok(Ok(ev)) if ev.resource_version <= last => continue,
+                    Ok(Ok(ev)) => {
+                        last = ev.resource_version;
+                        ndjson::line(&ev)
+                    }
+                    // Fell behind the live buffer: end the stream; the client
+                    // resumes from its last resourceVersion and loses nothing.
+                    Ok(Err(_)) => return,
+                };
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        },
+    ))
 }
 
 async fn plugin_events(State(api): State<Api>, Path(name): Path<String>) -> Json<serde_json::Value> {

@@ -1,6 +1,7 @@
 //! Operating the fleet: recent and live log lines, plugin commands,
 //! the hub's `/metrics`, Prometheus service discovery and `/healthz`.
 
+use super::access::Caller;
 use super::{Api, ApiError, ndjson};
 use crate::live::LogFilter;
 use crate::store::Kind;
@@ -66,7 +67,11 @@ struct LogsQuery {
 }
 
 /// Recent log lines of a node or a plugin (NDJSON), then new ones with `follow`.
-async fn logs(State(api): State<Api>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+async fn logs(
+    State(api): State<Api>,
+    Caller(caller): Caller,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
     let filter = LogFilter {
         node: q.node,
         plugin: q.plugin,
@@ -80,26 +85,32 @@ async fn logs(State(api): State<Api>, Query(q): Query<LogsQuery>) -> Result<Resp
     // Subscribe first so no line falls between the backlog and the tail.
     let mut follow = q.follow.then(|| api.live.follow_logs());
     let backlog = api.live.logs(&filter, q.tail.unwrap_or(crate::live::LOG_WINDOW));
-    Ok(ndjson::response(api.live.closing(), move |tx| async move {
-        for line in backlog {
-            if tx.send(ndjson::line(&line)).await.is_err() {
-                return;
+    Ok(ndjson::response(
+        api.live.closing(),
+        api.until_gone(&caller),
+        move |tx| async move {
+            for line in backlog {
+                if tx.send(ndjson::line(&line)).await.is_err() {
+                    return;
+                }
             }
-        }
-        let Some(rx) = follow.as_mut() else { return };
-        loop {
-            let line = match tokio::time::timeout(ndjson::KEEPALIVE, rx.recv()).await {
-                Err(_) => ndjson::keepalive(),
-                Ok(Ok(l)) if filter.matches(&l) => ndjson::line(&l),
-                Ok(Ok(_)) => continue,
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => ndjson::line(&json!({"dropped": n})),
-                Ok(Err(_)) => return,
-            };
-            if tx.send(line).await.is_err() {
-                return;
+            let Some(rx) = follow.as_mut() else { return };
+            loop {
+                let line = match tokio::time::timeout(ndjson::KEEPALIVE, rx.recv()).await {
+                    Err(_) => ndjson::keepalive(),
+                    Ok(Ok(l)) if filter.matches(&l) => ndjson::line(&l),
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                        ndjson::line(&json!({"dropped": n}))
+                    }
+                    Ok(Err(_)) => return,
+                };
+                if tx.send(line).await.is_err() {
+                    return;
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

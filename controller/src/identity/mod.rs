@@ -1,16 +1,20 @@
 //! Who may touch the fleet. The hub CA signs node certificates; join
 //! tokens let a board enrol once; a revoked certificate stops working at
-//! once. The local admin holds a bearer token the hub made on first start
-//! (stored as SHA-256; the plain token only in the admin's client file).
+//! once. People are users with a role and a bearer token `<user>.<secret>`
+//! (stored as SHA-256); the hub makes the `admin` user on first start and
+//! writes its client configuration for the local admin.
 //!
 //! - [`listener`]: TLS on the hub's listeners; who is at the other end.
+//! - [`audit`]: every write people make, in a bounded window.
 //!
-//! State lives in the store's `identity` tree: `admin` (the admin token's
-//! hash), `token/<id>` ([`TokenRecord`]), `cert/<serial>` ([`CertRecord`]).
+//! State lives in the store's `identity` tree: `user/<name>`
+//! ([`UserRecord`]), `token/<id>` ([`TokenRecord`]), `cert/<serial>`
+//! ([`CertRecord`]).
 
+pub(crate) mod audit;
 pub(crate) mod listener;
 
-use harvester_api::identity::{ClientConfig, TokenInfo};
+use harvester_api::identity::{ClientConfig, Context, Role, TokenInfo, UserInfo};
 use harvester_pki::{Ca, CertInfo, Issued, JoinToken};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -23,8 +27,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Identity {
     Anonymous,
-    /// The bearer of the admin token.
-    Admin,
+    /// A person, by their bearer token.
+    User {
+        name: String,
+        role: Role,
+    },
     /// A board, by its certificate. `expired`: past its validity, within
     /// the renewal grace; it may renew and nothing else.
     Node {
@@ -47,6 +54,14 @@ struct TokenRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct UserRecord {
+    role: Role,
+    token_sha256: String,
+    created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct CertRecord {
     node: String,
     not_after: u64,
@@ -61,8 +76,12 @@ pub(crate) enum Refusal {
         "no credential: send a bearer token (`harvester` reads it from its client configuration) or a node certificate"
     )]
     Anonymous,
-    #[error("unknown token: it was never issued by this hub, or it was deleted")]
+    #[error("unknown token: it was never issued by this hub, or it or its user was deleted")]
     UnknownToken,
+    #[error("user {0:?} exists already; delete it first to give it a new token")]
+    UserExists(String),
+    #[error("no user {0:?}")]
+    NoUser(String),
     #[error("join token {0} expired; ask an admin for a new one (harvester token create)")]
     TokenExpired(String),
     #[error("join token {0} is used up; ask an admin for a new one (harvester token create)")]
@@ -92,15 +111,24 @@ impl From<serde_json::Error> for Refusal {
 pub(crate) struct Identities {
     ca: Ca,
     tree: sled::Tree,
-    admin_sha256: String,
+    /// Users by name: role and token hash, for the check every request makes.
+    users: RwLock<HashMap<String, UserRecord>>,
     /// Serials revoked, for the check every request makes.
     revoked: RwLock<HashSet<String>>,
     /// Cancelled when a node's access ends: its open streams close.
     gone: Mutex<HashMap<String, CancellationToken>>,
     /// Token redemption and issuing read, then write.
     writes: Mutex<()>,
+    audit: audit::Audit,
+    /// Dashboard sessions by the SHA-256 of their cookie: user and expiry.
+    sessions: Mutex<HashMap<String, (String, SystemTime)>>,
     node_cert_lifetime: Duration,
 }
+
+/// How long a dashboard sign-in lasts.
+pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions held at once, all users together.
+const MAX_SESSIONS: usize = 10_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -116,6 +144,7 @@ impl Identities {
     /// `admin_file` for `server` (the token is made again if the file is gone).
     pub(crate) fn open(
         tree: sled::Tree,
+        audit: sled::Tree,
         pki: &Path,
         admin_file: &Path,
         server: &str,
@@ -125,27 +154,60 @@ impl Identities {
         if made {
             tracing::info!(dir = %pki.display(), "made the hub CA (sha256 {})", ca.hash());
         }
-        let stored = tree.get("admin")?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        // Part of an older layout: one admin hash, no users.
+        tree.remove("admin")?;
+        let mut users = HashMap::new();
+        for item in tree.scan_prefix("user/") {
+            let (k, v) = item?;
+            users.insert(
+                String::from_utf8_lossy(&k["user/".len()..]).into_owned(),
+                serde_json::from_slice::<UserRecord>(&v)?,
+            );
+        }
+        let context_name = format!("admin@{}", server.trim_start_matches("https://"));
         let existing = std::fs::read_to_string(admin_file)
             .ok()
             .and_then(|t| serde_yaml::from_str::<ClientConfig>(&t).ok())
+            .and_then(|c| c.contexts.into_iter().next())
             .map(|c| c.token)
-            .filter(|t| stored.as_deref() == Some(&*harvester_pki::sha256_hex(t.as_bytes())));
+            .filter(|t| {
+                t.split_once('.').is_some_and(|(name, secret)| {
+                    name == "admin"
+                        && users.get("admin").is_some_and(|u: &UserRecord| {
+                            u.role == Role::Admin
+                                && harvester_pki::same_secret(
+                                    &harvester_pki::sha256_hex(secret.as_bytes()),
+                                    &u.token_sha256,
+                                )
+                        })
+                })
+            });
         let token = match existing {
             Some(t) => t,
             None => {
-                let t = harvester_pki::random_hex(32);
-                tree.insert("admin", harvester_pki::sha256_hex(t.as_bytes()).as_bytes())?;
+                let secret = harvester_pki::random_hex(32);
+                let record = UserRecord {
+                    role: Role::Admin,
+                    token_sha256: harvester_pki::sha256_hex(secret.as_bytes()),
+                    created: ms(SystemTime::now()),
+                };
+                tree.insert("user/admin", serde_json::to_vec(&record)?)?;
                 tree.flush()?;
-                tracing::info!(file = %admin_file.display(), "made the admin credential");
-                t
+                users.insert("admin".to_string(), record);
+                tracing::info!(file = %admin_file.display(), "made the admin user");
+                format!("admin.{secret}")
             }
+        };
+        let admin = Context {
+            name: context_name,
+            server: server.to_string(),
+            certificate_authority_data: ca.cert_pem().to_string(),
+            token,
         };
         // Rewritten at every start: the address or the CA may have changed.
         let config = ClientConfig {
-            server: server.to_string(),
-            certificate_authority_data: ca.cert_pem().to_string(),
-            token: token.clone(),
+            current_context: admin.name.clone(),
+            contexts: vec![admin.clone()],
         };
         let text = format!(
             "# The admin of this hub: HARVESTER_CONFIG={} harvester get nodes\n{}",
@@ -153,6 +215,9 @@ impl Identities {
             serde_yaml::to_string(&config)?
         );
         harvester_pki::write_private(admin_file, text.as_bytes())?;
+        if made {
+            merge_local_admin(admin);
+        }
         let mut revoked = HashSet::new();
         for item in tree.scan_prefix("cert/") {
             let (k, v) = item?;
@@ -164,12 +229,18 @@ impl Identities {
         Ok(Identities {
             ca,
             tree,
-            admin_sha256: harvester_pki::sha256_hex(token.as_bytes()),
+            users: RwLock::new(users),
             revoked: RwLock::new(revoked),
             gone: Mutex::new(HashMap::new()),
             writes: Mutex::new(()),
+            audit: audit::Audit::new(audit),
+            sessions: Mutex::new(HashMap::new()),
             node_cert_lifetime,
         })
+    }
+
+    pub(crate) fn audit(&self) -> &audit::Audit {
+        &self.audit
     }
 
     pub(crate) fn ca(&self) -> &Ca {
@@ -180,8 +251,14 @@ impl Identities {
     /// its connection presented (already checked against the CA by TLS).
     pub(crate) fn identify(&self, bearer: Option<&str>, cert: Option<&CertInfo>) -> Result<Identity, Refusal> {
         if let Some(token) = bearer {
-            return if harvester_pki::same_secret(&harvester_pki::sha256_hex(token.as_bytes()), &self.admin_sha256) {
-                Ok(Identity::Admin)
+            let (name, secret) = token.split_once('.').ok_or(Refusal::UnknownToken)?;
+            let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+            let user = users.get(name).ok_or(Refusal::UnknownToken)?;
+            return if harvester_pki::same_secret(&harvester_pki::sha256_hex(secret.as_bytes()), &user.token_sha256) {
+                Ok(Identity::User {
+                    name: name.to_string(),
+                    role: user.role,
+                })
             } else {
                 Err(Refusal::UnknownToken)
             };
@@ -352,16 +429,187 @@ impl Identities {
             }
         }
         self.tree.flush()?;
-        if let Some(token) = lock(&self.gone).remove(node) {
-            token.cancel();
-        }
+        self.end_access(&Identity::Node {
+            name: node.to_string(),
+            serial: String::new(),
+            expired: false,
+        });
         tracing::info!(node, certificates = count, "revoked a node");
         Ok(count)
     }
 
-    /// Cancelled when `node`'s access ends (revoked or deleted).
-    pub(crate) fn until_gone(&self, node: &str) -> CancellationToken {
-        lock(&self.gone).entry(node.to_string()).or_default().clone()
+    /// Signs a person in to the dashboard with their token: a new session
+    /// id (the cookie's value) that lasts `SESSION_LIFETIME`.
+    pub(crate) fn sign_in(&self, token: &str) -> Result<(String, Identity), Refusal> {
+        let who = self.identify(Some(token), None)?;
+        let Identity::User { name, .. } = &who else {
+            return Err(Refusal::UnknownToken);
+        };
+        let id = harvester_pki::random_hex(32);
+        let now = SystemTime::now();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, (_, expires)| *expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            // The oldest go first: a flood of sign-ins cannot grow the map.
+            let oldest = sessions.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                sessions.remove(&k);
+            }
+        }
+        sessions.insert(
+            harvester_pki::sha256_hex(id.as_bytes()),
+            (name.clone(), now + SESSION_LIFETIME),
+        );
+        Ok((id, who))
+    }
+
+    /// The person a session cookie belongs to, with their current role;
+    /// none once it expired, was ended, or its user was deleted.
+    pub(crate) fn session(&self, id: &str) -> Option<Identity> {
+        let key = harvester_pki::sha256_hex(id.as_bytes());
+        let (user, expires) = lock(&self.sessions).get(&key).cloned()?;
+        if SystemTime::now() > expires {
+            lock(&self.sessions).remove(&key);
+            return None;
+        }
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.get(&user).map(|u| Identity::User {
+            name: user.clone(),
+            role: u.role,
+        })
+    }
+
+    pub(crate) fn sign_out(&self, id: &str) {
+        lock(&self.sessions).remove(&harvester_pki::sha256_hex(id.as_bytes()));
+    }
+
+    /// Cancelled when the access of `who` ends: a node revoked or
+    /// deleted, a user deleted. None for who has no end (anonymous).
+    pub(crate) fn until_gone(&self, who: &Identity) -> CancellationToken {
+        match principal(who) {
+            Some(key) => lock(&self.gone).entry(key).or_default().clone(),
+            None => CancellationToken::new(),
+        }
+    }
+
+    fn end_access(&self, who: &Identity) {
+        if let Some(key) = principal(who)
+            && let Some(token) = lock(&self.gone).remove(&key)
+        {
+            token.cancel();
+        }
+    }
+
+    /// A new user with `role`; its token (shown once) carries the CA's hash.
+    pub(crate) fn create_user(&self, name: &str, role: Role) -> Result<(String, UserInfo), EnrolError> {
+        let mut errors = harvester_api::validation::ValidationErrors::default();
+        harvester_api::standalone::validate_name(name, "name", &mut errors);
+        errors.into_result().map_err(|e| EnrolError::Request(e.to_string()))?;
+        let _w = lock(&self.writes);
+        let key = format!("user/{name}");
+        if self.tree.get(&key).map_err(Refusal::from)?.is_some() {
+            return Err(Refusal::UserExists(name.to_string()).into());
+        }
+        let secret = harvester_pki::random_hex(32);
+        let record = UserRecord {
+            role,
+            token_sha256: harvester_pki::sha256_hex(secret.as_bytes()),
+            created: ms(SystemTime::now()),
+        };
+        self.tree
+            .insert(&key, serde_json::to_vec(&record).map_err(Refusal::from)?)
+            .map_err(Refusal::from)?;
+        self.tree.flush().map_err(Refusal::from)?;
+        let info = UserInfo {
+            name: name.to_string(),
+            role,
+            created: record.created,
+        };
+        self.users
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), record);
+        let token = JoinToken {
+            ca_hash: self.ca.hash(),
+            id: name.to_string(),
+            secret,
+        };
+        Ok((token.to_string(), info))
+    }
+
+    pub(crate) fn users(&self) -> Vec<UserInfo> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<UserInfo> = users
+            .iter()
+            .map(|(name, r)| UserInfo {
+                name: name.clone(),
+                role: r.role,
+                created: r.created,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Deletes a user: its token stops working and its open streams end.
+    pub(crate) fn delete_user(&self, name: &str) -> Result<(), Refusal> {
+        let _w = lock(&self.writes);
+        let Some(record) = self.users.write().unwrap_or_else(|e| e.into_inner()).remove(name) else {
+            return Err(Refusal::NoUser(name.to_string()));
+        };
+        self.tree.remove(format!("user/{name}"))?;
+        self.tree.flush()?;
+        self.end_access(&Identity::User {
+            name: name.to_string(),
+            role: record.role,
+        });
+        tracing::info!(user = name, "deleted a user");
+        Ok(())
+    }
+}
+
+/// The key of `who` among those whose access can end.
+fn principal(who: &Identity) -> Option<String> {
+    match who {
+        Identity::User { name, .. } => Some(format!("user/{name}")),
+        Identity::Node { name, .. } => Some(format!("node/{name}")),
+        Identity::Anonymous => None,
+    }
+}
+
+/// Adds the hub's admin context to the client configuration of the user
+/// running the hub (`$XDG_CONFIG_HOME/harvester/config.yaml`), on the hub's
+/// first start: `harvester` then works there with no setup. An existing
+/// current context stays current.
+fn merge_local_admin(admin: Context) {
+    let Some(base) = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))
+    else {
+        return;
+    };
+    let file = base.join("harvester/config.yaml");
+    let mut config = match std::fs::read_to_string(&file) {
+        Ok(text) => match serde_yaml::from_str::<ClientConfig>(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "not adding the admin context to an unreadable client configuration: {e}");
+                return;
+            }
+        },
+        Err(_) => ClientConfig::default(),
+    };
+    let name = admin.name.clone();
+    config.upsert(admin);
+    if config.current_context.is_empty() {
+        config.current_context = name.clone();
+    }
+    let written = serde_yaml::to_string(&config)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| harvester_pki::write_private(&file, text.as_bytes()));
+    match written {
+        Ok(()) => tracing::info!(file = %file.display(), context = name, "added the admin context for the local user"),
+        Err(e) => tracing::warn!(file = %file.display(), "could not add the admin context: {e:#}"),
     }
 }
 

@@ -474,8 +474,21 @@ function tickClock() {
   if (page.lastState && Date.now() - page.lastState > 5000) setLink('lost', 'no updates');
 }
 
+// A page whose session ended (expired, signed out elsewhere, user deleted)
+// goes back to the sign-in page.
+async function checkSession() {
+  const r = await fetch('/api/state').catch(() => null);
+  if (r && r.status === 401) location.replace('/');
+}
+
+async function signOut() {
+  await fetch('/api/session', { method: 'DELETE', headers: { 'X-Harvester': '1' } }).catch(() => null);
+  location.replace('/');
+}
+
 async function start() {
   setTimeZone('UTC');
+  document.getElementById('signout').addEventListener('click', signOut);
   document.querySelectorAll('[data-buzzer]').forEach(b => b.addEventListener('click', () => buzz(b.dataset.buzzer, b)));
   document.getElementById('log-tabs').addEventListener('keydown', tabKeys);
   setInterval(tickClock, 1000);
@@ -484,7 +497,10 @@ async function start() {
   let early = [];
   const events = new EventSource('/api/events');
   events.addEventListener('open', () => setLink('live', 'live'));
-  events.addEventListener('error', () => setLink('lost', 'reconnecting'));
+  events.addEventListener('error', () => {
+    setLink('lost', 'reconnecting');
+    checkSession();
+  });
   events.addEventListener('state', ev => {
     applySnapshot(JSON.parse(ev.data), false);
     setLink('live', 'live');
@@ -496,9 +512,13 @@ async function start() {
   });
 
   const [state, logs] = await Promise.all([
-    fetch('/api/state?history=true').then(r => r.json()),
+    fetch('/api/state?history=true').then(r => {
+      if (r.status === 401) location.replace('/');
+      return r.json();
+    }),
     fetch('/api/logs?tail=500').then(r => r.json()),
   ]);
+  if (state.user) document.getElementById('whoami').textContent = `${state.user.name} (${state.user.role})`;
   applySnapshot(state, true);
   const seen = new Set(logs.map(logKey));
   for (const l of logs) addLog(l, false);

@@ -29,6 +29,30 @@ fn nodelet_once(fleet: &Fleet, name: &str, token: &Path) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Reads `watch` until its stream ends, within 5 s (else panics with
+/// `open`): its last chunk arrives, or the connection closes (true).
+fn stream_ends(watch: &mut TlsStream, open: &str) -> bool {
+    use std::io::Read;
+    watch.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut buf, mut seen) = ([0u8; 4096], Vec::new());
+    loop {
+        match watch.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
+                    return false;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("{open}")
+            }
+            // Closed without TLS's goodbye, or reset: closed all the same.
+            Err(_) => return true,
+        }
+    }
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -291,26 +315,7 @@ fn a_revoked_node_is_cut_off_at_once_and_certificates_renew_by_themselves() {
     assert!(out.contains("revoked"), "{out}");
     // The stream ends at once, not at the next keepalive: its last chunk
     // arrives (or the connection closes).
-    watch.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut seen = Vec::new();
-    let mut closed = true;
-    loop {
-        match watch.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                seen.extend_from_slice(&buf[..n]);
-                if seen.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
-                    closed = false;
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("the watch stays open after the revocation")
-            }
-            // Closed without TLS's goodbye, or reset: closed all the same.
-            Err(_) => break,
-        }
-    }
+    let closed = stream_ends(&mut watch, "the watch stays open after the revocation");
     // The same connection, if still open, carries no more of its requests.
     if !closed {
         as_pi4.send(&mut watch, "POST", "/api/v1alpha1/nodes/pi4/heartbeat", &[], b"");
@@ -533,23 +538,7 @@ fn people_act_by_their_role_from_their_own_configuration_and_are_audited() {
     use std::io::Read;
     assert!(watch.read(&mut buf).unwrap() > 0, "the watch starts");
     fleet.cli_ok(&["user", "delete", "alice"]);
-    watch.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut seen = Vec::new();
-    loop {
-        match watch.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                seen.extend_from_slice(&buf[..n]);
-                if seen.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("the deleted user's watch stays open")
-            }
-            Err(_) => break,
-        }
-    }
+    stream_ends(&mut watch, "the deleted user's watch stays open");
     let out = as_person(&alice_home, &["get", "plugins"]);
     assert!(stderr(&out).contains("unknown token"), "{}", stderr(&out));
 

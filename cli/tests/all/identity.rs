@@ -441,6 +441,10 @@ fn people_act_by_their_role_from_their_own_configuration_and_are_audited() {
     let alice_home = fleet.dir.path().join("alice");
     let bob_home = fleet.dir.path().join("bob");
 
+    // The hub's first start gave the user who started it an admin context.
+    let starter = fleet.dir.path().join("config-home");
+    assert_eq!(ok(as_person(&starter, &["whoami"])).trim(), "admin (admin)");
+
     // No configuration yet: one line saying what to do.
     let out = as_person(&alice_home, &["get", "plugins"]);
     assert!(!out.status.success());

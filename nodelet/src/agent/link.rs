@@ -151,9 +151,7 @@ impl HubLink {
     ) -> anyhow::Result<impl Stream<Item = anyhow::Result<NodeMessage>> + use<>> {
         let resp = self.http().get(self.node_url("assignments")).send().await?;
         let resp = ensure_success(resp, "watching assignments").await?;
-        let bytes = resp.bytes_stream().map_err(std::io::Error::other);
-        let messages = FramedRead::new(StreamReader::new(bytes), Ndjson::<NodeMessage>::new());
-        Ok(tokio_stream_timeout(messages, idle))
+        Ok(messages(resp.bytes_stream(), idle))
     }
 
     pub async fn answer(&self, command: u64, result: &CommandResult) -> anyhow::Result<()> {
@@ -210,6 +208,18 @@ pub(super) fn tls_hint(e: &anyhow::Error) -> &'static str {
     }
 }
 
+/// The messages of an assignment stream's bytes. Silence is timed on the
+/// bytes, so the `{}` keepalives the codec skips still count as word from
+/// the hub.
+fn messages<S, E>(bytes: S, idle: Duration) -> impl Stream<Item = anyhow::Result<NodeMessage>>
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: Into<anyhow::Error>,
+{
+    let bytes = tokio_stream_timeout(bytes, idle).map_err(std::io::Error::other);
+    FramedRead::new(StreamReader::new(bytes), Ndjson::<NodeMessage>::new()).map_err(anyhow::Error::from)
+}
+
 /// Ends the stream with an error when no item arrives within `idle`.
 fn tokio_stream_timeout<S, T, E>(stream: S, idle: Duration) -> impl Stream<Item = anyhow::Result<T>>
 where
@@ -246,6 +256,30 @@ mod tests {
         assert!(tls_hint(&alert).contains("another hub's CA"));
         assert!(tls_hint(&anyhow::anyhow!("received fatal alert: CertificateExpired")).contains("30 days"));
         assert_eq!(tls_hint(&anyhow::anyhow!("connection refused")), "");
+    }
+
+    #[tokio::test]
+    async fn keepalives_keep_a_quiet_assignment_stream_open() {
+        // `{}` every 5 ms for 200 ms, then nothing: with a 100 ms idle
+        // bound the stream lives through the keepalives and ends after them
+        // (timed on decoded messages, it would end at 100 ms).
+        let ticks = futures::stream::unfold(0u32, |n| async move {
+            if n == 40 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{}\n")), n + 1))
+        })
+        .chain(futures::stream::pending());
+        let started = std::time::Instant::now();
+        let mut s = Box::pin(messages(Box::pin(ticks), Duration::from_millis(100)));
+        let end = s.next().await.expect("an error at the end");
+        assert!(end.unwrap_err().to_string().contains("no word from the controller"));
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

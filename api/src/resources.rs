@@ -53,6 +53,9 @@ runs_a_plugin! {
         pub digest: Option<Digest>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub node_selector: Labels,
+        /// Conditions on node labels beyond `nodeSelector`'s equalities.
+        #[serde(default, skip_serializing_if = "crate::selector::NodeAffinity::is_empty")]
+        pub node_affinity: crate::selector::NodeAffinity,
     }
 }
 
@@ -205,18 +208,24 @@ pub fn is_local_path(image: &str) -> bool {
     image.starts_with('/') || image.starts_with("./") || image.starts_with("../") || image.ends_with(".wasm")
 }
 
-/// Whether `labels` satisfy every `key: value` of `selector` (empty matches all).
-pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+impl PluginSpecV1 {
+    /// The nodes this plugin may run on, by their labels: every
+    /// `nodeSelector` equality and every `nodeAffinity` expression.
+    pub fn node_selector(&self) -> crate::selector::Selector {
+        let mut s = crate::selector::Selector::from_map(&self.node_selector);
+        let mut ignored = ValidationErrors::default();
+        s.0.extend(self.node_affinity.selector("spec.nodeAffinity", &mut ignored).0);
+        s
+    }
 }
 
-/// Parses `a=b,c=d` (the CLI's and the API's label selector syntax).
-pub fn parse_selector(s: &str) -> Result<Labels, String> {
+/// Parses labels `a=b,c=d` (a node's `--labels`).
+pub fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut out = Labels::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part
             .split_once('=')
-            .ok_or_else(|| format!("label selector {part:?}: expected key=value"))?;
+            .ok_or_else(|| format!("label {part:?}: expected key=value"))?;
         out.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(out)
@@ -258,6 +267,7 @@ impl Plugin {
             );
         }
         validate_labels(&self.spec.node_selector, "spec.nodeSelector", &mut errors);
+        self.spec.node_affinity.selector("spec.nodeAffinity", &mut errors);
         self.spec.run.validate("spec", &mut errors);
         errors.into_result()
     }
@@ -406,12 +416,33 @@ mod tests {
     }
 
     #[test]
-    fn selectors_match_subsets() {
-        let labels = parse_selector("role=sensor,board=pi4").unwrap();
-        assert!(selector_matches(&parse_selector("role=sensor").unwrap(), &labels));
-        assert!(selector_matches(&Labels::new(), &labels));
-        assert!(!selector_matches(&parse_selector("role=hub").unwrap(), &labels));
-        assert!(parse_selector("role").is_err());
+    fn a_plugin_selects_nodes_by_its_node_selector_and_its_affinity() {
+        let labels = parse_labels("role=sensor,board=pi4").unwrap();
+        assert!(parse_labels("role").is_err());
+        let with = |extra: &str| {
+            let doc = PLUGIN.replace(
+                "  nodeSelector: {role: sensor}\n",
+                &format!("  nodeSelector: {{role: sensor}}\n{extra}"),
+            );
+            parse_documents(&doc).map(|mut d| match d.remove(0) {
+                Object::Plugin(p) => p,
+                _ => unreachable!(),
+            })
+        };
+        assert!(with("").unwrap().spec.node_selector().matches(&labels));
+        let p =
+            with("  nodeAffinity:\n    matchExpressions: [{key: board, operator: NotIn, values: [pi4]}]\n").unwrap();
+        assert!(!p.spec.node_selector().matches(&labels));
+        assert!(
+            p.spec
+                .node_selector()
+                .matches(&parse_labels("role=sensor,board=pizero").unwrap())
+        );
+        let e = with("  nodeAffinity:\n    matchExpressions: [{key: board, operator: In}]\n").unwrap_err();
+        assert!(
+            e[0].message.contains("spec.nodeAffinity.matchExpressions[0].values"),
+            "{e:?}"
+        );
     }
 }
 

@@ -165,7 +165,7 @@ impl NodeletArgs {
                         node::JoinTokenSource::File(f)
                     }
                 }),
-                labels: harvester_api::resources::parse_selector(&self.labels)
+                labels: harvester_api::resources::parse_labels(&self.labels)
                     .map_err(|e| anyhow::anyhow!("--labels: {e}"))?,
                 heartbeat: self.heartbeat.as_duration(),
                 trust: TrustPolicy {

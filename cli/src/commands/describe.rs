@@ -1,6 +1,6 @@
 //! `harvester describe plugin|node NAME`: one object in detail.
 
-use super::{Table, age, labels, short};
+use super::{Table, age, labels, selector, short};
 use crate::client::{Client, Kind};
 use harvester_api::resources::{Condition, Node, Plugin};
 
@@ -37,7 +37,7 @@ fn print_plugin(p: &Plugin) {
         "Digest:        {}",
         spec.digest.map_or("-".to_string(), |d| d.to_string())
     );
-    println!("Node selector: {}", labels(&spec.node_selector));
+    println!("Node selector: {}", selector(&spec.node_selector()));
     println!("Grants:        {}", json(&run.grants));
     println!("Config:        {}", labels(&run.config));
     println!("Tick:          {}", run.tick_interval);

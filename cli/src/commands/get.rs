@@ -1,6 +1,6 @@
 //! `harvester get plugins|nodes [NAME] [-o wide|yaml|json] [-l SELECTOR]`.
 
-use super::{Table, age, condition, labels, running_current, short};
+use super::{Table, age, condition, labels, running_current, selector, short};
 use crate::client::{Client, Kind};
 use anyhow::bail;
 use harvester_api::ConditionType;
@@ -21,7 +21,7 @@ fn plugin_row(p: &Plugin, wide: bool) -> Vec<String> {
     if wide {
         row.push(short(p.spec.digest.as_ref()));
         row.push(p.spec.image.clone());
-        row.push(labels(&p.spec.node_selector));
+        row.push(selector(&p.spec.node_selector()));
         let on: Vec<&str> = p
             .status
             .iter()
@@ -124,6 +124,11 @@ pub async fn get(
     let kind = Kind::parse(kind)?;
     if !["", "wide", "yaml", "json"].contains(&output) {
         bail!("-o {output}: use wide, yaml or json");
+    }
+    // Checked here, before anything is sent: a typo is an error, not an
+    // empty answer.
+    if let Some(s) = selector {
+        harvester_api::selector::Selector::parse(s).map_err(|e| anyhow::anyhow!("-l: {e}"))?;
     }
     match (kind, name) {
         (Kind::Plugin, Some(n)) => show(vec![client.plugin(n).await?], true, output, &PLUGINS),

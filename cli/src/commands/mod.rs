@@ -51,6 +51,11 @@ fn labels(l: &Labels) -> String {
     l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
+/// A node selector as `-l` would take it, or `<none>`.
+fn selector(s: &harvester_api::selector::Selector) -> String {
+    if s.is_empty() { "<none>".into() } else { s.to_string() }
+}
+
 /// A digest cut to `sha256:` and its first 12 hex digits, as tables show it.
 fn short(digest: Option<&harvester_api::Digest>) -> String {
     match digest {

@@ -733,3 +733,75 @@ fn plugins_may_not_share_a_pin_or_an_led_on_a_node() {
     assert_eq!(on_node(lab, "newer"), None);
     assert!(runs(pi4, "first", 1));
 }
+
+/// Label selectors as kubectl users type them, against a real hub: every
+/// form, the refusals, and a Plugin placed by `nodeAffinity`.
+#[test]
+fn selectors_answer_as_kubectl_users_expect() {
+    let mut fleet = Fleet::new();
+    fleet.start_node("pi4", "board=pi4", "leds");
+    let zero = fleet.start_node("zero", "board=pizero", "leds");
+    let doc = |name: &str, labels: &str, extra: &str| {
+        fleet
+            .plugin_yaml(name, "", "{gpio: {pins: [17]}}", "1")
+            .replace(
+                &format!("metadata: {{name: {name}}}"),
+                &format!("metadata: {{name: {name}, labels: {{{labels}}}}}"),
+            )
+            .replace("  nodeSelector: {}\n", extra)
+    };
+    let none = "  nodeSelector: {board: none}\n";
+    let mut all = vec![
+        doc("dht22", "app: climate, tier: edge", none),
+        doc("bme680", "app: climate", none),
+        doc("system", "app: climate", none),
+        doc("lights", "app: lights", none),
+        doc("plain", "", none),
+    ];
+    all.push(doc(
+        "notpi4",
+        "app: probe",
+        "  nodeAffinity:\n    matchExpressions:\n    - {key: board, operator: NotIn, values: [pi4]}\n    - {key: board, operator: Exists}\n",
+    ));
+    fleet.apply(&all.join("---\n"));
+    let names = |selector: &str| {
+        let out = fleet.cli_ok(&["get", "plugins", "-l", selector, "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut names: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names.join(" ")
+    };
+    assert_eq!(names("app=climate"), "bme680 dht22 system");
+    assert_eq!(names("app==climate"), "bme680 dht22 system");
+    assert_eq!(names("app!=climate"), "lights notpi4 plain");
+    assert_eq!(names("app in (lights, probe)"), "lights notpi4");
+    assert_eq!(names("app notin (climate,probe)"), "lights plain");
+    assert_eq!(names("tier"), "dht22");
+    assert_eq!(names("!app"), "plain");
+    assert_eq!(names("app=climate,!tier"), "bme680 system");
+    for bad in ["app!", "app in climate", "app in (climate", "=x", "app=a=b"] {
+        let out = fleet.cli(&["get", "plugins", "-l", bad]);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("label selector") && err.contains(bad), "{bad}: {err}");
+    }
+    // The API refuses what it cannot read, naming it.
+    let (code, body) = fleet
+        .hub()
+        .call("GET", "/api/v1alpha1/plugins?labelSelector=app%21", "");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("labelSelector") && body.contains("app!"), "{body}");
+    // nodeAffinity: anywhere but on a pi4.
+    fleet.cli_ok(&["rollout", "status", "plugin/notpi4", "--timeout", "60s"]);
+    assert!(runs(zero, "notpi4", 1));
+    let p = fleet.plugin("notpi4");
+    let on: Vec<&String> = p["status"]["nodes"].as_object().unwrap().keys().collect();
+    assert_eq!(on, ["zero"]);
+    let wide = fleet.cli_ok(&["get", "plugin", "notpi4", "-o", "wide"]);
+    assert!(wide.contains("board notin (pi4),board"), "{wide}");
+}

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use harvester_api::Digest;
-use harvester_api::resources::{Node, Object, Plugin, parse_documents, parse_selector, selector_matches};
+use harvester_api::resources::{Node, Object, Plugin, parse_documents};
+use harvester_api::selector::Selector;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -116,7 +117,8 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
-    let selector = parse_selector(q.label_selector.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
+    let selector = Selector::parse(q.label_selector.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))?;
     let rv = api.store.resource_version();
     let items: Vec<serde_json::Value> = api
         .store
@@ -124,7 +126,7 @@ async fn list(
         .into_iter()
         .filter(|o| {
             let labels = serde_json::from_value(o["metadata"]["labels"].clone()).unwrap_or_default();
-            selector_matches(&selector, &labels)
+            selector.matches(&labels)
         })
         .map(|o| api.with_heartbeat(kind, o))
         .collect();

@@ -7,12 +7,12 @@
 //! new plugin would be kept off a node that exists now.
 
 use harvester_api::grants::Holdings;
-use harvester_api::resources::{Node, Plugin, required_devices, selector_matches};
+use harvester_api::resources::{Node, Plugin, required_devices};
 use std::collections::BTreeMap;
 
 /// Whether `plugin` belongs on `node`, exclusivity aside.
 pub(crate) fn places(plugin: &Plugin, node: &Node) -> bool {
-    selector_matches(&plugin.spec.node_selector, &node.metadata.labels)
+    plugin.spec.node_selector().matches(&node.metadata.labels)
         && required_devices(&plugin.spec.run.grants)
             .iter()
             .all(|d| node.status.devices.iter().any(|have| have == d))

@@ -95,7 +95,13 @@ try {
   check(!(await context.cookies()).some(c => c.name === 'harvester_session'), 'signing out ends the session');
   refusalsExpected = false;
 
-  // An operator from here on.
+  // An operator from here on. The history answer is held back 3 s, so
+  // live updates arrive first: the charts must hold the same history.
+  await page.route('**/api/state?history=true', async route => {
+    await new Promise(r => setTimeout(r, 3000));
+    await route.continue();
+  });
+  const opened = Date.now();
   await signIn(process.env.DASHBOARD_TOKEN);
   await page.waitForFunction(() => document.getElementById('whoami').textContent.includes('(operator)'), null, { timeout: 15000 });
   check(true, 'signed in as an operator');
@@ -109,6 +115,11 @@ try {
   check(/^\d+\.\d\s*°C$/.test(text.trim()), `room temperature shown with its unit (${text.trim()})`);
   await page.waitForFunction(([sel, at]) => document.querySelector(sel)?.dataset.at !== at, [temp, first], { timeout: 15000 });
   check(true, 'room temperature updated without a reload');
+  await page.waitForFunction(([sel, at]) => Number(document.querySelector(sel)?.dataset.since) < at,
+    [temp, opened - 20000], { timeout: 15000 });
+  const since = Number(await page.getAttribute(temp, 'data-since'));
+  check(opened - since > 20000, `the chart keeps the history from before the page opened (${Math.round((opened - since) / 1000)} s) though live updates came first`);
+  await page.unroute('**/api/state?history=true');
   for (const key of ['pi4/dht22/humidity', 'pi4/bme680/iaq', 'pi4/bme680/pressure', 'pi4/system/cpu_temperature']) {
     await page.waitForSelector(`[data-reading="${key}"][data-at]`, { timeout: 60000 });
   }

@@ -113,7 +113,23 @@ function order(s) {
   return i < 0 ? KNOWN.length : i;
 }
 
-function ingestSeries(node, list, withHistory) {
+// Points in time order, each once, whichever came first: the history
+// answer may arrive after live updates newer than all of it.
+function mergePoints(points, incoming) {
+  for (const p of incoming) {
+    const last = points[points.length - 1];
+    if (!last || p[0] > last[0]) {
+      points.push(p);
+      continue;
+    }
+    let i = points.length - 1;
+    while (i >= 0 && points[i][0] > p[0]) i--;
+    if (i >= 0 && points[i][0] === p[0]) continue;
+    points.splice(i + 1, 0, p);
+  }
+}
+
+function ingestSeries(node, list) {
   for (const s of list) {
     const key = `${node}/${s.plugin}/${s.name}`;
     let mine = page.series.get(key);
@@ -122,11 +138,7 @@ function ingestSeries(node, list, withHistory) {
       page.series.set(key, mine);
     }
     mine.unit = s.unit;
-    for (const p of s.points) {
-      const last = mine.points[mine.points.length - 1];
-      if (!last || p[0] > last[0]) mine.points.push(p);
-      else if (withHistory && p[0] < last[0]) continue;
-    }
+    mergePoints(mine.points, s.points);
     const cutoff = Date.now() - HISTORY_MS;
     while (mine.points.length > 2 && mine.points[0][0] < cutoff) mine.points.shift();
   }
@@ -175,6 +187,7 @@ function updateCard(card, s) {
   if (card.value.textContent !== text) card.value.textContent = text;
   card.root.dataset.value = String(v);
   card.root.dataset.at = String(s.points.length ? s.points[s.points.length - 1][0] : 0);
+  card.root.dataset.since = String(s.points.length ? s.points[0][0] : 0);
   const colour = d.colour ? d.colour(v, s.node, s) : null;
   if (colour) {
     card.root.style.setProperty('--state', colour);
@@ -445,11 +458,11 @@ function tabKeys(ev) {
 
 // ---- state ----
 
-function applySnapshot(s, withHistory) {
+function applySnapshot(s) {
   page.snapshot = s;
   page.lastState = Date.now();
   setTimeZone(s.timezone || 'UTC');
-  for (const n of s.nodes) if (n.live) ingestSeries(nodeName(n), n.live.series || [], withHistory);
+  for (const n of s.nodes) if (n.live) ingestSeries(nodeName(n), n.live.series || []);
   renderSummary(s.nodes, s.plugins);
   renderReadings();
   renderStrips(s.nodes);
@@ -502,7 +515,7 @@ async function start() {
     checkSession();
   });
   events.addEventListener('state', ev => {
-    applySnapshot(JSON.parse(ev.data), false);
+    applySnapshot(JSON.parse(ev.data));
     setLink('live', 'live');
   });
   events.addEventListener('log', ev => {
@@ -519,7 +532,7 @@ async function start() {
     fetch('/api/logs?tail=500').then(r => r.json()),
   ]);
   if (state.user) document.getElementById('whoami').textContent = `${state.user.name} (${state.user.role})`;
-  applySnapshot(state, true);
+  applySnapshot(state);
   const seen = new Set(logs.map(logKey));
   for (const l of logs) addLog(l, false);
   for (const l of early) if (!seen.has(logKey(l))) addLog(l, false);

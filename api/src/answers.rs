@@ -89,3 +89,13 @@ pub struct ErrorAnswer {
     #[serde(default)]
     pub errors: Vec<DocumentError>,
 }
+
+/// `GET /api/v1alpha1/info`: what clients show the way the hub does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubInfo {
+    /// The IANA time zone the dashboard shows times in; `harvester logs`
+    /// uses it too unless given `--timezone`.
+    pub timezone: String,
+    pub version: String,
+}

@@ -312,6 +312,10 @@ impl Client {
         self.delete_path(&format!("users/{}", path_segment(name))).await
     }
 
+    pub async fn info(&self) -> anyhow::Result<harvester_api::answers::HubInfo> {
+        self.get("info").await
+    }
+
     pub async fn whoami(&self) -> anyhow::Result<WhoAmI> {
         self.get("whoami").await
     }

@@ -138,7 +138,7 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         tail: usize,
         /// Show times in this IANA time zone (America/New_York, UTC...);
-        /// default: this machine's.
+        /// default: the hub's (its --timezone, as the dashboard shows).
         #[arg(long, value_name = "ZONE")]
         timezone: Option<String>,
     },
@@ -464,14 +464,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
             timezone,
         } => {
-            live::logs(
-                &client()?,
-                &target,
-                follow,
-                tail,
-                live::Zone::parse(timezone.as_deref())?,
-            )
-            .await
+            let client = client()?;
+            // The hub's zone by default, as its dashboard shows times.
+            let zone = match timezone {
+                Some(t) => t,
+                None => client.info().await?.timezone,
+            };
+            live::logs(&client, &target, follow, tail, live::Zone::parse(Some(&zone))?).await
         }
         Command::Exec {
             target,

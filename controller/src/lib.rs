@@ -253,6 +253,7 @@ pub async fn run(
         registry: Arc::new(harvester_registry::Registry::new(options.registry.clone())),
         live: Arc::new(live::Live::new(options.log_memory)),
         identities,
+        timezone: options.timezone.as_str().into(),
     };
     let live = api.live.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);

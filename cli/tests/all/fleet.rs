@@ -547,6 +547,9 @@ fn commands_and_logs_travel_through_the_hub_and_bad_requests_are_refused() {
     });
     let lines = fleet.cli_ok(&["logs", "node/pi4", "--timezone", "UTC"]);
     assert!(lines.contains("[nodelet]") && lines.contains(" UTC pi4 "), "{lines}");
+    // Without --timezone, the hub's zone (its --timezone), as its dashboard.
+    let lines = fleet.cli_ok(&["logs", "node/pi4", "--tail", "3"]);
+    assert!(lines.contains(" EST pi4 ") || lines.contains(" EDT pi4 "), "{lines}");
     let out = fleet.cli(&["logs", "node/ghost"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));

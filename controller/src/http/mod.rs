@@ -59,6 +59,8 @@ pub(crate) struct Api {
     pub metrics: Arc<Metrics>,
     /// Compiles components for nodes (none: nodes compile themselves).
     pub compiler: Option<Arc<crate::compile::Compiler>>,
+    /// The IANA time zone the hub shows times in (its `--timezone`).
+    pub timezone: Arc<str>,
     /// The CA, join tokens, certificates, the admin credential. None: a
     /// hub on plain HTTP on loopback, where every caller is the admin.
     pub identities: Option<Arc<crate::identity::Identities>>,
@@ -238,6 +240,7 @@ mod tests {
             metrics,
             compiler: None,
             identities: None,
+            timezone: "UTC".into(),
         }
     }
 

@@ -19,6 +19,7 @@ pub(super) fn routes() -> Router<Api> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1alpha1/prometheus/targets", get(prometheus_targets))
+        .route("/api/v1alpha1/info", get(info))
         .route("/api/v1alpha1/plugins/{name}/commands/{command}", post(plugin_command))
         .route("/api/v1alpha1/logs", get(logs))
 }
@@ -124,6 +125,14 @@ async fn metrics(State(api): State<Api>) -> Response {
 /// Prometheus HTTP service discovery: every registered node that serves
 /// metrics, as one target group each, labelled with its name. Node labels
 /// come as `__meta_harvester_node_label_<key>` for relabelling.
+/// What clients show the way the hub does: its time zone and version.
+async fn info(State(api): State<Api>) -> Json<harvester_api::answers::HubInfo> {
+    Json(harvester_api::answers::HubInfo {
+        timezone: api.timezone.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
 async fn prometheus_targets(State(api): State<Api>) -> Result<Response, ApiError> {
     let mut groups = Vec::new();
     for node in api.store.list_as::<harvester_api::resources::Node>(Kind::Node)? {

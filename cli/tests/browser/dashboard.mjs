@@ -199,6 +199,25 @@ try {
   const card = await page.locator(temp).boundingBox();
   check(card.width <= 390 && card.x >= 0, 'reading cards fit a phone screen');
   check(await page.locator('[data-buzzer="short"]').isVisible(), 'buzzer buttons visible on a phone');
+  // Every field of every plugin and node shown on a phone: no sideways
+  // scroll in the panels, each labelled cell within the screen.
+  const hidden = await page.evaluate(() => {
+    const out = [];
+    for (const sc of document.querySelectorAll('.scroll')) {
+      if (sc.scrollWidth > sc.clientWidth + 1) out.push(`scroll ${sc.scrollWidth}>${sc.clientWidth}`);
+    }
+    for (const td of document.querySelectorAll('#plugins td, #nodes td')) {
+      const r = td.getBoundingClientRect();
+      if (!td.dataset.label || r.width === 0 || r.left < 0 || r.right > window.innerWidth + 1) {
+        out.push(`${td.dataset.label} ${Math.round(r.left)}-${Math.round(r.right)}`);
+      }
+    }
+    return out;
+  });
+  check(hidden.length === 0, `every plugin and node field labelled and visible on a phone (${hidden.join(', ')})`);
+  const ledRows = await page.evaluate(() =>
+    new Set([...document.querySelectorAll('.strip[data-node="pi4"] .led')].map(l => Math.round(l.getBoundingClientRect().top))).size);
+  check(ledRows === 1, `pi4's LED strip stays one row on a phone (${ledRows} rows)`);
   await page.screenshot({ path: join(out, 'dashboard-phone.png'), fullPage: true });
   say(`SCREENSHOT ${join(out, 'dashboard-phone.png')}`);
   await page.setViewportSize({ width: 1280, height: 900 });

@@ -325,12 +325,12 @@ function renderPlugins(plugins) {
     const digest = (p.spec.digest || st.digest || '').replace('sha256:', '').slice(0, 12);
     const pct = nodes.length ? Math.round((100 * updated) / nodes.length) : 0;
     return el('tr', { 'data-plugin': p.metadata.name },
-      el('td', {}, el('b', { text: p.metadata.name })),
-      el('td', {}, `generation ${gen}`, el('br'), el('code', { text: p.spec.image }), digest ? el('br') : null, digest ? el('code', { text: 'sha256:' + digest }) : null),
-      el('td', {}, el('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': String(nodes.length), 'aria-valuenow': String(updated) }, el('i', { style: `width:${pct}%` })),
-        el('span', { class: 'progress-label', text: `${updated}/${nodes.length} nodes on generation ${gen}` })),
-      el('td', {}, ...(st.conditions || []).map(condPill)),
-      el('td', {}, ...nodes.map(([name, n]) => el('div', { text: `${name}: ${n.phase} (gen ${n.generation})${n.reason ? ' ' + n.reason : ''}`, title: n.message || '' }))),
+      el('td', { 'data-label': 'Plugin' }, el('b', { text: p.metadata.name })),
+      el('td', { 'data-label': 'Version' }, el('div', {}, `generation ${gen}`, el('br'), el('code', { text: p.spec.image }), digest ? el('br') : null, digest ? el('code', { text: 'sha256:' + digest }) : null)),
+      el('td', { 'data-label': 'Rollout' }, el('div', {}, el('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': String(nodes.length), 'aria-valuenow': String(updated) }, el('i', { style: `width:${pct}%` })),
+        el('span', { class: 'progress-label', text: `${updated}/${nodes.length} nodes on generation ${gen}` }))),
+      el('td', { 'data-label': 'Conditions' }, el('div', {}, ...(st.conditions || []).map(condPill))),
+      el('td', { 'data-label': 'Nodes' }, el('div', {}, ...nodes.map(([name, n]) => el('div', { text: `${name}: ${n.phase} (gen ${n.generation})${n.reason ? ' ' + n.reason : ''}`, title: n.message || '' })))),
     );
   });
   patchRows(body, rows);
@@ -346,12 +346,12 @@ function renderNodes(nodes) {
     const plugins = Object.entries(st.plugins || {});
     const age = st.lastHeartbeat ? Math.max(0, Math.round((now - st.lastHeartbeat) / 1000)) : null;
     return el('tr', { 'data-node': nodeName(n) },
-      el('td', {}, el('b', { text: nodeName(n) }), el('br'), el('code', { text: Object.entries(n.metadata.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ') })),
-      el('td', { class: ok ? 'state-ready' : 'state-bad', text: ok ? 'Ready' : (ready ? ready.reason : 'Unknown') }),
-      el('td', { text: `${st.backend || '?'} · ${st.architecture || '?'}` }),
-      el('td', { text: (st.devices || []).join(', ') }),
-      el('td', {}, ...plugins.map(([name, p]) => el('div', { text: `${name}: ${p.phase} (gen ${p.generation})` }))),
-      el('td', { text: age == null ? '—' : `${time(st.lastHeartbeat)} (${age} s ago)` }),
+      el('td', { 'data-label': 'Node' }, el('div', {}, el('b', { text: nodeName(n) }), el('br'), el('code', { text: Object.entries(n.metadata.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ') }))),
+      el('td', { 'data-label': 'State', class: ok ? 'state-ready' : 'state-bad' }, el('span', { text: ok ? 'Ready' : (ready ? ready.reason : 'Unknown') })),
+      el('td', { 'data-label': 'Board' }, el('span', { text: `${st.backend || '?'} · ${st.architecture || '?'}` })),
+      el('td', { 'data-label': 'Devices' }, el('span', { text: (st.devices || []).join(', ') })),
+      el('td', { 'data-label': 'Plugins' }, el('div', {}, ...plugins.map(([name, p]) => el('div', { text: `${name}: ${p.phase} (gen ${p.generation})` })))),
+      el('td', { 'data-label': 'Last seen' }, el('span', { text: age == null ? '—' : `${time(st.lastHeartbeat)} (${age} s ago)` })),
     );
   });
   patchRows(body, rows);

@@ -186,6 +186,12 @@ pub async fn run(
         options.node_timeout,
         options.resync,
     ));
+    // The names the hub is reached by: its certificate's, and the only
+    // Host headers its dashboard answers.
+    let hosts = match &options.transport {
+        Transport::Tls { names, .. } => hub_names(&options, names),
+        Transport::PlainLoopback => hub_names(&options, &[]),
+    };
     let (identities, tls) = match &options.transport {
         Transport::PlainLoopback => {
             let loopback = |a: SocketAddr| a.ip().is_loopback();
@@ -197,7 +203,7 @@ pub async fn run(
             tracing::warn!("plain HTTP without identities: anyone on this machine is the admin");
             (None, None)
         }
-        Transport::Tls { names, files } => {
+        Transport::Tls { files, .. } => {
             let ids = identity::Identities::open(
                 store.open_tree("identity")?,
                 store.open_tree("audit")?,
@@ -208,18 +214,13 @@ pub async fn run(
             )?;
             let (chain, key) = match files {
                 Some((cert, key)) => harvester_pki::tls::read_identity(cert, key)?,
-                None => ids.ca().server_identity(&hub_names(&options, names))?,
+                None => ids.ca().server_identity(&hosts)?,
             };
             let config = harvester_pki::tls::server_config(chain, key, ids.ca().cert_der())?;
             (Some(Arc::new(ids)), Some(config))
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // The names the dashboard answers to (its Host header).
-    let hosts = match &options.transport {
-        Transport::Tls { names, .. } => hub_names(&options, names),
-        Transport::PlainLoopback => hub_names(&options, &[]),
-    };
     let worker = tokio::spawn(reconciler.clone().run());
     let (listener, local) = Listening::bind(options.listen, tls.as_ref()).await?;
     tracing::info!(

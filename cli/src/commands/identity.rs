@@ -30,13 +30,7 @@ pub async fn token_create(client: &Client, ttl: Duration, uses: u32, description
 }
 
 fn until(ms: u64) -> String {
-    let s = ms.saturating_sub(harvester_api::now_ms()) / 1000;
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
+    super::span(ms.saturating_sub(harvester_api::now_ms()) / 1000)
 }
 
 pub async fn token_list(client: &Client) -> anyhow::Result<()> {

@@ -34,7 +34,11 @@ fn age(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let s = harvester_api::now_ms().saturating_sub(ms) / 1000;
+    span(harvester_api::now_ms().saturating_sub(ms) / 1000)
+}
+
+/// Seconds in kubectl's words: `45s`, `12m`, `5h`, `3d`.
+fn span(s: u64) -> String {
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),

@@ -8,15 +8,22 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A nodelet run to completion (it exits when it cannot enrol).
-fn nodelet_once(fleet: &Fleet, name: &str, token: &Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harvester"))
-        .args(["nodelet", "--name", name, "--sim-devices", "leds", "--allow-unsigned"])
+/// A nodelet `name` of `fleet` enrolling with the token in `token`,
+/// keeping its state in `data`.
+fn nodelet(fleet: &Fleet, name: &str, token: &Path, data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_harvester"));
+    c.args(["nodelet", "--name", name, "--sim-devices", "leds", "--allow-unsigned"])
         .args(["--controller", &format!("https://127.0.0.1:{}", fleet.port)])
         .arg("--join-token-file")
         .arg(token)
         .args(["--listen", "127.0.0.1:0", "--command-listen", "127.0.0.1:0", "--data"])
-        .arg(fleet.dir.path().join(name))
+        .arg(data);
+    c
+}
+
+/// A nodelet run to completion (it exits when it cannot enrol).
+fn nodelet_once(fleet: &Fleet, name: &str, token: &Path) -> Output {
+    let mut child = nodelet(fleet, name, token, &fleet.dir.path().join(name))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -184,20 +191,7 @@ fn join_tokens_expire_run_out_and_only_open_a_hub_with_their_ca() {
     // One use: the first board enrols, the second is refused.
     let once = write(&fleet, "once", &fleet.token(&["--uses", "1"]));
     let mut first = Proc(
-        Command::new(env!("CARGO_BIN_EXE_harvester"))
-            .args([
-                "nodelet",
-                "--name",
-                "first",
-                "--sim-devices",
-                "leds",
-                "--allow-unsigned",
-            ])
-            .args(["--controller", &format!("https://127.0.0.1:{}", fleet.port)])
-            .arg("--join-token-file")
-            .arg(&once)
-            .args(["--listen", "127.0.0.1:0", "--command-listen", "127.0.0.1:0", "--data"])
-            .arg(fleet.dir.path().join("first"))
+        nodelet(&fleet, "first", &once, &fleet.dir.path().join("first"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -250,23 +244,7 @@ fn join_tokens_expire_run_out_and_only_open_a_hub_with_their_ca() {
     let more = write(&fleet, "more", &fleet.token(&["--uses", "2"]));
     let twin = fleet.dir.path().join("twin");
     std::fs::create_dir_all(&twin).unwrap();
-    let out = {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_harvester"));
-        c.args([
-            "nodelet",
-            "--name",
-            "first",
-            "--sim-devices",
-            "leds",
-            "--allow-unsigned",
-        ])
-        .args(["--controller", &format!("https://127.0.0.1:{}", fleet.port)])
-        .arg("--join-token-file")
-        .arg(&more)
-        .args(["--listen", "127.0.0.1:0", "--command-listen", "127.0.0.1:0", "--data"])
-        .arg(&twin);
-        c.output().unwrap()
-    };
+    let out = nodelet(&fleet, "first", &more, &twin).output().unwrap();
     assert!(stderr(&out).contains("enrolled already"), "{}", stderr(&out));
     assert!(first.0.try_wait().unwrap().is_none(), "the real one runs on");
     first.0.kill().unwrap();

@@ -38,14 +38,20 @@ pub(super) fn identify<B>(api: &Api, audience: Audience, request: &Request<B>) -
     }
     let bearer = match audience {
         Audience::Joining => None,
-        _ => request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim()),
+        _ => bearer(request.headers()),
     };
     ids.identify(bearer, cert)
         .map_err(|r| ApiError::unauthorized(r.to_string()))
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// The role a person needs for `method` on `path` of `audience`; None

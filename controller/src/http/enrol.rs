@@ -6,7 +6,7 @@ use super::access::{Caller, ThisNode};
 use super::{Api, ApiError};
 use crate::identity::{EnrolError, Identities, Identity};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -72,11 +72,8 @@ fn answer(api: &Api, issued: harvester_pki::Issued) -> Result<Response, ApiError
 
 async fn enrol(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let ids = identities(&api)?.clone();
-    let credential = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_string())
+    let credential = super::access::bearer(&headers)
+        .map(str::to_string)
         .ok_or_else(|| ApiError::unauthorized("enrolling needs a join token (harvester token create)"))?;
     // The credential first: who cannot enrol learns nothing about the body.
     ids.check_join_token(&credential)
@@ -93,7 +90,6 @@ async fn enrol(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
 async fn renew(
     State(api): State<Api>,
     node: ThisNode,
-    Caller(caller): Caller,
     Json(req): Json<CertificateRequest>,
 ) -> Result<Response, ApiError> {
     if req.node != node.0 {
@@ -101,9 +97,6 @@ async fn renew(
             "node must be {:?}, as in the URL",
             node.0
         )));
-    }
-    if caller == Identity::Anonymous {
-        return Err(ApiError::unauthorized("renewing needs the node's certificate"));
     }
     let ids = identities(&api)?.clone();
     let issued = tokio::task::spawn_blocking(move || ids.renew(&req.node, &req.csr))

@@ -6,7 +6,7 @@
 //!
 //! Files, in `DATA/pki/` (mode 0600): `node.key`, `node.crt`, `ca.crt`.
 
-use super::link::{ensure_success, with_tls};
+use super::link::{ensure_success, read_capped, with_tls};
 use harvester_api::identity::{CertificateAnswer, CertificateRequest};
 use harvester_pki::{CertInfo, JoinToken, NodeKey};
 use std::path::{Path, PathBuf};
@@ -187,10 +187,7 @@ pub(crate) async fn establish(
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("enrolling with the hub at {controller}: {e}"))?;
-    let answer: CertificateAnswer = ensure_success(resp, "the hub refused to enrol this board")
-        .await?
-        .json()
-        .await?;
+    let answer = certificate_answer(ensure_success(resp, "the hub refused to enrol this board").await?).await?;
     let id = save(data, &key.pem(), &answer)?;
     tracing::info!(
         serial = id.cert.serial,
@@ -198,6 +195,16 @@ pub(crate) async fn establish(
         dir(data).display()
     );
     Ok(id)
+}
+
+/// The hub's certificate answer, read within a bound whatever its length
+/// header says: two PEM certificates and a number.
+async fn certificate_answer(resp: reqwest::Response) -> anyhow::Result<CertificateAnswer> {
+    const MAX_ANSWER: usize = 64 << 10;
+    let body = read_capped(resp.bytes_stream(), MAX_ANSWER)
+        .await
+        .map_err(|e| anyhow::anyhow!("the hub's certificate answer: {e:#}"))?;
+    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("the hub's certificate answer: {e}"))
 }
 
 /// Renews `current` with the same key, over the current mutual-TLS link.
@@ -219,9 +226,6 @@ pub(crate) async fn renew(
         harvester_api::path_segment(name)
     );
     let resp = http.post(url).json(&request).send().await?;
-    let answer: CertificateAnswer = ensure_success(resp, "renewing this board's certificate")
-        .await?
-        .json()
-        .await?;
+    let answer = certificate_answer(ensure_success(resp, "renewing this board's certificate").await?).await?;
     save(data, &current.key_pem, &answer)
 }

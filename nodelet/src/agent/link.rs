@@ -40,7 +40,7 @@ const MAX_COMPONENT: usize = 256 << 20;
 
 /// Reads a body of at most `max` bytes, whatever its length header says;
 /// more is an error, found before it is held.
-async fn read_capped<S, E>(mut body: S, max: usize) -> anyhow::Result<Vec<u8>>
+pub(super) async fn read_capped<S, E>(mut body: S, max: usize) -> anyhow::Result<Vec<u8>>
 where
     S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: Into<anyhow::Error>,

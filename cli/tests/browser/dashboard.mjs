@@ -93,7 +93,6 @@ try {
   await page.click('#signout');
   await page.waitForSelector('#signin', { timeout: 15000 });
   check(!(await context.cookies()).some(c => c.name === 'harvester_session'), 'signing out ends the session');
-  refusalsExpected = false;
 
   // An operator from here on. The history answer is held back 3 s, so
   // live updates arrive first: the charts must hold the same history.
@@ -105,6 +104,8 @@ try {
   await signIn(process.env.DASHBOARD_TOKEN);
   await page.waitForFunction(() => document.getElementById('whoami').textContent.includes('(operator)'), null, { timeout: 15000 });
   check(true, 'signed in as an operator');
+  // Navigations between the pages are over: anything failing from here is a fault.
+  refusalsExpected = false;
   await page.evaluate(() => { window.__sameDocument = true; });
 
   // Readings appear, with units, and change without a reload.

@@ -44,14 +44,11 @@ pub(super) fn identify<B>(api: &Api, audience: Audience, request: &Request<B>) -
         .map_err(|r| ApiError::unauthorized(r.to_string()))
 }
 
-/// The token of an `Authorization: Bearer ...` header.
+/// The token of an `Authorization: Bearer ...` header (a bare token too,
+/// as before).
 pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    Some(v.strip_prefix("Bearer ").unwrap_or(v).trim())
 }
 
 /// The role a person needs for `method` on `path` of `audience`; None

@@ -52,6 +52,17 @@ fn variant(base: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// A `/proc/PID/status` figure, in bytes.
+fn proc_bytes(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -227,7 +238,7 @@ async fn main() {
     // 3. Apply-to-running on two nodes.
     let ctl_port = free_port();
     let bin = env!("CARGO_BIN_EXE_harvester");
-    let _ctl = spawn(
+    let ctl = spawn(
         bin,
         &[
             "controller",
@@ -416,13 +427,14 @@ async fn main() {
     )
     .unwrap();
     let edited_bytes = std::fs::read(harvester::build::build_cached(&edited, &artifacts, &py).unwrap()).unwrap();
-    let rollout = async |round: u64| -> Duration {
+    let rollout = async |round: u64, edited: &[u8]| -> Duration {
         let mut doc = String::new();
         for (name, bytes, grants, config) in &small_board_plugins {
-            // Round 0 starts both plugins; round 1 rolls out the edited bme680.
-            let bytes = match (round, *name) {
+            // Round 0 starts both plugins; later rounds roll out an edited
+            // bme680.
+            let bytes: &[u8] = match (round, *name) {
                 (0, _) => bytes,
-                (_, "bme680") => &edited_bytes,
+                (_, "bme680") => edited,
                 _ => continue,
             };
             let image = format!("{host}/small/{name}:{round}");
@@ -442,7 +454,7 @@ async fn main() {
         t.elapsed()
     };
     let hub_compile = async || metric_sum(&http, ctl_port, "harvester_hub_compile_duration_seconds_sum").await;
-    let first = rollout(0).await;
+    let first = rollout(0, &[]).await;
     let compiled_first = hub_compile().await;
     let fetch_before = {
         let mut sum = 0.0;
@@ -456,7 +468,7 @@ async fn main() {
         }
         sum
     };
-    let second = rollout(1).await;
+    let second = rollout(1, &edited_bytes).await;
     let compiled_second = hub_compile().await - compiled_first;
     let mut fetch = -fetch_before;
     let mut compiled_on_board = 0.0;
@@ -472,17 +484,24 @@ async fn main() {
     assert_eq!(compiled_on_board, 0.0, "a --compile hub board ran the compiler");
     let (mut rss, mut peak) = (0u64, 0u64);
     for (proc, _) in &small {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", proc.0.id())).unwrap();
-        let kb = |key: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        rss = rss.max(kb("VmRSS:") * 1024);
-        peak = peak.max(kb("VmHWM:") * 1024);
+        rss = rss.max(proc_bytes(proc.0.id(), "VmRSS:"));
+        peak = peak.max(proc_bytes(proc.0.id(), "VmHWM:"));
     }
+    // The hub's memory through ten more versions, each compiled anew.
+    let recompiles = 10;
+    for i in 0..recompiles {
+        rollout(2 + i, &variant(&edited_bytes, &format!("recompile-{i}"))).await;
+    }
+    let compiles = metric_sum(
+        &http,
+        ctl_port,
+        "harvester_hub_compile_requests_total{result=\"compiled\"}",
+    )
+    .await;
+    assert_eq!(compiles, 2.0 + 1.0 + recompiles as f64, "each version compiled once");
+    let child_peak = metric_sum(&http, ctl_port, "harvester_hub_compile_peak_memory_bytes").await;
+    let hub_rss = proc_bytes(ctl.0.id(), "VmRSS:");
+    let hub_peak = proc_bytes(ctl.0.id(), "VmHWM:");
     drop(small);
     row(
         "small boards (--compile hub): bme680 + netmon, Python, to running on 2 nodes",
@@ -506,6 +525,21 @@ async fn main() {
     row(
         "small board nodelet RSS afterwards",
         format!("{:.1} MB", rss as f64 / 1e6),
+        "",
+    );
+    row(
+        &format!("hub RSS after {recompiles} more recompiles (steady)"),
+        format!("{:.1} MB", hub_rss as f64 / 1e6),
+        "target <= 150 MB",
+    );
+    row(
+        "hub peak RSS over all of them",
+        format!("{:.1} MB", hub_peak as f64 / 1e6),
+        "target <= 300 MB",
+    );
+    row(
+        "a compile's own peak (its child process, gone after)",
+        format!("{:.1} MB", child_peak / 1e6),
         "",
     );
 

@@ -450,6 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     timezone,
                     log_memory: log_memory.bytes() as usize,
                     compile_key: (!no_compile).then(|| compile_key.unwrap_or_else(|| data.join("compiler.key"))),
+                    compile_program: std::env::current_exe()?,
                     data,
                     transport,
                     node_cert_lifetime: node_cert_ttl.as_duration(),
@@ -546,6 +547,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The hub runs each compile as its own child process (not a command
+    // people type, so not in --help).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == harvester_controller::compile::job::SUBCOMMAND)
+    {
+        return harvester_controller::compile::job::child_main();
+    }
     harvester_pki::install_provider();
     let cli = Cli::parse();
     init_logging();

@@ -19,7 +19,7 @@
 
 mod apply;
 mod commands;
-mod compile;
+pub mod compile;
 mod http;
 mod identity;
 mod live;
@@ -51,6 +51,9 @@ pub struct ControllerOptions {
     /// Compile components for nodes that ask (with the hub's signing key
     /// at this path, made on first start), or not at all.
     pub compile_key: Option<PathBuf>,
+    /// The binary that runs each compile in a process of its own (the
+    /// hub's own, with `compile::job::SUBCOMMAND`).
+    pub compile_program: PathBuf,
     pub transport: Transport,
     /// How long a node certificate lives; nodes renew at two thirds.
     pub node_cert_lifetime: Duration,
@@ -236,7 +239,7 @@ pub async fn run(
     }
     let compiler = match &options.compile_key {
         Some(key) => {
-            let c = compile::Compiler::new(&options.data.join("compiled"), key)?;
+            let c = compile::Compiler::new(&options.data.join("compiled"), key, options.compile_program.clone())?;
             tracing::info!(
                 key = c.fingerprint(),
                 "compiling components for nodes; nodes trust this hub's code with --trust-compiler {}",

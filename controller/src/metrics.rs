@@ -3,7 +3,8 @@
 //! condition, outcome.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -18,6 +19,7 @@ pub struct Metrics {
     pub watch_connections: IntGaugeVec,
     pub compile_requests: IntCounterVec,
     pub compile_seconds: Histogram,
+    pub compile_peak_memory: IntGauge,
     pub http_requests: IntCounterVec,
     pub audit_events: IntCounterVec,
 }
@@ -131,6 +133,14 @@ impl Metrics {
                         "Time the hub took to compile a component for nodes",
                     )
                     .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                )
+                .expect("valid metric"),
+            ),
+            compile_peak_memory: register(
+                r,
+                IntGauge::new(
+                    "harvester_hub_compile_peak_memory_bytes",
+                    "Peak memory of the hub's last compile, in its own process (the hub's memory stays apart)",
                 )
                 .expect("valid metric"),
             ),

@@ -151,6 +151,10 @@ impl Fleet {
         self.nodes.iter().find(|n| n.0 == name).unwrap().1
     }
 
+    pub fn controller_pid(&self) -> u32 {
+        self.controller.as_ref().expect("a running controller").0.id()
+    }
+
     pub fn node_pid(&self, name: &str) -> u32 {
         self.nodes.iter().find(|n| n.0 == name).unwrap().2.0.id()
     }

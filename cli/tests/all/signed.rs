@@ -562,6 +562,16 @@ fn hub_metric(hub: &Hub, series: &str) -> f64 {
     find_metric(&body, series)
 }
 
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
 fn find_metric(body: &str, series: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
@@ -626,6 +636,14 @@ fn small_boards_run_python_plugins_from_code_the_hub_compiled_and_refuse_code_th
         hub_metric(&f.hub(), "harvester_hub_compile_requests_total{result=\"compiled\"}"),
         1.0,
         "the hub compiles an artifact once for all nodes of a target"
+    );
+    // It compiled in a process of its own, whose memory went back when it
+    // ended: the hub itself never grew to what the compile took.
+    let compile_peak = hub_metric(&f.hub(), "harvester_hub_compile_peak_memory_bytes");
+    let hub_peak = proc_status_bytes(f.controller_pid(), "VmHWM:");
+    assert!(
+        compile_peak > 2.0 * hub_peak as f64,
+        "the compile's peak ({compile_peak} bytes) is the child's, not the hub's ({hub_peak} bytes)"
     );
     let node: Value = serde_json::from_str(&f.cli_ok(&["get", "node", "zero", "-o", "json"])).unwrap();
     let engine = &node["status"]["engine"];

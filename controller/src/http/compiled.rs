@@ -69,6 +69,9 @@ async fn compiled(
         Some(took) => {
             requests.with_label_values(&["compiled"]).inc();
             api.metrics.compile_seconds.observe(took.as_secs_f64());
+            if let Some(bytes) = code.peak_memory {
+                api.metrics.compile_peak_memory.set(bytes as i64);
+            }
         }
         None => requests.with_label_values(&["cached"]).inc(),
     }

@@ -16,8 +16,9 @@ use harvester_registry::{PullError, Registry, SigningKey};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use wasmtime::Engine;
+use std::sync::Mutex;
+
+pub mod job;
 
 /// Code ready to send.
 pub struct Compiled {
@@ -28,6 +29,8 @@ pub struct Compiled {
     pub signature: String,
     /// How long the compiler ran for this request (none: compiled before).
     pub compiled_in: Option<std::time::Duration>,
+    /// The compiler process's peak memory, when it ran for this request.
+    pub peak_memory: Option<u64>,
 }
 
 /// Why the hub cannot give a node code for an artifact.
@@ -74,38 +77,17 @@ struct SignedRecord {
     signature: String,
 }
 
-/// Compiled functions by Cranelift's key for them, on disk: a restarted hub
-/// recompiles only what changed too.
-struct FunctionCache(sled::Tree);
-
-impl std::fmt::Debug for FunctionCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FunctionCache({} entries)", self.0.len())
-    }
-}
-
-impl wasmtime::CacheStore for FunctionCache {
-    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-        self.0
-            .get(key)
-            .ok()
-            .flatten()
-            .map(|v| std::borrow::Cow::Owned(v.to_vec()))
-    }
-
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        self.0.insert(key, value).is_ok()
-    }
-}
-
 pub struct Compiler {
     key: SigningKey,
-    functions: Arc<dyn wasmtime::CacheStore>,
+    /// The hub's own binary, run with [`job::SUBCOMMAND`] for each compile.
+    program: PathBuf,
     public_key: PathBuf,
     dir: PathBuf,
     /// Manifests and components pulled to compile them.
     pulled: BlobStore,
-    engines: Mutex<BTreeMap<String, (Engine, String)>>,
+    /// Engines only to name what the code needs (the compiles happen in
+    /// the child processes).
+    engines: Mutex<BTreeMap<String, String>>,
     /// One compile at a time: a Python component takes hundreds of MB.
     one_at_a_time: tokio::sync::Mutex<()>,
 }
@@ -115,21 +97,14 @@ fn io(e: impl std::fmt::Display) -> CompileFailure {
 }
 
 impl Compiler {
-    /// Uses (or makes) the hub's key `key` and keeps code under `dir`.
-    pub fn new(dir: &Path, key: &Path) -> anyhow::Result<Compiler> {
+    /// Uses (or makes) the hub's key `key`, keeps code under `dir`, and
+    /// compiles in child processes of `program` (the hub's own binary).
+    pub fn new(dir: &Path, key: &Path, program: PathBuf) -> anyhow::Result<Compiler> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         let signing = SigningKey::load_or_create_unattended(key)?;
-        let db = sled::Config::new()
-            .path(dir.join("functions"))
-            .cache_capacity(32 << 20)
-            .open()
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.join("functions").display()))?;
-        let functions = db
-            .open_tree("cranelift")
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.join("functions").display()))?;
         Ok(Compiler {
             key: signing,
-            functions: Arc::new(FunctionCache(functions)),
+            program,
             public_key: key.with_extension("pub"),
             dir: dir.to_path_buf(),
             pulled: BlobStore::new(dir.join("pulled")),
@@ -147,16 +122,17 @@ impl Compiler {
         &self.key.fingerprint
     }
 
-    fn engine(&self, target: &str) -> Result<(Engine, String), CompileFailure> {
+    /// The engine hash of `target`'s code.
+    fn engine(&self, target: &str) -> Result<String, CompileFailure> {
         let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = engines.get(target) {
-            return Ok(e.clone());
+        if let Some(hash) = engines.get(target) {
+            return Ok(hash.clone());
         }
-        let engine = harvester_engine::config::compiler_with_cache(target, Some(self.functions.clone()))
-            .map_err(|e| CompileFailure::Target(format!("{e:#}")))?;
+        let engine =
+            harvester_engine::config::compiler_for(target).map_err(|e| CompileFailure::Target(format!("{e:#}")))?;
         let hash = harvester_engine::config::engine_hash(&engine);
-        engines.insert(target.to_string(), (engine.clone(), hash.clone()));
-        Ok((engine, hash))
+        engines.insert(target.to_string(), hash.clone());
+        Ok(hash)
     }
 
     fn source(&self, store: &Store, artifact: &Digest) -> Result<Source, CompileFailure> {
@@ -189,7 +165,7 @@ impl Compiler {
         target: &str,
         node_engine: &str,
     ) -> Result<Compiled, CompileFailure> {
-        let (engine, hash) = self.engine(target)?;
+        let hash = self.engine(target)?;
         if node_engine != hash {
             return Err(CompileFailure::EngineMismatch {
                 target: target.to_string(),
@@ -228,12 +204,14 @@ impl Compiler {
                 statement: r.statement,
                 signature: r.signature,
                 compiled_in: None,
+                peak_memory: None,
             });
         }
         // Nodes rolling out together ask at once: the first compiles, the
         // others wait here and find the code.
         let _one = self.one_at_a_time.lock().await;
         let mut compiled_in = None;
+        let mut peak_memory = None;
         let mut code_digest = None;
         if !code_path.exists() {
             let bytes = match &source {
@@ -248,32 +226,42 @@ impl Compiler {
                     .map_err(pull_error)?,
             };
             let started = std::time::Instant::now();
-            let target_name = target.to_string();
-            let path = code_path.clone();
-            let digest = tokio::task::spawn_blocking(move || -> Result<Digest, CompileFailure> {
-                let code = engine
-                    .precompile_component(&bytes)
-                    .map_err(|e| CompileFailure::Invalid {
-                        artifact,
-                        message: format!("{e:#}"),
-                    })?;
-                drop(bytes);
-                harvester_registry::store::write_atomic(&path, &code).map_err(io)?;
-                let digest = Digest::of(&code);
-                drop(code);
-                harvester_engine::cache::release_freed_memory();
-                Ok(digest)
-            })
-            .await
-            .map_err(io)??;
+            let input = self.dir.join("jobs").join(format!("{}.wasm", component.hex()));
+            harvester_registry::store::write_atomic(&input, &bytes).map_err(io)?;
+            drop(bytes);
+            let job = job::Job {
+                component: input.clone(),
+                output: code_path.clone(),
+                target: target.to_string(),
+                engine: hash.clone(),
+                functions: self.dir.join("functions"),
+            };
+            let outcome = job::run(&self.program, &job).await;
+            let _ = std::fs::remove_file(&input);
+            let (digest, memory) = match outcome {
+                job::Outcome::Compiled {
+                    code,
+                    peak_memory,
+                    cache_unavailable,
+                } => {
+                    if let Some(why) = cache_unavailable {
+                        tracing::warn!("compiled without the function cache (every function again): {why}");
+                    }
+                    (code, peak_memory)
+                }
+                job::Outcome::Invalid(message) => return Err(CompileFailure::Invalid { artifact, message }),
+                job::Outcome::Failed(message) => return Err(CompileFailure::Io(message)),
+            };
             code_digest = Some(digest);
             compiled_in = Some(started.elapsed());
+            peak_memory = Some(memory);
             tracing::info!(
                 %artifact,
                 %component,
-                target = target_name,
+                target,
                 engine = hash,
                 ms = started.elapsed().as_millis() as u64,
+                peak_mb = memory >> 20,
                 "compiled for nodes"
             );
         }
@@ -310,6 +298,7 @@ impl Compiler {
             statement: record.statement,
             signature: record.signature,
             compiled_in,
+            peak_memory,
         })
     }
 }

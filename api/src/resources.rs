@@ -273,7 +273,25 @@ impl Plugin {
     }
 }
 
+/// A node's roles are its labels with this prefix, as Kubernetes's
+/// `node-role.kubernetes.io/<role>`: `--labels node-role.harvester.dev/hub=`
+/// gives the role `hub`. Placement selects on them as on any label.
+pub const NODE_ROLE_PREFIX: &str = "node-role.harvester.dev/";
+
+/// The role of the board the hub itself runs on.
+pub const HUB_ROLE: &str = "hub";
+
 impl Node {
+    /// Its roles, by name, in label order.
+    pub fn roles(&self) -> Vec<&str> {
+        self.metadata
+            .labels
+            .keys()
+            .filter_map(|k| k.strip_prefix(NODE_ROLE_PREFIX))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         validate_header(&self.api_version, &self.metadata, &mut errors);

@@ -70,6 +70,7 @@ fn print_plugin(p: &Plugin) {
 fn print_node(n: &Node) {
     let s = &n.status;
     print_header(&n.metadata.name, &n.metadata.labels, n.metadata.creation_timestamp);
+    println!("Roles:         {}", super::get::roles(n));
     println!("Architecture:  {}", s.architecture);
     println!("Hardware:      {} ({})", s.backend, json(&s.devices));
     println!("Address:       {}", s.address);

@@ -32,6 +32,16 @@ fn plugin_row(p: &Plugin, wide: bool) -> Vec<String> {
     row
 }
 
+/// As `kubectl get nodes` shows them: `<none>` for a node without one.
+pub(super) fn roles(n: &Node) -> String {
+    let roles = n.roles();
+    if roles.is_empty() {
+        "<none>".to_string()
+    } else {
+        roles.join(",")
+    }
+}
+
 fn node_row(n: &Node, wide: bool) -> Vec<String> {
     let ready = match condition(&n.status.conditions, ConditionType::Ready) {
         None => "Unknown",
@@ -41,6 +51,7 @@ fn node_row(n: &Node, wide: bool) -> Vec<String> {
     let mut row = vec![
         n.metadata.name.clone(),
         ready.to_string(),
+        roles(n),
         labels(&n.metadata.labels),
         n.status.plugins.len().to_string(),
         age(n.metadata.creation_timestamp),
@@ -75,21 +86,21 @@ fn print_structured<T: Serialize>(items: Vec<T>, one: bool, output: &str) -> any
 /// The columns of a kind's table, and the extra ones of `-o wide`.
 struct Columns<T> {
     plural: &'static str,
-    header: [&'static str; 5],
+    header: &'static [&'static str],
     wide: [&'static str; 4],
     row: fn(&T, bool) -> Vec<String>,
 }
 
 const PLUGINS: Columns<Plugin> = Columns {
     plural: "plugins",
-    header: ["NAME", "GENERATION", "READY", "NODES", "AGE"],
+    header: &["NAME", "GENERATION", "READY", "NODES", "AGE"],
     wide: ["DIGEST", "IMAGE", "SELECTOR", "ON"],
     row: plugin_row,
 };
 
 const NODES: Columns<Node> = Columns {
     plural: "nodes",
-    header: ["NAME", "STATUS", "LABELS", "PLUGINS", "AGE"],
+    header: &["NAME", "STATUS", "ROLES", "LABELS", "PLUGINS", "AGE"],
     wide: ["ARCH", "BACKEND", "DEVICES", "HEARTBEAT"],
     row: node_row,
 };
@@ -103,7 +114,7 @@ fn show<T: Serialize>(items: Vec<T>, one: bool, output: &str, columns: &Columns<
         return Ok(());
     }
     let wide = output == "wide";
-    let mut table = Table::new(columns.header);
+    let mut table = Table::with_header(columns.header);
     if wide {
         table.0[0].extend(columns.wide.iter().map(|h| h.to_string()));
     }

@@ -94,6 +94,10 @@ struct Table(Vec<Vec<String>>);
 
 impl Table {
     fn new<const N: usize>(header: [&str; N]) -> Table {
+        Table::with_header(&header)
+    }
+
+    fn with_header(header: &[&str]) -> Table {
         Table(vec![header.iter().map(|h| h.to_string()).collect()])
     }
 

@@ -103,7 +103,7 @@ fn the_showcase_in_a_browser() {
         "--trust-compiler",
         compiler.to_str().unwrap(),
     ];
-    fleet.start_node_with("hub", "role=hub", "", &trust);
+    fleet.start_node_with("hub", "node-role.harvester.dev/hub=", "", &trust);
     let pi4 = fleet.start_node_with("pi4", "role=sensor,board=pi4", "dht22,bme680,leds,buzzer", &trust);
     fleet.start_node_with("pizero", "role=netmon,board=pizero", "bme680", &trust);
 
@@ -237,6 +237,8 @@ fn the_showcase_in_a_browser() {
                 err.join("\n")
             );
         };
+        // Shown with --nocapture, as the steps happen.
+        eprintln!("browser: {line}");
         transcript.push(line.clone());
         if line.starts_with("FAIL") {
             std::thread::sleep(Duration::from_millis(500));

@@ -213,7 +213,7 @@ pub fn runs(port: u16, plugin: &str, generation: u64) -> bool {
 fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
     let mut fleet = Fleet::new();
     let pi4 = fleet.start_node("pi4", "role=sensor,board=pi4", "dht22,bme680,leds,buzzer");
-    let hub = fleet.start_node("hub", "role=hub", "leds");
+    let hub = fleet.start_node("hub", "node-role.harvester.dev/hub=", "leds");
     wait_until(T, "both nodes ready", || {
         fleet.cli_ok(&["get", "nodes"]).matches(" Ready ").count() == 2
     });
@@ -265,9 +265,30 @@ fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
     // of --allow-unsigned, and every status says so.
     assert!(describe.contains("UnsignedAllowed"), "{describe}");
     assert_eq!(fleet.plugin("probe")["status"]["nodes"]["pi4"]["reason"], "Unsigned");
-    let labelled = fleet.cli_ok(&["get", "nodes", "-l", "role=hub", "-o", "json"]);
+    // The hub's board shows its role, as kubectl shows a node's.
+    let nodes = fleet.cli_ok(&["get", "nodes"]);
+    let header: Vec<&str> = nodes.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[..3], ["NAME", "STATUS", "ROLES"], "{nodes}");
+    let role_of = |name: &str| {
+        let line = nodes.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    assert_eq!(
+        (role_of("hub"), role_of("pi4")),
+        ("hub".into(), "<none>".into()),
+        "{nodes}"
+    );
+    let described = fleet.cli_ok(&["describe", "node", "hub"]);
+    assert!(described.contains("Roles:         hub"), "{described}");
+    let labelled = fleet.cli_ok(&["get", "nodes", "-l", "node-role.harvester.dev/hub", "-o", "json"]);
     let v: Value = serde_json::from_str(&labelled).unwrap();
-    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hub"]);
 
     // Delete: it stops on the node.
     let out = fleet.cli_ok(&["delete", "plugin", "probe"]);

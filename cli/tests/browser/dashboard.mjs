@@ -90,44 +90,65 @@ try {
   const session = (await context.cookies()).find(c => c.name === 'harvester_session');
   check(session && session.httpOnly && session.secure && session.sameSite === 'Strict' && session.expires > 0,
     'the session cookie is HttpOnly, Secure, SameSite=Strict, with an expiry');
+  const temp = '[data-reading="pi4/dht22/temperature"]';
+  await page.waitForSelector(`${temp}[data-at]`, { timeout: 60000 });
   await page.click('#signout');
   await page.waitForSelector('#signin', { timeout: 15000 });
   check(!(await context.cookies()).some(c => c.name === 'harvester_session'), 'signing out ends the session');
 
-  // An operator from here on. The history answer is held back 3 s, so
-  // live updates arrive first: the charts must hold the same history.
-  await page.route('**/api/state?history=true', async route => {
-    await new Promise(r => setTimeout(r, 3000));
-    await route.continue();
+  // An operator from here on. Every request the page makes for state, logs
+  // and live updates is held back while it loads: what it shows at first
+  // comes with the page itself. What the first frame holds is noted before
+  // it is painted.
+  await page.addInitScript(() => {
+    requestAnimationFrame(() => {
+      const clock = document.getElementById('clock');
+      window.__firstFrame = {
+        parsed: !!clock,
+        hidden: document.documentElement.classList.contains('booting'),
+        clock: clock ? clock.textContent : '',
+        readings: document.querySelectorAll('[data-reading][data-at]').length,
+        nodes: document.querySelectorAll('#nodes tr[data-node]').length,
+      };
+    });
   });
+  let release;
+  const released = new Promise(r => { release = r; });
+  const hold = async route => { await released; await route.continue().catch(() => {}); };
+  for (const path of ['**/api/state*', '**/api/events', '**/api/logs*']) await page.route(path, hold);
   const opened = Date.now();
   await signIn(process.env.DASHBOARD_TOKEN);
   await page.waitForFunction(() => document.getElementById('whoami').textContent.includes('(operator)'), null, { timeout: 15000 });
   check(true, 'signed in as an operator');
+  const frame = await page.evaluate(() => window.__firstFrame);
+  check(frame && (!frame.parsed || frame.hidden || (frame.readings > 0 && !frame.clock.includes('--'))),
+    `no placeholder is ever painted (first frame: ${JSON.stringify(frame)})`);
+  const clock = await page.textContent('#clock');
+  check(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/.test(clock.trim()), `the clock shows the hub's time at once (${clock.trim()})`);
+  const early = await page.evaluate(sel => ({
+    readings: document.querySelectorAll('[data-reading][data-at]').length,
+    nodes: [...document.querySelectorAll('#nodes tr[data-node]')].map(r => r.dataset.node),
+    plugins: document.querySelectorAll('#plugins tr[data-plugin]').length,
+    since: Number(document.querySelector(sel)?.dataset.since),
+    logs: document.querySelectorAll('#log-panel .log-line').length,
+  }), temp);
+  check(early.readings > 0 && early.nodes.length === 3 && early.plugins > 0 && early.logs > 0,
+    `before any request answers, the page shows ${early.readings} readings, nodes ${early.nodes.join(', ')}, ${early.plugins} plugins and ${early.logs} log lines`);
+  check(early.since < opened, `the charts hold the hub's history from ${Math.round((opened - early.since) / 1000)} s before the page opened`);
+  release();
+  for (const path of ['**/api/state*', '**/api/events', '**/api/logs*']) await page.unroute(path);
   // Navigations between the pages are over: anything failing from here is a fault.
   refusalsExpected = false;
   await page.evaluate(() => { window.__sameDocument = true; });
 
-  // Readings appear, with units, and change without a reload.
-  const temp = '[data-reading="pi4/dht22/temperature"]';
-  await page.waitForSelector(`${temp}[data-at]`, { timeout: 60000 });
+  // Readings change without a reload, with units.
   const first = await page.getAttribute(temp, 'data-at');
   const text = await page.textContent(`${temp} .value`);
   check(/^\d+\.\d\s*°C$/.test(text.trim()), `room temperature shown with its unit (${text.trim()})`);
   await page.waitForFunction(([sel, at]) => document.querySelector(sel)?.dataset.at !== at, [temp, first], { timeout: 15000 });
   check(true, 'room temperature updated without a reload');
-  await page.unroute('**/api/state?history=true');
-  const hubOldest = await page.evaluate(async () => {
-    const s = await (await fetch('/api/state?history=true')).json();
-    const n = s.nodes.find(x => x.metadata.name === 'pi4');
-    const series = (n.live.series || []).find(x => x.plugin === 'dht22' && x.name === 'temperature');
-    return series.points[0][0];
-  });
-  check(hubOldest < opened, 'the hub holds readings from before the page opened');
-  await page.waitForFunction(([sel, at]) => Number(document.querySelector(sel)?.dataset.since) <= at,
-    [temp, hubOldest + 1000], { timeout: 15000 });
   const since = Number(await page.getAttribute(temp, 'data-since'));
-  check(true, `the chart holds the hub's history from ${Math.round((opened - since) / 1000)} s before the page opened, though live updates came first`);
+  check(since <= early.since, 'live updates keep the history the page came with');
 
   for (const key of ['pi4/dht22/humidity', 'pi4/bme680/iaq', 'pi4/bme680/pressure', 'pi4/system/cpu_temperature']) {
     await page.waitForSelector(`[data-reading="${key}"][data-at]`, { timeout: 60000 });
@@ -153,6 +174,10 @@ try {
     await page.waitForSelector(`#nodes tr[data-node="${n}"] .state-ready`, { timeout: 30000 });
   }
   check(true, 'three nodes shown Ready');
+  const hubRole = await page.textContent('#nodes tr[data-node="hub"] td[data-label="Node"]');
+  check(/\bhub\b/.test(await page.textContent('#nodes tr[data-node="hub"] .role[data-role="hub"]')) && hubRole.includes('The hub runs on this board'),
+    'the hub\'s board is shown in its hub role, saying what it does');
+  check(await page.locator('#nodes tr[data-node="pi4"] .role').count() === 0, 'a board without a role shows none');
 
   // The buzzer, through the hub, to the pi4 node, from the keyboard.
   await page.focus('[data-buzzer="triple"]');

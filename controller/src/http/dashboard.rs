@@ -111,12 +111,52 @@ async fn known_host(
     .into_response()
 }
 
+/// Where the page carries the state it is served with.
+const INITIAL_STATE: &str = "<!-- initial state -->";
+
+/// How many recent log lines the page is served with.
+const PAGE_LOG_LINES: usize = 500;
+
 /// The page, or the sign-in page for who has no session.
-async fn index(super::access::Caller(caller): super::access::Caller) -> Response {
+async fn index(State(page): State<Page>, super::access::Caller(caller): super::access::Caller) -> Response {
     match caller {
-        crate::identity::Identity::User { .. } => asset("text/html; charset=utf-8", INDEX),
+        crate::identity::Identity::User { name, role } => {
+            match page_with_state(&page, json!({"name": name, "role": role})) {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }
         _ => asset("text/html; charset=utf-8", SIGN_IN),
     }
+}
+
+/// The page with the fleet's state (history included) and its recent log
+/// lines in it, so that its first paint shows the fleet rather than
+/// placeholders, without waiting for a request.
+fn page_with_state(page: &Page, user: serde_json::Value) -> Result<Response, ApiError> {
+    let mut state = snapshot(page, true)?;
+    state["user"] = user;
+    let logs = page.api.live.logs(
+        &crate::live::LogFilter {
+            node: None,
+            plugin: None,
+        },
+        PAGE_LOG_LINES,
+    );
+    // As JSON inside a script element, nothing may close the element:
+    // every `<` is written as an escape.
+    let data = json!({"state": state, "logs": logs})
+        .to_string()
+        .replace('<', "\\u003c");
+    let html = INDEX.replacen(
+        INITIAL_STATE,
+        &format!("<script type=\"application/json\" id=\"initial\">{data}</script>"),
+        1,
+    );
+    let mut r = asset("text/html; charset=utf-8", html);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 /// A write from the page: the custom header, and the page's own Origin.
@@ -202,7 +242,7 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -213,7 +253,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }

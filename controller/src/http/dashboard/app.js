@@ -336,6 +336,17 @@ function renderPlugins(plugins) {
   patchRows(body, rows);
 }
 
+// A node's roles are its labels node-role.harvester.dev/<role>, as
+// Kubernetes's node-role.kubernetes.io/<role>.
+const ROLE_PREFIX = 'node-role.harvester.dev/';
+const ROLE_NOTES = {
+  hub: 'The hub runs on this board: the API and store, this dashboard, and the code it compiles for the small boards.',
+};
+
+function roles(n) {
+  return Object.keys(n.metadata.labels || {}).filter(k => k.startsWith(ROLE_PREFIX)).map(k => k.slice(ROLE_PREFIX.length)).filter(Boolean);
+}
+
 function renderNodes(nodes) {
   const body = document.querySelector('#nodes tbody');
   const now = page.snapshot ? page.snapshot.now : Date.now();
@@ -346,7 +357,10 @@ function renderNodes(nodes) {
     const plugins = Object.entries(st.plugins || {});
     const age = st.lastHeartbeat ? Math.max(0, Math.round((now - st.lastHeartbeat) / 1000)) : null;
     return el('tr', { 'data-node': nodeName(n) },
-      el('td', { 'data-label': 'Node' }, el('div', {}, el('b', { text: nodeName(n) }), el('br'), el('code', { text: Object.entries(n.metadata.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ') }))),
+      el('td', { 'data-label': 'Node' }, el('div', {}, el('b', { text: nodeName(n) }),
+        ...roles(n).map(r => el('span', { class: 'role', 'data-role': r, text: r, title: ROLE_NOTES[r] || `role ${r}` })),
+        ...roles(n).filter(r => ROLE_NOTES[r]).map(r => el('div', { class: 'role-note', text: ROLE_NOTES[r] })),
+        el('div', {}, el('code', { text: Object.entries(n.metadata.labels || {}).filter(([k]) => !k.startsWith(ROLE_PREFIX)).map(([k, v]) => `${k}=${v}`).join(', ') })))),
       el('td', { 'data-label': 'State', class: ok ? 'state-ready' : 'state-bad' }, el('span', { text: ok ? 'Ready' : (ready ? ready.reason : 'Unknown') })),
       el('td', { 'data-label': 'Board' }, el('span', { text: `${st.backend || '?'} · ${st.architecture || '?'}` })),
       el('td', { 'data-label': 'Devices' }, el('span', { text: (st.devices || []).join(', ') })),
@@ -506,7 +520,25 @@ async function start() {
   document.getElementById('log-tabs').addEventListener('keydown', tabKeys);
   setInterval(tickClock, 1000);
 
-  // Lines that arrive while the backlog loads are merged without repeats.
+  // The hub served the page with the fleet's state and recent lines in
+  // it: the first paint shows them, never placeholders.
+  const initial = JSON.parse(document.getElementById('initial')?.textContent || 'null');
+  const shown = new Set();
+  if (initial) {
+    showUser(initial.state.user);
+    applySnapshot(initial.state);
+    for (const l of initial.logs) {
+      shown.add(logKey(l));
+      addLog(l, false);
+    }
+    if (page.activeTab) selectTab(page.activeTab, false);
+    tickClock();
+  }
+  document.documentElement.classList.remove('booting');
+
+  // Lines logged between serving the page and opening the stream come
+  // with the backlog, merged without repeats; lines the stream brings
+  // meanwhile wait for it.
   let early = [];
   const events = new EventSource('/api/events');
   events.addEventListener('open', () => setLink('live', 'live'));
@@ -525,20 +557,30 @@ async function start() {
   });
 
   const [state, logs] = await Promise.all([
-    fetch('/api/state?history=true').then(r => {
+    initial ? null : fetch('/api/state?history=true').then(r => {
       if (r.status === 401) location.replace('/');
       return r.json();
     }),
     fetch('/api/logs?tail=500').then(r => r.json()),
   ]);
-  if (state.user) document.getElementById('whoami').textContent = `${state.user.name} (${state.user.role})`;
-  applySnapshot(state);
-  const seen = new Set(logs.map(logKey));
-  for (const l of logs) addLog(l, false);
-  for (const l of early) if (!seen.has(logKey(l))) addLog(l, false);
+  if (state) {
+    showUser(state.user);
+    applySnapshot(state);
+  }
+  for (const l of logs) {
+    const key = logKey(l);
+    if (shown.has(key)) continue;
+    shown.add(key);
+    addLog(l, false);
+  }
+  for (const l of early) if (!shown.has(logKey(l))) addLog(l, false);
   early = null;
   if (page.activeTab) selectTab(page.activeTab, false);
   tickClock();
+}
+
+function showUser(user) {
+  if (user) document.getElementById('whoami').textContent = `${user.name} (${user.role})`;
 }
 
 start().catch(e => setLink('lost', 'hub unreachable'));

@@ -126,13 +126,13 @@ pub fn child_main() -> std::process::ExitCode {
 
 fn compile(job: &Job) -> Outcome {
     let failed = |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
-    let (functions, cache_unavailable) = match open_functions(&job.functions) {
-        Ok(f) => (Some(f), None),
+    let (functions, mut cache_unavailable) = match open_functions(&job.functions) {
+        Ok(f) => (Some(Arc::new(f)), None),
         Err(e) => (None, Some(format!("{}: {e}", job.functions.display()))),
     };
     let engine = match harvester_engine::config::compiler_with_cache(
         &job.target,
-        functions.map(|f| Arc::new(f) as Arc<dyn wasmtime::CacheStore>),
+        functions.clone().map(|f| f as Arc<dyn wasmtime::CacheStore>),
     ) {
         Ok(e) => e,
         Err(e) => return failed("the engine", &format!("{e:#}")),
@@ -155,6 +155,11 @@ fn compile(job: &Job) -> Outcome {
     drop(bytes);
     if let Err(e) = harvester_registry::store::write_atomic(&job.output, &code) {
         return failed(&job.output.display().to_string(), &e);
+    }
+    // sled writes behind; this process ends next, so what it compiled is
+    // flushed for the next job now.
+    if let Some(Err(e)) = functions.map(|f| f.0.flush()) {
+        cache_unavailable = Some(format!("{}: saving: {e}", job.functions.display()));
     }
     Outcome::Compiled {
         code: Digest::of(&code),
@@ -204,4 +209,84 @@ fn peak_memory() -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component holding one core module with one empty function: the
+    /// smallest thing that gives Cranelift a function to compile.
+    fn component() -> Vec<u8> {
+        let module: &[u8] = &[
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // core module, version 1
+            0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: func () -> ()
+            0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+            0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: no locals, end
+        ];
+        let mut c = vec![0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0x01, module.len() as u8];
+        c.extend_from_slice(module);
+        c
+    }
+
+    fn job(dir: &Path, name: &str) -> Job {
+        let target = harvester_engine::config::host_target();
+        let engine = harvester_engine::config::compiler_for(&target).unwrap();
+        let component = dir.join("in.wasm");
+        std::fs::write(&component, self::component()).unwrap();
+        Job {
+            component,
+            output: dir.join(name),
+            engine: harvester_engine::config::engine_hash(&engine),
+            target,
+            functions: dir.join("functions"),
+        }
+    }
+
+    #[test]
+    fn what_one_job_compiles_is_kept_for_the_next_and_a_damaged_cache_only_slows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = job(dir.path(), "a.cwasm");
+        let Outcome::Compiled {
+            code,
+            peak_memory,
+            cache_unavailable,
+        } = compile(&first)
+        else {
+            panic!("the component compiles");
+        };
+        assert_eq!(cache_unavailable, None);
+        assert_eq!(Digest::of(&std::fs::read(&first.output).unwrap()), code);
+        assert!(peak_memory > 0);
+        let kept = open_functions(&first.functions).unwrap().0.len();
+        assert!(kept > 0, "the compiled function is in the cache for the next process");
+
+        // Something that is not a database where the cache should be.
+        std::fs::remove_dir_all(&first.functions).unwrap();
+        std::fs::write(&first.functions, "not a database").unwrap();
+        let second = job(dir.path(), "b.cwasm");
+        match compile(&second) {
+            Outcome::Compiled {
+                cache_unavailable: Some(why),
+                ..
+            } => assert!(why.contains("functions"), "{why}"),
+            other => panic!("compiled without the cache, saying why: {other:?}"),
+        }
+        assert!(second.output.exists());
+    }
+
+    #[test]
+    fn a_job_for_another_engine_or_an_invalid_component_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = job(dir.path(), "a.cwasm");
+        other.engine = "0123456789abcdef".into();
+        match compile(&other) {
+            Outcome::Failed(m) => assert!(m.contains("restart the hub"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        let invalid = job(dir.path(), "b.cwasm");
+        std::fs::write(&invalid.component, b"\0asm\x0d\0\x01\0\x01\x05junk!").unwrap();
+        assert!(matches!(compile(&invalid), Outcome::Invalid(_)));
+        assert!(!invalid.output.exists(), "nothing is written for what does not compile");
+    }
 }

@@ -230,7 +230,7 @@ async fn main() {
     };
     let probe = harvester::build::build_cached(
         &repo().join("cli/tests/plugins/probe"),
-        &repo().join("target/test-artifacts"),
+        &repo().join("target/plugin-builds"),
         &py,
     )
     .unwrap();

@@ -145,7 +145,7 @@ async fn main() {
     } else {
         harvester::build::componentize_py()
     };
-    let artifacts = repo().join("target/test-artifacts");
+    let artifacts = repo().join("target/plugin-builds");
     let build =
         |dir: &str| std::fs::read(harvester::build::build_cached(&repo().join(dir), &artifacts, &py).unwrap()).unwrap();
     let components = [

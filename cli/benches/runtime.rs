@@ -27,7 +27,7 @@ fn component(dir: &str) -> PathBuf {
     } else {
         harvester::build::componentize_py()
     };
-    harvester::build::build_cached(&repo().join(dir), &repo().join("target/test-artifacts"), &py)
+    harvester::build::build_cached(&repo().join(dir), &repo().join("target/plugin-builds"), &py)
         .unwrap_or_else(|e| panic!("building {dir}: {e:#}"))
 }
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod dashboard;
 mod deploy;
+mod first_run;
 mod fleet;
 mod hot_swap;
 mod identity;

@@ -22,7 +22,7 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn artifacts() -> PathBuf {
-    let dir = repo().join("target/test-artifacts");
+    let dir = repo().join("target/plugin-builds");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -497,4 +497,19 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[(end + 4 + size).min(data.len())..];
     }
     out
+}
+
+/// The lines of `r`, as they come, from a thread of their own.
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

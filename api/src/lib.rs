@@ -11,6 +11,8 @@
 //! - [`quantity`]: durations (`3s`, `200ms`) and memory sizes (`64Mi`) as they
 //!   appear in manifests.
 //! - [`resources`]: the `harvester.dev/v1alpha1` kinds `Plugin` and `Node`, multi-document parsing.
+//! - [`rollout`]: how a new revision reaches the nodes (AllAtOnce, Rolling,
+//!   Canary), the numbered revisions, where a rollout stands.
 //! - [`selector`]: label selectors (`=`, `!=`, `in`, `notin`, `key`, `!key`) and node affinity.
 //! - [`run_spec`]: how to run a plugin (grants, config, tick interval, limits), one
 //!   shape shared by a Plugin's spec, a node's assignment and a standalone manifest.
@@ -31,6 +33,7 @@ pub mod live;
 pub mod ndjson;
 pub mod quantity;
 pub mod resources;
+pub mod rollout;
 pub mod run_spec;
 pub mod selector;
 pub mod standalone;

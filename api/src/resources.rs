@@ -56,6 +56,12 @@ runs_a_plugin! {
         /// Conditions on node labels beyond `nodeSelector`'s equalities.
         #[serde(default, skip_serializing_if = "crate::selector::NodeAffinity::is_empty")]
         pub node_affinity: crate::selector::NodeAffinity,
+        /// How a new revision reaches the nodes (default: all at once).
+        #[serde(default, skip_serializing_if = "crate::rollout::RolloutSpec::is_default")]
+        pub rollout: crate::rollout::RolloutSpec,
+        /// How many revisions the hub keeps (default 10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub revision_history_limit: Option<u32>,
     }
 }
 
@@ -118,6 +124,9 @@ pub struct PluginOnNode {
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatusV1 {
     pub observed_generation: u64,
+    /// Where the rollout of the newest revision stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
     /// Every node the plugin is assigned to.
@@ -268,6 +277,10 @@ impl Plugin {
         }
         validate_labels(&self.spec.node_selector, "spec.nodeSelector", &mut errors);
         self.spec.node_affinity.selector("spec.nodeAffinity", &mut errors);
+        self.spec.rollout.validate("spec.rollout", &mut errors);
+        if self.spec.revision_history_limit == Some(0) {
+            errors.push("spec.revisionHistoryLimit", "keep at least the revision that runs (1)");
+        }
         self.spec.run.validate("spec", &mut errors);
         errors.into_result()
     }
@@ -302,6 +315,8 @@ impl Node {
 /// Any object of this API, as a manifest document holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
+// A handful per apply, never in bulk: boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Object {
     Plugin(Plugin),
     Node(Node),

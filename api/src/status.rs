@@ -127,6 +127,17 @@ vocabulary! {
         AsExpected,
         UnsignedAllowed,
         SignatureVerified,
+        // A Plugin's rollout.
+        /// The new revision failed on more nodes than the rollout allows.
+        HealthCheckFailed,
+        /// The rollout made no progress for its progressDeadline.
+        ProgressDeadlineExceeded,
+        /// Someone aborted it (`harvester rollout abort`).
+        AbortedByUser,
+        /// At a `pause` step of a canary.
+        PauseStep,
+        /// Someone paused it (`harvester rollout pause`).
+        PausedByUser,
     }
 }
 
@@ -146,6 +157,10 @@ vocabulary! {
         Progressing,
         Degraded,
         Verified,
+        /// The newest revision's rollout was aborted and its nodes sent back.
+        RolledBack,
+        /// The rollout waits: at a pause step, or paused by someone.
+        Paused,
     }
 }
 

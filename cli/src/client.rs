@@ -328,6 +328,30 @@ impl Client {
         Ok(self.get::<List<AuditEntry>>(&path).await?.items)
     }
 
+    pub async fn revisions(&self, plugin: &str) -> anyhow::Result<harvester_api::rollout::RevisionList> {
+        self.get(&format!("plugins/{}/revisions", path_segment(plugin))).await
+    }
+
+    /// pause, resume, promote or abort a plugin's rollout.
+    pub async fn rollout_decision(
+        &self,
+        plugin: &str,
+        action: &str,
+    ) -> anyhow::Result<harvester_api::rollout::RolloutDecision> {
+        let url = self.url(&format!("plugins/{}/rollout/{action}", path_segment(plugin)));
+        let resp = self.send(self.http.post(url)).await?;
+        self.answer(resp).await
+    }
+
+    pub async fn undo(&self, plugin: &str, to: Option<u64>) -> anyhow::Result<harvester_api::rollout::Undone> {
+        let mut path = format!("plugins/{}/rollout/undo", path_segment(plugin));
+        if let Some(n) = to {
+            path.push_str(&format!("?toRevision={n}"));
+        }
+        let resp = self.send(self.http.post(self.url(&path))).await?;
+        self.answer(resp).await
+    }
+
     pub async fn revoke_node(&self, name: &str) -> anyhow::Result<Revoked> {
         let url = self.url(&format!("nodes/{}/revoke", path_segment(name)));
         let resp = self.send(self.http.post(url)).await?;

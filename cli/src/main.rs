@@ -204,7 +204,7 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: Option<PathBuf>,
     },
-    /// Follow a rollout.
+    /// Follow, steer and undo a plugin's rollouts.
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
@@ -320,12 +320,47 @@ enum NodeCommand {
 
 #[derive(Debug, Subcommand)]
 enum RolloutCommand {
-    /// Wait until every selected node runs the plugin's current generation.
+    /// Wait until every selected node runs the plugin's newest revision
+    /// (fails when it was rolled back or fails where it runs).
     Status {
         /// plugin/NAME
         target: String,
+        /// How long to wait.
         #[arg(long, default_value = "60s")]
         timeout: harvester_api::DurationSpec,
+    },
+    /// The plugin's revisions: number, digest, what changed, who, when, outcome.
+    History {
+        /// plugin/NAME
+        target: String,
+    },
+    /// Run an earlier revision again (the one before the newest, or --to-revision).
+    Undo {
+        /// plugin/NAME
+        target: String,
+        /// The revision to go back to (see rollout history).
+        #[arg(long, value_name = "N")]
+        to_revision: Option<u64>,
+    },
+    /// Stop a rollout where it stands: no further node gets the new revision.
+    Pause {
+        /// plugin/NAME
+        target: String,
+    },
+    /// Go on with a paused rollout.
+    Resume {
+        /// plugin/NAME
+        target: String,
+    },
+    /// End the pause step a canary waits at.
+    Promote {
+        /// plugin/NAME
+        target: String,
+    },
+    /// Stop a rollout and send every updated node back to the stable revision.
+    Abort {
+        /// plugin/NAME
+        target: String,
     },
 }
 
@@ -540,9 +575,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::identity::audit(&client()?, since.as_duration(), user.as_deref()).await
         }
         Command::Whoami => commands::identity::whoami(&client()?).await,
-        Command::Rollout {
-            command: RolloutCommand::Status { target, timeout },
-        } => commands::rollout_status(&client()?, &target, timeout.as_duration()).await,
+        Command::Rollout { command } => {
+            let client = client()?;
+            match command {
+                RolloutCommand::Status { target, timeout } => {
+                    commands::rollout_status(&client, &target, timeout.as_duration()).await
+                }
+                RolloutCommand::History { target } => commands::rollout::history(&client, &target).await,
+                RolloutCommand::Undo { target, to_revision } => {
+                    commands::rollout::undo(&client, &target, to_revision).await
+                }
+                RolloutCommand::Pause { target } => commands::rollout::decide(&client, &target, "pause").await,
+                RolloutCommand::Resume { target } => commands::rollout::decide(&client, &target, "resume").await,
+                RolloutCommand::Promote { target } => commands::rollout::decide(&client, &target, "promote").await,
+                RolloutCommand::Abort { target } => commands::rollout::decide(&client, &target, "abort").await,
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ mod identity;
 mod live;
 mod metrics;
 mod reconciler;
+pub(crate) mod rollout;
 mod store;
 
 use std::net::SocketAddr;
@@ -188,7 +189,7 @@ pub async fn run(
         metrics.clone(),
         options.node_timeout,
         options.resync,
-    ));
+    )?);
     // The names the hub is reached by: its certificate's, and the only
     // Host headers its dashboard answers.
     let hosts = match &options.transport {

@@ -12,6 +12,9 @@ pub struct Metrics {
     pub nodes: IntGaugeVec,
     pub plugin_condition: IntGaugeVec,
     pub rollout_nodes: IntGaugeVec,
+    pub rollout_step: IntGaugeVec,
+    pub rollout_revision_nodes: IntGaugeVec,
+    pub rollbacks: IntCounterVec,
     pub heartbeat: GaugeVec,
     pub reconcile_seconds: Histogram,
     pub reconcile_errors: IntCounter,
@@ -65,6 +68,39 @@ impl Metrics {
                         "Nodes a plugin is placed on, and of those the ones running its current generation",
                     ),
                     &["plugin", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            rollout_step: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "harvester_rollout_step",
+                        "The step a plugin's rollout is at (canary steps done; 0 for other strategies), by phase",
+                    ),
+                    &["plugin", "phase"],
+                )
+                .expect("valid metric"),
+            ),
+            rollout_revision_nodes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "harvester_rollout_revision_nodes",
+                        "Nodes assigned each revision of a plugin (the newest is `target`, the one to go back to `stable`)",
+                    ),
+                    &["plugin", "revision"],
+                )
+                .expect("valid metric"),
+            ),
+            rollbacks: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "harvester_rollbacks_total",
+                        "Rollouts aborted with every node sent back to the stable revision, by reason",
+                    ),
+                    &["plugin", "reason"],
                 )
                 .expect("valid metric"),
             ),

@@ -110,6 +110,23 @@ pub struct PluginStatus {
     pub memory_bytes: u64,
     pub last_error: Option<String>,
     pub telemetry: BTreeMap<String, Reading>,
+    /// The versions this node started, oldest first (the last
+    /// [`VERSIONS_KEPT`]): what ran here, and when, whatever the hub says.
+    pub versions: std::collections::VecDeque<VersionRecord>,
+}
+
+/// How many started versions a plugin's status keeps.
+pub const VERSIONS_KEPT: usize = 32;
+
+/// One version a node started: asked for at `requested`, running (swapped
+/// in, or started) at `running`, both in milliseconds since the epoch.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRecord {
+    pub generation: u64,
+    pub digest: Digest,
+    pub requested: u64,
+    pub running: u64,
 }
 
 impl PluginStatus {
@@ -127,6 +144,7 @@ impl PluginStatus {
             memory_bytes: 0,
             last_error: None,
             telemetry: BTreeMap::new(),
+            versions: Default::default(),
         }
     }
 }

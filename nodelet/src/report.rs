@@ -69,6 +69,16 @@ impl Reporter {
         f(row);
     }
 
+    /// Notes a version this node now runs.
+    pub fn record_version(&self, plugin: &str, record: crate::events::VersionRecord) {
+        if let Some(s) = lock(&self.status).get_mut(plugin) {
+            if s.versions.len() == crate::events::VERSIONS_KEPT {
+                s.versions.pop_front();
+            }
+            s.versions.push_back(record);
+        }
+    }
+
     pub fn remove(&self, plugin: &str) {
         let row = lock(&self.status).remove(plugin);
         let sensors: Vec<(String, String)> = row
@@ -166,6 +176,9 @@ impl Reporter {
                     s.generation = *generation;
                     s.digest = Some(*digest);
                     s.last_error = None;
+                    // Restarts count for the version running: a rollout
+                    // judges each revision by its own.
+                    s.restarts = 0;
                 }
             }
             EventKind::LoadFailed { generation, error } => {

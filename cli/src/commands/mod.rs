@@ -5,7 +5,7 @@
 //! - [`get`]: `get plugins|nodes [NAME]` as tables, YAML or JSON.
 //! - [`describe`]: one object in detail, with conditions and events.
 //! - [`delete`]: by name or by manifest.
-//! - [`rollout`]: `rollout status`.
+//! - [`rollout`]: `rollout status|history|undo|pause|resume|promote|abort`.
 //! - [`live`]: `logs` and `exec`, through the hub.
 //! - [`identity`]: join tokens and node revocation.
 //!

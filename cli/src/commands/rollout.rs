@@ -1,20 +1,30 @@
-//! `harvester rollout status plugin/NAME`: waits until every selected node
-//! runs the plugin's current generation, or says why it cannot.
+//! `harvester rollout status|history|undo|pause|resume|promote|abort
+//! plugin/NAME`: follow a plugin's rollout, list its revisions, go back to
+//! one, and take the decisions a progressive rollout waits for.
 
-use super::{condition, running_current};
+use super::{Table, age, condition, running_current, short};
 use crate::client::{Client, Kind};
 use anyhow::bail;
 use harvester_api::resources::ConditionStatus;
+use harvester_api::rollout::RolloutPhase;
 use harvester_api::{ConditionType, Reason};
 use std::time::{Duration, Instant};
 
-pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) -> anyhow::Result<()> {
+/// The plugin name in `plugin/NAME`.
+fn plugin_name(target: &str) -> anyhow::Result<&str> {
     let Some((kind, name)) = target.split_once('/') else {
         bail!("{target:?}: expected plugin/NAME");
     };
     if Kind::parse(kind)? != Kind::Plugin {
-        bail!("rollout status works on plugins");
+        bail!("rollouts are of plugins: plugin/NAME");
     }
+    Ok(name)
+}
+
+/// Waits until every node runs the plugin's newest revision; fails when
+/// the rollout was rolled back, or when the revision fails where it runs.
+pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) -> anyhow::Result<()> {
+    let name = plugin_name(target)?;
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
@@ -26,6 +36,18 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
             println!("plugin/{name}: generation {generation} runs on {done}/{total} nodes");
             return Ok(());
         }
+        let rollout = p.status.as_ref().and_then(|s| s.rollout.as_ref());
+        if let Some(r) = rollout
+            && r.phase == RolloutPhase::Aborted
+            && observed == generation
+        {
+            bail!(
+                "plugin/{name} revision {} was rolled back to revision {}: {}",
+                r.revision,
+                r.stable_revision,
+                r.message
+            );
+        }
         let conditions = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
         if let Some(c) = condition(conditions, ConditionType::Degraded)
             && c.status == ConditionStatus::True
@@ -35,10 +57,10 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
         {
             bail!("plugin/{name} generation {generation} is failing: {}", c.message);
         }
-        let line = if total == 0 {
-            format!("Waiting for plugin/{name}: no node matches it yet")
-        } else {
-            format!("Waiting for plugin/{name}: {done} of {total} nodes run generation {generation}")
+        let line = match rollout.filter(|r| !r.message.is_empty() && r.phase != RolloutPhase::Complete) {
+            Some(r) => format!("Waiting for plugin/{name} revision {}: {}", r.revision, r.message),
+            None if total == 0 => format!("Waiting for plugin/{name}: no node matches it yet"),
+            None => format!("Waiting for plugin/{name}: {done} of {total} nodes run generation {generation}"),
         };
         if line != last {
             println!("{line}");
@@ -49,4 +71,66 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `rollout history`: every revision kept, newest last.
+pub async fn history(client: &Client, target: &str) -> anyhow::Result<()> {
+    let name = plugin_name(target)?;
+    let list = client.revisions(name).await?;
+    if list.items.is_empty() {
+        bail!("plugin/{name} has no revisions yet");
+    }
+    let (newest, stable) = list
+        .rollout
+        .as_ref()
+        .map_or((0, 0), |r| (r.revision, r.stable_revision));
+    let mut table = Table::new(["REVISION", "DIGEST", "CHANGE", "BY", "AGE", "OUTCOME"]);
+    for r in &list.items {
+        let mark = match r.number {
+            n if n == newest && n == stable => " (running)",
+            n if n == newest => " (rolling out)",
+            n if n == stable => " (stable)",
+            _ => "",
+        };
+        table.row(vec![
+            format!("{}{mark}", r.number),
+            short(Some(&r.digest)),
+            r.change.clone(),
+            if r.by.is_empty() { "-".into() } else { r.by.clone() },
+            age(r.created),
+            if r.outcome.is_empty() {
+                "-".into()
+            } else {
+                r.outcome.clone()
+            },
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// `rollout undo [--to-revision N]`.
+pub async fn undo(client: &Client, target: &str, to: Option<u64>) -> anyhow::Result<()> {
+    let name = plugin_name(target)?;
+    let done = client.undo(name, to).await?;
+    println!(
+        "plugin/{name} rolled back to revision {} (generation {}); follow it with harvester rollout status plugin/{name}",
+        done.undone_to, done.generation
+    );
+    Ok(())
+}
+
+/// `rollout pause|resume|promote|abort`.
+pub async fn decide(client: &Client, target: &str, action: &str) -> anyhow::Result<()> {
+    let name = plugin_name(target)?;
+    let answer = client.rollout_decision(name, action).await?;
+    let revision = answer.rollout.as_ref().map_or(0, |r| r.revision);
+    let said = match action {
+        "pause" => "paused",
+        "resume" => "resumed",
+        "promote" => "promoted",
+        _ => "aborted: every updated node goes back to the stable revision",
+    };
+    println!("plugin/{name} revision {revision}: {said}");
+    Ok(())
 }

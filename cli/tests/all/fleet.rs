@@ -110,6 +110,12 @@ impl Fleet {
         self.controller = None;
     }
 
+    /// SIGKILLs the controller and starts it again on the same data.
+    pub fn restart_controller(&mut self) {
+        self.kill_controller();
+        self.start_controller();
+    }
+
     /// A node for local (unsigned) components uploaded through the controller.
     pub fn start_node(&mut self, name: &str, labels: &str, devices: &str) -> u16 {
         self.start_node_with(name, labels, devices, &["--allow-unsigned"])

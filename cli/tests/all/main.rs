@@ -11,6 +11,7 @@ mod fleet;
 mod hot_swap;
 mod identity;
 mod process;
+mod rollout;
 mod sandbox;
 mod showcase;
 mod signed;

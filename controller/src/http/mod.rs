@@ -30,6 +30,7 @@ mod ndjson;
 mod nodes;
 mod objects;
 mod ops;
+mod rollout;
 
 pub(crate) use error::ApiError;
 
@@ -173,7 +174,7 @@ impl Audience {
 /// The API on one listener: every audience's routes.
 pub(crate) fn router(api: Api) -> Router {
     Router::new()
-        .merge(Audience::People.serve(objects::routes().merge(enrol::people()), &api))
+        .merge(Audience::People.serve(objects::routes().merge(rollout::routes()).merge(enrol::people()), &api))
         .merge(Audience::Nodes.serve(nodes::routes().merge(compiled::routes()), &api))
         .merge(Audience::Operators.serve(ops::routes(), &api))
         .merge(Audience::Joining.serve(enrol::joining(), &api))
@@ -228,12 +229,15 @@ mod tests {
         let store = Arc::new(Store::open(dir).unwrap());
         let metrics = Arc::new(Metrics::new());
         Api {
-            reconciler: Arc::new(Reconciler::new(
-                store.clone(),
-                metrics.clone(),
-                Duration::from_secs(15),
-                Duration::from_secs(60),
-            )),
+            reconciler: Arc::new(
+                Reconciler::new(
+                    store.clone(),
+                    metrics.clone(),
+                    Duration::from_secs(15),
+                    Duration::from_secs(60),
+                )
+                .unwrap(),
+            ),
             store,
             registry: Arc::new(harvester_registry::Registry::new(Default::default())),
             live: Arc::new(Live::new(1 << 20)),

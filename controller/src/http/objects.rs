@@ -47,7 +47,7 @@ fn kind_of(plural: &str) -> Result<Kind, ApiError> {
 /// A multi-document apply: every document is parsed and validated, every
 /// image resolved and every exclusive grant checked before anything is
 /// written; then each is applied in order.
-async fn apply_documents(State(api): State<Api>, body: String) -> Result<Response, ApiError> {
+async fn apply_documents(State(api): State<Api>, Caller(caller): Caller, body: String) -> Result<Response, ApiError> {
     let mut objects = match parse_documents(&body) {
         Ok(o) => o,
         Err(errors) => {
@@ -77,6 +77,7 @@ async fn apply_documents(State(api): State<Api>, body: String) -> Result<Respons
     let mut results = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
         let place = format!("document {} ({} {})", i + 1, object.kind(), object.name());
+        note_change(&api, &caller, &object);
         match apply::apply(&api.store, &api.registry, object).await {
             Ok(r) => {
                 count_apply(&api, Ok(&r));
@@ -86,6 +87,17 @@ async fn apply_documents(State(api): State<Api>, body: String) -> Result<Respons
         }
     }
     Ok(Json(json!({"results": results})).into_response())
+}
+
+/// Who is about to change a Plugin, for the revision the change makes.
+fn note_change(api: &Api, caller: &crate::identity::Identity, object: &Object) {
+    if let Object::Plugin(p) = object {
+        let by = match caller {
+            crate::identity::Identity::User { name, .. } => name.as_str(),
+            _ => "",
+        };
+        api.reconciler.note_change(&p.metadata.name, by, None);
+    }
 }
 
 /// The answer when one document of an apply fails: which one, why, and what
@@ -149,6 +161,7 @@ async fn get_one(State(api): State<Api>, Path((kind, name)): Path<(String, Strin
 /// metadata.resourceVersion must be the stored one.
 async fn update(
     State(api): State<Api>,
+    Caller(caller): Caller,
     Path((kind, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -192,6 +205,7 @@ async fn update(
             Object::Node(n)
         }
     };
+    note_change(&api, &caller, &object);
     let result = apply::apply(&api.store, &api.registry, object).await;
     count_apply(&api, result.as_ref());
     Ok(Json(json!(result?)).into_response())
@@ -226,6 +240,9 @@ async fn delete(
             Ok(Write::Delete)
         })
         .await?;
+    if kind == Kind::Plugin {
+        api.reconciler.forget(&name)?;
+    }
     if kind == Kind::Node {
         api.live.forget(&name);
         // A deleted node's certificates die with it.

@@ -73,6 +73,50 @@ pub(crate) fn describe_changes(old: &PluginStatusV1, new: &PluginStatusV1) -> Ve
     out
 }
 
+/// What changed in a rollout, as a person reads it.
+pub(crate) fn describe_rollout(
+    old: Option<&harvester_api::rollout::RolloutStatus>,
+    new: &harvester_api::rollout::RolloutStatus,
+) -> Vec<String> {
+    use harvester_api::rollout::RolloutPhase;
+    let mut out = Vec::new();
+    let fresh = old.is_none_or(|o| o.revision != new.revision);
+    if fresh && new.stable_revision != 0 && new.stable_revision != new.revision {
+        out.push(format!(
+            "rollout of revision {} started (stable revision {})",
+            new.revision, new.stable_revision
+        ));
+    }
+    for (node, revision) in &new.nodes {
+        let before = old.and_then(|o| o.nodes.get(node));
+        if before.is_some() && before != Some(revision) {
+            out.push(format!("{node}: revision {revision}"));
+        }
+    }
+    for (node, why) in &new.failed {
+        if old.is_none_or(|o| !o.failed.contains_key(node)) {
+            out.push(format!("revision {} failed on {node}: {why}", new.revision));
+        }
+    }
+    if old.is_some_and(|o| o.step != new.step && o.revision == new.revision) {
+        out.push(format!("rollout of revision {} at step {}", new.revision, new.step + 1));
+    }
+    if old.is_none_or(|o| o.phase != new.phase) {
+        match new.phase {
+            RolloutPhase::Aborted => out.push(format!(
+                "rollout of revision {} aborted, every node back on revision {}: {}",
+                new.revision, new.stable_revision, new.message
+            )),
+            RolloutPhase::Complete if !fresh || new.stable_revision == new.revision => {
+                out.push(format!("revision {} rolled out", new.revision))
+            }
+            RolloutPhase::Paused => out.push(format!("rollout paused: {}", new.message)),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

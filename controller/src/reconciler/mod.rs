@@ -5,9 +5,11 @@
 //! - each Node's Ready condition from its heartbeat lease ([`status`]);
 //! - each node's assignments ([`placement`]: label selector, the hardware
 //!   the node reports, pins and LEDs one plugin at a time);
-//! - each Plugin's status: per-node phase, observedGeneration, and Ready /
-//!   Progressing / Degraded / Verified conditions with reasons ([`status`]),
-//!   and the [`events`] `describe` shows.
+//! - each Plugin's rollout: which revision each of its nodes runs
+//!   ([`crate::rollout`]);
+//! - each Plugin's status: per-node phase, observedGeneration, the rollout,
+//!   and Ready / Progressing / Degraded / Verified / RolledBack / Paused
+//!   conditions with reasons ([`status`]), and the [`events`] `describe` shows.
 //!
 //! It keeps no state that matters across restarts: killed at any point, it
 //! recomputes the same answer from the store. One object that cannot be
@@ -18,8 +20,10 @@ pub(crate) mod placement;
 pub(crate) mod status;
 
 use crate::metrics::Metrics;
+use crate::rollout::revisions::Revisions;
 use crate::store::{Kind, Store, StoreError, Write};
 use harvester_api::resources::{Assignment, Assignments, Node, Plugin, PluginStatusV1};
+use harvester_api::rollout::{Revision, RolloutPhase, RolloutStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,6 +38,36 @@ pub(crate) struct Reconciler {
     poke: Notify,
     events: events::Events,
     metrics: Arc<Metrics>,
+    revisions: Revisions,
+    /// Who applied each Plugin's pending change, and why, for its revision.
+    changes: Mutex<HashMap<String, (String, Option<String>)>>,
+}
+
+/// Where one Plugin's rollout stands this pass, with the revisions its
+/// nodes are assigned.
+pub(crate) struct Plan {
+    pub status: RolloutStatus,
+    pub target: Revision,
+    pub stable: Option<Revision>,
+}
+
+impl Plan {
+    /// What `node` is told to run.
+    fn assignment(&self, plugin: &Plugin, node: &str) -> Option<Assignment> {
+        let number = *self.status.nodes.get(node)?;
+        let revision = if number == self.target.number {
+            &self.target
+        } else {
+            self.stable.as_ref().filter(|s| s.number == number)?
+        };
+        Some(Assignment {
+            name: plugin.metadata.name.clone(),
+            generation: crate::rollout::generation_of(&self.status, revision, plugin.metadata.generation),
+            digest: revision.digest,
+            image: revision.image.clone(),
+            run: revision.run.clone(),
+        })
+    }
 }
 
 /// Something one pass could not do, naming the object; the next pass
@@ -79,8 +113,10 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         node_timeout: Duration,
         period: Duration,
-    ) -> Reconciler {
-        Reconciler {
+    ) -> Result<Reconciler, StoreError> {
+        Ok(Reconciler {
+            revisions: Revisions::open(&store)?,
+            changes: Mutex::new(HashMap::new()),
             store,
             leases: Mutex::new(HashMap::new()),
             assignments: Mutex::new(HashMap::new()),
@@ -89,7 +125,29 @@ impl Reconciler {
             poke: Notify::new(),
             events: events::Events::default(),
             metrics,
-        }
+        })
+    }
+
+    /// Notes who is about to change what `plugin` runs, and why, for the
+    /// revision the change makes (recorded by the next pass).
+    pub(crate) fn note_change(&self, plugin: &str, by: &str, why: Option<String>) {
+        lock(&self.changes).insert(plugin.to_string(), (by.to_string(), why));
+    }
+
+    /// A Plugin's revisions, oldest first.
+    pub(crate) fn revisions(&self, plugin: &str) -> Result<Vec<Revision>, StoreError> {
+        self.revisions.list(plugin)
+    }
+
+    /// A deleted Plugin's revisions go with it.
+    pub(crate) fn forget(&self, plugin: &str) -> Result<(), StoreError> {
+        lock(&self.changes).remove(plugin);
+        self.revisions.remove_all(plugin)
+    }
+
+    /// Asks for a pass soon.
+    pub(crate) fn poke(&self) {
+        self.poke.notify_one();
     }
 
     pub(crate) fn heartbeat(&self, node: &str) {
@@ -183,12 +241,28 @@ impl Reconciler {
                 .filter(|p| p.spec.digest.is_some()),
             &nodes,
         );
-        self.publish(&nodes, &placement);
+        let mut plans = BTreeMap::new();
+        for plugin in plugins.iter().filter(|p| p.spec.digest.is_some()) {
+            match self.plan(plugin, &nodes, &placement, &ready) {
+                Ok(plan) => {
+                    plans.insert(plugin.metadata.name.as_str(), plan);
+                }
+                Err(source) => errors.push(ObjectError {
+                    kind: "Plugin",
+                    name: plugin.metadata.name.clone(),
+                    source,
+                }),
+            }
+        }
+        self.publish(&nodes, &placement, &plans);
 
         self.metrics.plugin_condition.reset();
         self.metrics.rollout_nodes.reset();
+        self.metrics.rollout_step.reset();
+        self.metrics.rollout_revision_nodes.reset();
         for plugin in &plugins {
-            if let Err(source) = self.plugin_status(plugin, &placement, &ready).await {
+            let plan = plans.get(plugin.metadata.name.as_str());
+            if let Err(source) = self.plugin_status(plugin, &placement, &ready, plan).await {
                 errors.push(ObjectError {
                     kind: "Plugin",
                     name: plugin.metadata.name.clone(),
@@ -254,15 +328,81 @@ impl Reconciler {
         }
     }
 
+    /// One step of a Plugin's rollout: its newest revision recorded, and
+    /// the revision each of its nodes runs.
+    fn plan(
+        &self,
+        plugin: &Plugin,
+        nodes: &[Node],
+        placement: &placement::Placement<'_>,
+        ready: &BTreeMap<String, bool>,
+    ) -> Result<Plan, StoreError> {
+        let name = plugin.metadata.name.as_str();
+        let previous = plugin.status.as_ref().and_then(|s| s.rollout.as_ref());
+        let keep: Vec<u64> = previous
+            .map(|p| vec![p.revision, p.stable_revision])
+            .unwrap_or_default();
+        let noted = lock(&self.changes).get(name).cloned();
+        let (by, why) = noted.clone().unwrap_or_default();
+        let target = self
+            .revisions
+            .record(plugin, &by, why, &keep)?
+            .ok_or_else(|| StoreError::Invalid(format!("Plugin {name} has no digest")))?;
+        if noted.is_some() && target.generation == plugin.metadata.generation {
+            lock(&self.changes).remove(name);
+        }
+        let stable_number = match previous {
+            Some(p) if p.revision != target.number && p.phase == RolloutPhase::Complete => p.revision,
+            Some(p) => p.stable_revision,
+            None => 0,
+        };
+        let stable = match stable_number {
+            0 => None,
+            n if n == target.number => Some(target.clone()),
+            n => self.revisions.get(name, n)?,
+        };
+        let placed: Vec<&Node> = {
+            let mut v: Vec<&Node> = placement.nodes_of.get(name).into_iter().flatten().copied().collect();
+            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            v
+        };
+        let _ = nodes;
+        let views: Vec<crate::rollout::NodeView<'_>> = placed
+            .iter()
+            .map(|n| crate::rollout::NodeView {
+                name: &n.metadata.name,
+                labels: &n.metadata.labels,
+                ready: ready.get(&n.metadata.name).copied().unwrap_or(false),
+                reported: n.status.plugins.get(name),
+            })
+            .collect();
+        let status = crate::rollout::advance(
+            previous,
+            &crate::rollout::Inputs {
+                spec: &plugin.spec.rollout,
+                target: &target,
+                stable: stable.as_ref(),
+                generation: plugin.metadata.generation,
+                nodes: &views,
+                now: harvester_api::now_ms(),
+            },
+        );
+        Ok(Plan { status, target, stable })
+    }
+
     /// Hands every node its full assignments; watchers hear only of changes.
-    fn publish(&self, nodes: &[Node], placement: &placement::Placement<'_>) {
+    fn publish(&self, nodes: &[Node], placement: &placement::Placement<'_>, plans: &BTreeMap<&str, Plan>) {
         let mut senders = lock(&self.assignments);
         for node in nodes {
             let name = &node.metadata.name;
             let plugins = placement
                 .on_node
                 .get(name.as_str())
-                .map(|ps| ps.iter().filter_map(|p| assignment(p)).collect())
+                .map(|ps| {
+                    ps.iter()
+                        .filter_map(|p| plans.get(p.metadata.name.as_str())?.assignment(p, name))
+                        .collect()
+                })
                 .unwrap_or_default();
             let next = Assignments {
                 node: name.clone(),
@@ -289,6 +429,7 @@ impl Reconciler {
         plugin: &Plugin,
         placement: &placement::Placement<'_>,
         ready: &BTreeMap<String, bool>,
+        plan: Option<&Plan>,
     ) -> Result<(), StoreError> {
         let name = plugin.metadata.name.as_str();
         let generation = plugin.metadata.generation;
@@ -328,9 +469,15 @@ impl Reconciler {
             .with_label_values(&[name, "current"])
             .set(progress.current as i64);
         let old = plugin.status.clone().unwrap_or_default();
+        let rollout = plan.map(|p| p.status.clone());
+        if let Some(r) = &rollout {
+            status::rollout_conditions(&mut conditions, r, plugin.spec.rollout.strategy);
+            self.rollout_metrics(name, plan, old.rollout.as_ref());
+        }
         status::merge_times(&mut conditions, &old.conditions, harvester_api::now_ms());
         let new = PluginStatusV1 {
             observed_generation: generation,
+            rollout,
             digest: plugin.spec.digest,
             nodes: on_nodes,
             conditions,
@@ -341,32 +488,70 @@ impl Reconciler {
         for message in events::describe_changes(&old, &new) {
             self.events.record(name, message);
         }
-        self.store
-            .write_observed(Kind::Plugin, name, |cur| {
-                let Some(cur) = cur else { return Ok(Write::Keep) };
-                let mut p: Plugin = serde_json::from_value(cur.clone())?;
-                if p.metadata.generation != generation {
-                    // The spec moved on meanwhile; the next pass handles it.
-                    return Ok(Write::Keep);
-                }
-                p.status = Some(new.clone());
-                Ok(Write::Put(serde_json::to_value(p)?))
-            })
-            .await?;
+        if let Some(r) = &new.rollout {
+            for message in events::describe_rollout(old.rollout.as_ref(), r) {
+                self.events.record(name, message);
+            }
+            self.note_outcome(name, old.rollout.as_ref(), r)?;
+        }
+        // The rollout's own state is written durably: a restarted hub must
+        // resume with the same nodes on the same revisions.
+        let write = |cur: Option<&serde_json::Value>| {
+            let Some(cur) = cur else { return Ok(Write::Keep) };
+            let mut p: Plugin = serde_json::from_value(cur.clone())?;
+            if p.metadata.generation != generation
+                || p.status.as_ref().and_then(|s| s.rollout.as_ref()) != old.rollout.as_ref()
+            {
+                // The spec moved on meanwhile, or someone paused, promoted
+                // or aborted: the next pass starts from that.
+                return Ok(Write::Keep);
+            }
+            p.status = Some(new.clone());
+            Ok(Write::Put(serde_json::to_value(p)?))
+        };
+        let (_, event) = if new.rollout != old.rollout {
+            self.store.write(Kind::Plugin, name, write).await?
+        } else {
+            self.store.write_observed(Kind::Plugin, name, write).await?
+        };
+        if event.is_none() {
+            self.poke.notify_one();
+        }
         Ok(())
     }
-}
 
-/// What a node is told to run for a placed plugin (only plugins with a
-/// digest are placed).
-fn assignment(plugin: &Plugin) -> Option<Assignment> {
-    Some(Assignment {
-        name: plugin.metadata.name.clone(),
-        generation: plugin.metadata.generation,
-        digest: plugin.spec.digest?,
-        image: plugin.spec.image.clone(),
-        run: plugin.spec.run.clone(),
-    })
+    /// A revision's outcome, once its rollout completes or aborts.
+    fn note_outcome(&self, plugin: &str, old: Option<&RolloutStatus>, new: &RolloutStatus) -> Result<(), StoreError> {
+        let changed = old.is_none_or(|o| o.phase != new.phase || o.revision != new.revision);
+        if !changed {
+            return Ok(());
+        }
+        match new.phase {
+            RolloutPhase::Complete => self.revisions.set_outcome(plugin, new.revision, "rolled out"),
+            RolloutPhase::Aborted => {
+                let reason = new.reason.as_ref().map_or("Aborted", |r| r.as_str());
+                self.metrics.rollbacks.with_label_values(&[plugin, reason]).inc();
+                self.revisions
+                    .set_outcome(plugin, new.revision, &format!("rolled back: {}", new.message))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn rollout_metrics(&self, plugin: &str, plan: Option<&Plan>, _old: Option<&RolloutStatus>) {
+        let Some(plan) = plan else { return };
+        let s = &plan.status;
+        self.metrics
+            .rollout_step
+            .with_label_values(&[plugin, s.phase.as_str()])
+            .set(i64::from(s.step));
+        let on = |n: u64| s.nodes.values().filter(|r| **r == n).count() as i64;
+        let m = &self.metrics.rollout_revision_nodes;
+        m.with_label_values(&[plugin, "target"]).set(on(s.revision));
+        if s.stable_revision != 0 && s.stable_revision != s.revision {
+            m.with_label_values(&[plugin, "stable"]).set(on(s.stable_revision));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -413,7 +598,8 @@ mod tests {
             Arc::new(Metrics::new()),
             Duration::from_secs(15),
             Duration::from_secs(60),
-        );
+        )
+        .unwrap();
         let mut rx = r.watch_assignments("pi4");
         let errors = r.reconcile().await.unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");

@@ -74,6 +74,53 @@ pub(crate) struct Progress {
     pub current: usize,
 }
 
+/// What a rollout adds to a Plugin's conditions: the step in Progressing;
+/// `Paused` while it waits; `RolledBack` once it aborted, with Ready and
+/// Progressing saying so instead of waiting for nodes that went back.
+pub(crate) fn rollout_conditions(
+    conditions: &mut Vec<Condition>,
+    r: &harvester_api::rollout::RolloutStatus,
+    strategy: harvester_api::rollout::Strategy,
+) {
+    use harvester_api::rollout::{RolloutPhase, Strategy};
+    let reason = r.reason.clone().unwrap_or(Reason::AbortedByUser);
+    for c in conditions.iter_mut() {
+        match (c.kind.clone(), r.phase) {
+            (ConditionType::Progressing, RolloutPhase::Aborted) => {
+                *c = condition(ConditionType::Progressing, false, reason.clone(), r.message.clone());
+            }
+            (ConditionType::Ready, RolloutPhase::Aborted) => {
+                *c = condition(
+                    ConditionType::Ready,
+                    false,
+                    reason.clone(),
+                    format!(
+                        "revision {} was rolled back to revision {}",
+                        r.revision, r.stable_revision
+                    ),
+                );
+            }
+            (ConditionType::Progressing, RolloutPhase::Progressing | RolloutPhase::Paused)
+                if strategy != Strategy::AllAtOnce && !r.message.is_empty() =>
+            {
+                c.message = format!("revision {}: {}", r.revision, r.message);
+            }
+            _ => {}
+        }
+    }
+    if r.phase == RolloutPhase::Aborted {
+        conditions.push(condition(ConditionType::RolledBack, true, reason, r.message.clone()));
+    }
+    if r.phase == RolloutPhase::Paused {
+        conditions.push(condition(
+            ConditionType::Paused,
+            true,
+            r.reason.clone().unwrap_or(Reason::PausedByUser),
+            r.message.clone(),
+        ));
+    }
+}
+
 /// A plugin's conditions at `generation`, from what each node it is
 /// placed on reports, which of them are ready, and why it is kept off
 /// others (`clashes`).

@@ -256,10 +256,13 @@ impl Runtime {
                 generation: r.generation,
             });
         }
+        let requested = harvester_api::now_ms();
         let generation = {
             let mut g = lock(&self.generations);
             let n = g.entry(spec.name.clone()).or_insert(0);
-            *n = spec.generation.unwrap_or(*n + 1).max(*n);
+            // The hub's number stands, lower ones included: a rollback
+            // runs an earlier revision under its own generation.
+            *n = spec.generation.unwrap_or(*n + 1);
             *n
         };
         self.report.update(&spec.name, &spec.source, |s| {
@@ -268,6 +271,7 @@ impl Runtime {
                 s.phase = Phase::Loading;
             }
         });
+        let name = spec.name.clone();
         let result = match self.prepare(&spec, digest, generation) {
             Ok((version, instance)) => self.install(spec, digest, version, instance),
             Err(e) => {
@@ -281,6 +285,17 @@ impl Runtime {
                 Err(e)
             }
         };
+        if result.is_ok() {
+            self.report.record_version(
+                &name,
+                crate::events::VersionRecord {
+                    generation,
+                    digest,
+                    requested,
+                    running: harvester_api::now_ms(),
+                },
+            );
+        }
         // The component bytes and the compiler's scratch memory are freed by
         // now, and the code only start-up ran is cold: give both back so a
         // small board shrinks to its running size.

@@ -1,5 +1,7 @@
 //! Emits `tick` = its VERSION config on every tick, so tests can count ticks
 //! across a hot swap; panics on the `panic` command; spins on `spin`.
+//! Config switches make a bad version for rollout tests: `FAIL_INIT=yes`
+//! fails `init`, `TRAP_AFTER=N` panics on every tick after the Nth.
 
 wit_bindgen::generate!({
     path: "wit",
@@ -13,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static VERSION: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// 0: never.
+static TRAP_AFTER: AtomicU64 = AtomicU64::new(0);
 
 struct Probe;
 
@@ -20,12 +24,22 @@ impl Guest for Probe {
     fn init(_config: Vec<(String, String)>) -> Result<(), String> {
         let v = config::get("VERSION").unwrap_or_else(|| "1".into());
         VERSION.store(v.parse().map_err(|_| format!("VERSION={v} is not a number"))?, Ordering::Relaxed);
+        if config::get("FAIL_INIT").is_some_and(|f| f == "yes") {
+            return Err(format!("probe version {v} fails init (FAIL_INIT=yes)"));
+        }
+        if let Some(n) = config::get("TRAP_AFTER") {
+            TRAP_AFTER.store(n.parse().map_err(|_| format!("TRAP_AFTER={n} is not a number"))?, Ordering::Relaxed);
+        }
         log::log(log::Level::Info, &format!("probe version {v} ready"));
         Ok(())
     }
 
     fn tick() -> Result<(), String> {
         let n = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+        let trap_after = TRAP_AFTER.load(Ordering::Relaxed);
+        if trap_after > 0 && n > trap_after {
+            panic!("probe traps after {trap_after} ticks (TRAP_AFTER)");
+        }
         telemetry::emit("tick", VERSION.load(Ordering::Relaxed) as f64, "version");
         telemetry::emit("count", n as f64, "count");
         Ok(())

@@ -118,6 +118,9 @@ pub struct PluginOnNode {
     pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// How the revision a rollout gave this node fares, by the node's own judgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::rollout::NodeHealth>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -488,6 +491,9 @@ runs_a_plugin! {
         pub generation: u64,
         pub digest: Digest,
         pub image: String,
+        /// Health rules and what to go back to, during a progressive rollout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub guard: Option<Box<crate::rollout::Guard>>,
     }
 }
 

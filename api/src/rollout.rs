@@ -175,9 +175,10 @@ impl Step {
     }
 }
 
-/// What each updated node must hold before a rollout moves on; judged by
-/// the hub from what the node reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What each updated node must hold before a rollout moves on. Each node
+/// judges the revision it runs by these rules (and goes back by itself
+/// when it fails them); the hub judges from what nodes report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Health {
     /// Running the new revision this long, without failing, is healthy.
@@ -186,6 +187,39 @@ pub struct Health {
     /// More restarts than this on the new revision is a failure.
     #[serde(default)]
     pub max_restarts: u32,
+    /// Tick errors over ticks above this, over minReady, is a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tick_error_rate: Option<f64>,
+    /// A reading outside its bounds is a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub telemetry: Vec<Bound>,
+}
+
+/// Bounds of one sensor's readings, as the plugin emits them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bound {
+    pub sensor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl Bound {
+    /// Why `value` breaks the bound, if it does.
+    pub fn broken_by(&self, value: f64) -> Option<String> {
+        let low = self.min.is_some_and(|m| value < m);
+        let high = self.max.is_some_and(|m| value > m);
+        (low || high || value.is_nan()).then(|| {
+            format!(
+                "{} read {value}, outside [{}, {}]",
+                self.sensor,
+                self.min.map_or("-inf".into(), |m| m.to_string()),
+                self.max.map_or("inf".into(), |m| m.to_string())
+            )
+        })
+    }
 }
 
 impl Default for Health {
@@ -193,6 +227,8 @@ impl Default for Health {
         Health {
             min_ready: default_min_ready(),
             max_restarts: 0,
+            max_tick_error_rate: None,
+            telemetry: Vec::new(),
         }
     }
 }
@@ -206,7 +242,7 @@ fn default_progress_deadline() -> DurationSpec {
 }
 
 /// `spec.rollout`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutSpec {
     #[serde(default)]
@@ -316,6 +352,26 @@ impl RolloutSpec {
         if self.progress_deadline.as_duration() < Duration::from_secs(1) {
             errors.push(format!("{path}.progressDeadline"), "at least 1s");
         }
+        if let Some(r) = self.health.max_tick_error_rate
+            && !(0.0..=1.0).contains(&r)
+        {
+            errors.push(format!("{path}.health.maxTickErrorRate"), "a share from 0 to 1");
+        }
+        for (i, b) in self.health.telemetry.iter().enumerate() {
+            let at = format!("{path}.health.telemetry[{i}]");
+            if b.sensor.is_empty() {
+                errors.push(format!("{at}.sensor"), "the name of a reading the plugin emits");
+            }
+            if b.min.is_none() && b.max.is_none() {
+                errors.push(at.clone(), "min, max or both");
+            }
+            if b.min.zip(b.max).is_some_and(|(lo, hi)| lo > hi)
+                || b.min.is_some_and(f64::is_nan)
+                || b.max.is_some_and(f64::is_nan)
+            {
+                errors.push(at, "min must not be above max");
+            }
+        }
     }
 }
 
@@ -424,6 +480,45 @@ pub struct RolloutStatus {
     pub stable_generation: u64,
 }
 
+runs_a_plugin! {
+    /// What a node goes back to when the revision it was given fails.
+    #[serde(rename_all = "camelCase")]
+    pub struct Fallback (wire FallbackWire) {
+        pub generation: u64,
+        pub digest: Digest,
+        pub image: String,
+    }
+}
+
+/// Sent with an assignment while a progressive rollout updates the node:
+/// the node judges the revision by `health` itself and, when it fails,
+/// runs `fallback` until the hub says otherwise, hub or no hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Guard {
+    pub revision: u64,
+    pub health: Health,
+    pub fallback: Fallback,
+}
+
+/// What a node reports about a guarded revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHealth {
+    pub revision: u64,
+    /// Since when it has passed every rule for minReady (ms since the
+    /// epoch); 0 while it has not yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub healthy_since: u64,
+    /// The rule it broke; the node went back to its fallback.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failure: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// `GET /api/v1alpha1/plugins/NAME/revisions`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -486,6 +581,23 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown field")
         );
+    }
+
+    #[test]
+    fn telemetry_bounds_name_the_reading_that_broke_them() {
+        let spec =
+            parse("strategy: Rolling\nhealth: {telemetry: [{sensor: temperature, min: -40, max: 85}]}\n").unwrap();
+        let b = &spec.health.telemetry[0];
+        assert_eq!(b.broken_by(21.5), None);
+        assert_eq!(b.broken_by(120.0).unwrap(), "temperature read 120, outside [-40, 85]");
+        assert!(b.broken_by(f64::NAN).is_some());
+        let e = parse("strategy: Rolling\nhealth: {telemetry: [{sensor: t, min: 5, max: 1}]}\n").unwrap_err();
+        assert!(
+            e.contains("spec.rollout.health.telemetry[0]: min must not be above max"),
+            "{e}"
+        );
+        let e = parse("strategy: Rolling\nhealth: {maxTickErrorRate: 2}\n").unwrap_err();
+        assert!(e.contains("maxTickErrorRate"), "{e}");
     }
 
     #[test]

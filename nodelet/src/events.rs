@@ -105,6 +105,8 @@ pub struct PluginStatus {
     pub source: String,
     pub restarts: u32,
     pub ticks: u64,
+    /// Ticks that returned an error (the plugin stayed up).
+    pub tick_errors: u64,
     pub missed_ticks: u64,
     pub denied_calls: u64,
     pub memory_bytes: u64,
@@ -139,6 +141,7 @@ impl PluginStatus {
             source: source.to_string(),
             restarts: 0,
             ticks: 0,
+            tick_errors: 0,
             missed_ticks: 0,
             denied_calls: 0,
             memory_bytes: 0,

@@ -195,6 +195,7 @@ impl Reporter {
                 tracing::warn!(plugin, "tick returned an error: {message}");
                 self.metrics.tick_errors.with_label_values(&[plugin]).inc();
                 if let Some(s) = lock(&self.status).get_mut(plugin) {
+                    s.tick_errors += 1;
                     s.last_error = Some(message.clone());
                 }
             }

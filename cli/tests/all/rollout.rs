@@ -217,14 +217,54 @@ fn rolling_updates_one_node_at_a_time_resumes_after_a_hub_kill_and_an_offline_no
         assert!(w[1].0 >= w[0].1, "one node at a time: {swaps:?}");
     }
 
+    // A bad version, and the hub gone right after the first node got it:
+    // the node judges it by the rules it was sent and goes back alone.
+    f.apply(&manifest(&f, "3", ", TRAP_AFTER: \"10\"", rolling));
+    wait_until(T, "n1 on revision 3", || started(ports[0]).last() == Some(&3));
+    f.kill_controller();
+    wait_until(T, "n1 back on revision 2 without the hub", || {
+        started(ports[0]).ends_with(&[3, 2])
+    });
+    for port in &ports[1..] {
+        assert_eq!(started(*port), [1, 2], "only n1 ever ran revision 3");
+    }
+    f.restart_controller();
+    let r = wait_phase(&f, "Aborted", T);
+    assert_eq!(r["reason"], "HealthCheckFailed", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("failed on n1: restarted"),
+        "{r}"
+    );
+    let log = std::fs::read_to_string(f.dir.path().join("n1.log")).unwrap();
+    assert!(
+        log.contains("revision 3 failed its health rules here, going back"),
+        "the node judged it itself"
+    );
+
+    // Ticks that fail more often than the rules allow, judged on the node.
+    let strict = rolling.replace(
+        "health: {minReady: 2s}",
+        "health: {minReady: 2s, maxTickErrorRate: 0.2}",
+    );
+    f.apply(&manifest(&f, "5", ", FAIL_TICKS: \"yes\"", &strict));
+    let r = wait_phase(&f, "Aborted", T);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("ticks failed (health.maxTickErrorRate 0.2)"),
+        "{r}"
+    );
+    wait_until(T, "n1 back on generation 2", || started(ports[0]).last() == Some(&2));
+
     // A node that goes offline before its turn: the deadline decides.
     f.kill_node("n3");
-    f.apply(&manifest(&f, "3", "", rolling));
+    f.apply(&manifest(&f, "4", "", rolling));
     let r = wait_phase(&f, "Aborted", Duration::from_secs(45));
     assert_eq!(r["reason"], "ProgressDeadlineExceeded", "{r}");
     assert!(r["message"].as_str().unwrap().contains("no progress for 8s"), "{r}");
     for (i, port) in ports.iter().enumerate().filter(|(i, _)| *i != 2) {
-        wait_until(T, "back on revision 2", || started(*port).last() == Some(&2));
+        wait_until(T, "back on generation 2", || started(*port).last() == Some(&2));
         assert!(!started(*port).is_empty(), "{}", NODES[i]);
     }
 }

@@ -60,12 +60,38 @@ impl Plan {
         } else {
             self.stable.as_ref().filter(|s| s.number == number)?
         };
+        // While a progressive rollout updates the node, it carries the
+        // health rules and the way back, for the node to judge and act on
+        // by itself.
+        let under_way = matches!(self.status.phase, RolloutPhase::Progressing | RolloutPhase::Paused);
+        let guard = self
+            .stable
+            .as_ref()
+            .filter(|s| {
+                under_way
+                    && number == self.target.number
+                    && s.number != number
+                    && plugin.spec.rollout.strategy != harvester_api::rollout::Strategy::AllAtOnce
+            })
+            .map(|s| {
+                Box::new(harvester_api::rollout::Guard {
+                    revision: number,
+                    health: plugin.spec.rollout.health.clone(),
+                    fallback: harvester_api::rollout::Fallback {
+                        generation: crate::rollout::generation_of(&self.status, s, plugin.metadata.generation),
+                        digest: s.digest,
+                        image: s.image.clone(),
+                        run: s.run.clone(),
+                    },
+                })
+            });
         Some(Assignment {
             name: plugin.metadata.name.clone(),
             generation: crate::rollout::generation_of(&self.status, revision, plugin.metadata.generation),
             digest: revision.digest,
             image: revision.image.clone(),
             run: revision.run.clone(),
+            guard,
         })
     }
 }

@@ -62,6 +62,7 @@ pub(crate) fn not_reported() -> PluginOnNode {
         restarts: 0,
         reason: None,
         message: String::new(),
+        health: None,
     }
 }
 
@@ -233,6 +234,7 @@ mod tests {
             restarts: 0,
             reason,
             message: message.into(),
+            health: None,
         }
     }
 

@@ -74,6 +74,14 @@ fn refuses(reason: &Reason) -> bool {
 /// failed, `Ok(true)` when it runs, `Ok(false)` while it is not there yet.
 fn judge(inputs: &Inputs<'_>, reported: Option<&PluginOnNode>) -> Result<bool, String> {
     let Some(r) = reported else { return Ok(false) };
+    // The node's own judgement of the revision, by the rules it was sent.
+    if let Some(h) = r
+        .health
+        .as_ref()
+        .filter(|h| h.revision == inputs.target.number && !h.failure.is_empty())
+    {
+        return Err(h.failure.clone());
+    }
     let on_target = r.generation == inputs.generation;
     let health = &inputs.spec.health;
     if let Some(reason) = r.reason.as_ref().filter(|r| refuses(r)) {

@@ -61,6 +61,7 @@ impl Fleet {
                 restarts,
                 reason: None,
                 message: String::new(),
+                health: None,
             },
         );
     }

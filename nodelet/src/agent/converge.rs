@@ -65,10 +65,22 @@ impl Agent {
     /// Makes the runtime match `assignments`. Returns whether something
     /// could not be done and is worth retrying.
     async fn converge(&self, assignments: &Assignments) -> bool {
-        for a in &assignments.plugins {
+        self.guards.retain(&assignments.plugins);
+        let mut again = false;
+        for assigned in &assignments.plugins {
+            // A revision this node judged failed gives way to its fallback.
+            let fallback = self.guards.effective(assigned);
+            let a = fallback.as_ref().unwrap_or(assigned);
             match self.run_assignment(a).await {
                 Ok(()) => {
                     lock(&self.converged.failures).remove(&a.name);
+                    if fallback.is_none() {
+                        self.guards.started(a);
+                    }
+                }
+                Err(f) if fallback.is_none() && a.guard.is_some() && f.reason == harvester_api::Reason::LoadFailed => {
+                    self.guards.failed_to_load(a, &f.message);
+                    again = true;
                 }
                 Err(f) => {
                     let mut failures = lock(&self.converged.failures);
@@ -99,7 +111,7 @@ impl Agent {
             }
         }
         self.report_now.notify_one();
-        lock(&self.converged.failures).values().any(Failure::worth_retrying)
+        again || lock(&self.converged.failures).values().any(Failure::worth_retrying)
     }
 
     /// Whether the runtime already runs exactly this assignment.

@@ -14,6 +14,7 @@
 mod converge;
 mod failure;
 mod fetch;
+mod health;
 mod hub_code;
 pub(crate) mod identity;
 pub(crate) mod link;
@@ -108,6 +109,8 @@ struct Agent {
     registry: Registry,
     store: BlobStore,
     converged: Converged,
+    /// Revisions under a progressive rollout, judged here.
+    guards: health::Guards,
     /// The latest assignments; one task converges on them.
     desired: tokio::sync::watch::Sender<Option<Assignments>>,
     report_now: tokio::sync::Notify,
@@ -216,6 +219,7 @@ pub(crate) async fn run(
         link: HubLink::new(&opts.controller, &opts.name, me.as_ref())?,
         registry: Registry::new(opts.registry.clone()),
         store: BlobStore::new(opts.data_dir.join("blobs")),
+        guards: health::Guards::load(opts.data_dir.join("rollbacks.json")),
         opts,
         converged: Converged::default(),
         desired: tokio::sync::watch::channel(None).0,
@@ -234,6 +238,20 @@ pub(crate) async fn run(
     }
 
     let converger = tokio::spawn(converge::run(agent.clone()));
+    let judge = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(health::CHECK_EVERY);
+            loop {
+                every.tick().await;
+                if agent.guards.check(&agent.runtime) {
+                    // Converge again: the failed revision's fallback runs.
+                    agent.desired.send_modify(|_| {});
+                    agent.report_now.notify_one();
+                }
+            }
+        })
+    };
     let reporter = tokio::spawn(status::run(agent.clone()));
     let renewer = me.map(|me| tokio::spawn(renew(agent.clone(), me)));
     let uplink = tokio::spawn(crate::uplink::run(
@@ -274,6 +292,7 @@ pub(crate) async fn run(
     watcher.abort();
     uplink.abort();
     reporter.abort();
+    judge.abort();
     converger.abort();
     let rt = agent.runtime.clone();
     let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;

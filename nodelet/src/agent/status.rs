@@ -68,16 +68,19 @@ impl Agent {
                     restarts: s.restarts,
                     reason,
                     message,
+                    health: self.guards.report(&s.name),
                 },
             );
         }
         // Refused before anything ever ran here.
         for (name, f) in failures {
+            let health = self.guards.report(&name);
             out.entry(name).or_insert(PluginOnNode {
                 phase: Phase::Failed,
                 generation: 0,
                 digest: None,
                 restarts: 0,
+                health,
                 reason: Some(f.reason),
                 message: f.message,
             });

@@ -1,7 +1,8 @@
 //! Emits `tick` = its VERSION config on every tick, so tests can count ticks
 //! across a hot swap; panics on the `panic` command; spins on `spin`.
 //! Config switches make a bad version for rollout tests: `FAIL_INIT=yes`
-//! fails `init`, `TRAP_AFTER=N` panics on every tick after the Nth.
+//! fails `init`, `TRAP_AFTER=N` panics on every tick after the Nth,
+//! `FAIL_TICKS=yes` returns an error from every tick.
 
 wit_bindgen::generate!({
     path: "wit",
@@ -17,6 +18,7 @@ static VERSION: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
 /// 0: never.
 static TRAP_AFTER: AtomicU64 = AtomicU64::new(0);
+static FAIL_TICKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 struct Probe;
 
@@ -27,6 +29,7 @@ impl Guest for Probe {
         if config::get("FAIL_INIT").is_some_and(|f| f == "yes") {
             return Err(format!("probe version {v} fails init (FAIL_INIT=yes)"));
         }
+        FAIL_TICKS.store(config::get("FAIL_TICKS").is_some_and(|f| f == "yes"), Ordering::Relaxed);
         if let Some(n) = config::get("TRAP_AFTER") {
             TRAP_AFTER.store(n.parse().map_err(|_| format!("TRAP_AFTER={n} is not a number"))?, Ordering::Relaxed);
         }
@@ -42,6 +45,9 @@ impl Guest for Probe {
         }
         telemetry::emit("tick", VERSION.load(Ordering::Relaxed) as f64, "version");
         telemetry::emit("count", n as f64, "count");
+        if FAIL_TICKS.load(Ordering::Relaxed) {
+            return Err("this tick fails on purpose (FAIL_TICKS)".into());
+        }
         Ok(())
     }
 

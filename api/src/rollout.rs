@@ -262,6 +262,10 @@ pub struct RolloutSpec {
     /// Past this many nodes failing the new revision, the rollout aborts.
     #[serde(default)]
     pub max_failed_nodes: u32,
+    /// Rolling and Canary: at most this many nodes start the new revision
+    /// in any minute (for large fleets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes_per_minute: Option<u32>,
 }
 
 impl Default for RolloutSpec {
@@ -273,6 +277,7 @@ impl Default for RolloutSpec {
             health: Health::default(),
             progress_deadline: default_progress_deadline(),
             max_failed_nodes: 0,
+            max_nodes_per_minute: None,
         }
     }
 }
@@ -348,6 +353,9 @@ impl RolloutSpec {
             if d.as_duration() > limit {
                 errors.push(format!("{path}.{field}"), "at most 30 days");
             }
+        }
+        if self.max_nodes_per_minute == Some(0) {
+            errors.push(format!("{path}.maxNodesPerMinute"), "at least 1");
         }
         if self.progress_deadline.as_duration() < Duration::from_secs(1) {
             errors.push(format!("{path}.progressDeadline"), "at least 1s");
@@ -468,6 +476,10 @@ pub struct RolloutStatus {
     /// What it waits for, or why it stopped.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// When nodes were last given the new revision, within the last
+    /// minute (for maxNodesPerMinute).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_updates: Vec<u64>,
     /// Why it is paused or was aborted.
     #[serde(
         default,

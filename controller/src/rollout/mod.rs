@@ -250,10 +250,20 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
     let names: Vec<&str> = inputs.nodes.iter().map(|v| v.name).collect();
     let ready_node = |n: &str| inputs.nodes.iter().any(|v| v.name == n && v.ready);
     let on_target = |s: &RolloutStatus, n: &str| s.nodes.get(n) == Some(&target);
-    let update = |s: &mut RolloutStatus, n: &str| {
-        if s.nodes.insert(n.to_string(), target) != Some(target) {
-            s.last_progress = now;
+    // At most maxNodesPerMinute nodes start the new revision in a minute.
+    let per_minute = inputs.spec.max_nodes_per_minute.map(|m| m as usize);
+    s.recent_updates.retain(|t| now.saturating_sub(*t) < 60_000);
+    let update = |s: &mut RolloutStatus, n: &str| -> bool {
+        if s.nodes.get(n) == Some(&target) {
+            return true;
         }
+        if per_minute.is_some_and(|m| s.recent_updates.len() >= m) {
+            return false;
+        }
+        s.nodes.insert(n.to_string(), target);
+        s.recent_updates.push(now);
+        s.last_progress = now;
+        true
     };
     s.phase = RolloutPhase::Progressing;
     s.reason = None;
@@ -266,8 +276,9 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
     match strategy {
         Strategy::AllAtOnce => {
             for n in &names {
-                update(&mut s, n);
+                s.nodes.insert(n.to_string(), target);
             }
+            s.recent_updates.clear();
         }
         Strategy::Rolling => {
             let budget = inputs
@@ -282,7 +293,9 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
                     break;
                 }
                 if !on_target(&s, n) && ready_node(n) {
-                    update(&mut s, n);
+                    if !update(&mut s, n) {
+                        break;
+                    }
                     updating += 1;
                 }
             }
@@ -334,8 +347,9 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
                             }
                             w
                         };
+                        let mut all_in = true;
                         for n in &wanted {
-                            update(&mut s, n);
+                            all_in &= update(&mut s, n);
                         }
                         let waiting: Vec<&str> = names
                             .iter()
@@ -354,7 +368,15 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
                                 inputs.spec.health.min_ready
                             )
                         };
-                        waiting.is_empty()
+                        if !all_in && s.message.is_empty() {
+                            s.message = format!(
+                                "step {}/{}: at most {} nodes a minute (maxNodesPerMinute)",
+                                i + 1,
+                                steps.len(),
+                                per_minute.unwrap_or_default()
+                            );
+                        }
+                        all_in && waiting.is_empty()
                     }
                 };
                 if !done {

@@ -280,3 +280,16 @@ fn a_first_revision_goes_everywhere_at_once_whatever_the_strategy() {
     let s = advance(Some(&s), &inputs(2 * S));
     assert_eq!((s.phase, s.stable_revision), (RolloutPhase::Complete, 1));
 }
+
+#[test]
+fn at_most_max_nodes_per_minute_start_the_new_revision() {
+    let mut f = Fleet::new();
+    let spec = spec("strategy: Rolling\nmaxUnavailable: 100%\nmaxNodesPerMinute: 2\nhealth: {minReady: 1s}");
+    let s = f.advance(None, &spec, 0);
+    assert_eq!(on(&s, 2), ["n1", "n2"]);
+    f.obey(&s, |r| r);
+    let s = f.advance(Some(&s), &spec, 30 * S);
+    assert_eq!(on(&s, 2).len(), 2, "still within the minute");
+    let s = f.advance(Some(&s), &spec, 61 * S);
+    assert_eq!(on(&s, 2), NAMES);
+}

@@ -170,6 +170,7 @@ try {
   await page.waitForSelector('#plugins tr[data-plugin="dht22"] .cond.good', { timeout: 60000 });
   const dhtRow = await page.textContent('#plugins tr[data-plugin="dht22"]');
   check(/sha256:[0-9a-f]{12}/.test(dhtRow) && /1\/1 nodes on generation/.test(dhtRow), 'dht22 row shows its digest and rollout');
+  check(/revision \d+ · AllAtOnce · 1 on revision \d+/.test(dhtRow), 'dht22 row shows its revision, strategy and nodes per revision');
   for (const n of ['hub', 'pi4', 'pizero']) {
     await page.waitForSelector(`#nodes tr[data-node="${n}"] .state-ready`, { timeout: 30000 });
   }

@@ -315,6 +315,25 @@ function condPill(c) {
   return el('span', { class: 'cond' + (good ? ' good' : bad ? ' bad' : busy ? ' busy' : ''), title: c.message || c.reason, text: `${c.type}${c.status === 'True' ? '' : '=' + c.status} ${c.reason}` });
 }
 
+// Where a progressive rollout stands: the revision, the strategy's step,
+// nodes per revision, and a badge when it waits or went back.
+function rolloutLines(p) {
+  const r = (p.status || {}).rollout;
+  if (!r) return [];
+  const strategy = ((p.spec.rollout || {}).strategy) || 'AllAtOnce';
+  const counts = {};
+  for (const rev of Object.values(r.nodes || {})) counts[rev] = (counts[rev] || 0) + 1;
+  const perRevision = Object.entries(counts).sort((a, b) => b[0] - a[0]).map(([rev, n]) => `${n} on revision ${rev}`).join(', ');
+  const steps = ((p.spec.rollout || {}).steps || []).length;
+  const badge = { Aborted: ['bad', 'rolled back'], Paused: ['busy', 'paused'] }[r.phase];
+  return [
+    el('div', { class: 'rollout', 'data-phase': r.phase },
+      badge ? el('span', { class: `cond ${badge[0]}`, text: badge[1] }) : null,
+      el('span', { text: `revision ${r.revision} · ${strategy}${steps ? ` · step ${Math.min(r.step + 1, steps)}/${steps}` : ''} · ${perRevision}` })),
+    r.message ? el('div', { class: 'rollout-note', text: r.message }) : null,
+  ].filter(Boolean);
+}
+
 function renderPlugins(plugins) {
   const body = document.querySelector('#plugins tbody');
   const rows = plugins.map(p => {
@@ -328,7 +347,8 @@ function renderPlugins(plugins) {
       el('td', { 'data-label': 'Plugin' }, el('b', { text: p.metadata.name })),
       el('td', { 'data-label': 'Version' }, el('div', {}, `generation ${gen}`, el('br'), el('code', { text: p.spec.image }), digest ? el('br') : null, digest ? el('code', { text: 'sha256:' + digest }) : null)),
       el('td', { 'data-label': 'Rollout' }, el('div', {}, el('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': String(nodes.length), 'aria-valuenow': String(updated) }, el('i', { style: `width:${pct}%` })),
-        el('span', { class: 'progress-label', text: `${updated}/${nodes.length} nodes on generation ${gen}` }))),
+        el('span', { class: 'progress-label', text: `${updated}/${nodes.length} nodes on generation ${gen}` }),
+        ...rolloutLines(p))),
       el('td', { 'data-label': 'Conditions' }, el('div', {}, ...(st.conditions || []).map(condPill))),
       el('td', { 'data-label': 'Nodes' }, el('div', {}, ...nodes.map(([name, n]) => el('div', { text: `${name}: ${n.phase} (gen ${n.generation})${n.reason ? ' ' + n.reason : ''}`, title: n.message || '' })))),
     );

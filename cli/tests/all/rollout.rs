@@ -189,6 +189,19 @@ fn a_bad_canary_reaches_one_node_and_goes_back_a_good_one_waits_for_promote_and_
     );
     let e = f.cli(&["rollout", "undo", "plugin/probe", "--to-revision", "9"]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("has no revision 9"));
+    // Without a number: the revision before, revision 3 here.
+    let said = f.cli_ok(&["rollout", "undo", "plugin/probe"]);
+    assert!(said.contains("rolled back to revision 3"), "{said}");
+    wait_phase(&f, "Paused", T);
+    f.cli_ok(&["rollout", "promote", "plugin/probe"]);
+    wait_phase(&f, "Complete", T);
+    let history = f.cli_ok(&["rollout", "history", "plugin/probe"]);
+    assert!(
+        history
+            .lines()
+            .any(|l| l.starts_with("5 (running)") && l.contains("undo to revision 3")),
+        "{history}"
+    );
 }
 
 #[test]

@@ -269,7 +269,7 @@ impl Reconciler {
         );
         let mut plans = BTreeMap::new();
         for plugin in plugins.iter().filter(|p| p.spec.digest.is_some()) {
-            match self.plan(plugin, &nodes, &placement, &ready) {
+            match self.plan(plugin, &placement, &ready) {
                 Ok(plan) => {
                     plans.insert(plugin.metadata.name.as_str(), plan);
                 }
@@ -359,7 +359,6 @@ impl Reconciler {
     fn plan(
         &self,
         plugin: &Plugin,
-        nodes: &[Node],
         placement: &placement::Placement<'_>,
         ready: &BTreeMap<String, bool>,
     ) -> Result<Plan, StoreError> {
@@ -392,7 +391,6 @@ impl Reconciler {
             v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             v
         };
-        let _ = nodes;
         let views: Vec<crate::rollout::NodeView<'_>> = placed
             .iter()
             .map(|n| crate::rollout::NodeView {
@@ -498,7 +496,7 @@ impl Reconciler {
         let rollout = plan.map(|p| p.status.clone());
         if let Some(r) = &rollout {
             status::rollout_conditions(&mut conditions, r, plugin.spec.rollout.strategy);
-            self.rollout_metrics(name, plan, old.rollout.as_ref());
+            self.rollout_metrics(name, plan);
         }
         status::merge_times(&mut conditions, &old.conditions, harvester_api::now_ms());
         let new = PluginStatusV1 {
@@ -564,7 +562,7 @@ impl Reconciler {
         }
     }
 
-    fn rollout_metrics(&self, plugin: &str, plan: Option<&Plan>, _old: Option<&RolloutStatus>) {
+    fn rollout_metrics(&self, plugin: &str, plan: Option<&Plan>) {
         let Some(plan) = plan else { return };
         let s = &plan.status;
         self.metrics

@@ -58,7 +58,12 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
             bail!("plugin/{name} generation {generation} is failing: {}", c.message);
         }
         let line = match rollout.filter(|r| !r.message.is_empty() && r.phase != RolloutPhase::Complete) {
-            Some(r) => format!("Waiting for plugin/{name} revision {}: {}", r.revision, r.message),
+            Some(r) => format!(
+                "Waiting for plugin/{name} revision {} ({}): {}",
+                r.revision,
+                per_revision(r),
+                r.message
+            ),
             None if total == 0 => format!("Waiting for plugin/{name}: no node matches it yet"),
             None => format!("Waiting for plugin/{name}: {done} of {total} nodes run generation {generation}"),
         };
@@ -71,6 +76,19 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `3 on revision 4, 1 on revision 3`.
+fn per_revision(r: &harvester_api::rollout::RolloutStatus) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for revision in r.nodes.values() {
+        *counts.entry(std::cmp::Reverse(*revision)).or_insert(0) += 1;
+    }
+    counts
+        .iter()
+        .map(|(rev, n)| format!("{n} on revision {}", rev.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `rollout history`: every revision kept, newest last.

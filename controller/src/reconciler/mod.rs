@@ -533,7 +533,7 @@ impl Reconciler {
             p.status = Some(new.clone());
             Ok(Write::Put(serde_json::to_value(p)?))
         };
-        let (_, event) = if new.rollout != old.rollout {
+        let (_, event) = if decisive(plugin, old.rollout.as_ref(), new.rollout.as_ref()) {
             self.store.write(Kind::Plugin, name, write).await?
         } else {
             self.store.write_observed(Kind::Plugin, name, write).await?
@@ -576,6 +576,31 @@ impl Reconciler {
             m.with_label_values(&[plugin, "stable"]).set(on(s.stable_revision));
         }
     }
+}
+
+/// Whether a rollout's change must be on disk before anything else: which
+/// node runs which revision, the step, the phase and people's decisions,
+/// for Rolling and Canary. Times and messages are recomputed after a crash
+/// (a node waits minReady again at worst), and AllAtOnce protects nothing.
+fn decisive(plugin: &Plugin, old: Option<&RolloutStatus>, new: Option<&RolloutStatus>) -> bool {
+    if plugin.spec.rollout.strategy == harvester_api::rollout::Strategy::AllAtOnce {
+        return false;
+    }
+    let key = |r: Option<&RolloutStatus>| {
+        r.map(|r| {
+            (
+                r.revision,
+                r.stable_revision,
+                r.phase,
+                r.step,
+                r.nodes.clone(),
+                r.failed.clone(),
+                r.paused,
+                r.promote,
+            )
+        })
+    };
+    key(old) != key(new)
 }
 
 #[cfg(test)]

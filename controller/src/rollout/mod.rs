@@ -152,7 +152,10 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
         }
     }
 
-    // Health of every node assigned the target.
+    // Health of every node assigned the target. AllAtOnce (and a first
+    // revision) is the plain apply it always was: nothing is judged,
+    // nothing goes back by itself, and a node running the revision is done.
+    let judged = inputs.spec.strategy != Strategy::AllAtOnce && stable.is_some();
     let min_ready = inputs.spec.health.min_ready.as_duration().as_millis() as u64;
     let mut healthy = BTreeMap::new();
     for v in inputs.nodes {
@@ -161,12 +164,14 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
             continue;
         }
         match judge(inputs, v.reported) {
+            Ok(runs) if !judged => {
+                healthy.insert(v.name, runs);
+            }
+            Err(_) if !judged => {}
             Err(why) => {
                 s.ready_since.remove(v.name);
-                // AllAtOnce is the plain apply it always was: nothing is
-                // judged, nothing goes back by itself.
                 let under_way = matches!(s.phase, RolloutPhase::Progressing | RolloutPhase::Paused);
-                if under_way && stable.is_some() && inputs.spec.strategy != Strategy::AllAtOnce {
+                if under_way {
                     s.failed.entry(v.name.to_string()).or_insert(why);
                 }
             }
@@ -193,6 +198,7 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
             return s;
         }
         RolloutPhase::Complete => {
+            s.ready_since.clear();
             for r in s.nodes.values_mut() {
                 *r = target;
             }
@@ -402,6 +408,8 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
         s.stable_generation = inputs.generation;
         s.message.clear();
         s.failed.clear();
+        s.ready_since.clear();
+        s.recent_updates.clear();
     } else {
         let updated = names.iter().filter(|n| on_target(&s, n)).count();
         s.message = format!(

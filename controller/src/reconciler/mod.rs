@@ -41,6 +41,8 @@ pub(crate) struct Reconciler {
     revisions: Revisions,
     /// Who applied each Plugin's pending change, and why, for its revision.
     changes: Mutex<HashMap<String, (String, Option<String>)>>,
+    /// When a rollout next has something to decide (ms since the epoch).
+    wake_at: Mutex<Option<u64>>,
 }
 
 /// Where one Plugin's rollout stands this pass, with the revisions its
@@ -143,6 +145,7 @@ impl Reconciler {
         Ok(Reconciler {
             revisions: Revisions::open(&store)?,
             changes: Mutex::new(HashMap::new()),
+            wake_at: Mutex::new(None),
             store,
             leases: Mutex::new(HashMap::new()),
             assignments: Mutex::new(HashMap::new()),
@@ -245,8 +248,17 @@ impl Reconciler {
                     while changes.try_recv().is_ok() {}
                 }
                 _ = self.poke.notified() => {}
-                _ = tokio::time::sleep(self.period) => {}
+                _ = tokio::time::sleep(self.until_next_pass()) => {}
             }
+        }
+    }
+
+    /// The periodic pass, sooner when a rollout has something to decide.
+    fn until_next_pass(&self) -> Duration {
+        let soonest = lock(&self.wake_at).take();
+        match soonest {
+            Some(at) => Duration::from_millis(at.saturating_sub(harvester_api::now_ms())).min(self.period),
+            None => self.period,
         }
     }
 
@@ -268,9 +280,15 @@ impl Reconciler {
             &nodes,
         );
         let mut plans = BTreeMap::new();
+        let mut wake: Option<u64> = None;
         for plugin in plugins.iter().filter(|p| p.spec.digest.is_some()) {
             match self.plan(plugin, &placement, &ready) {
                 Ok(plan) => {
+                    if let Some(at) =
+                        crate::rollout::next_check(&plan.status, &plugin.spec.rollout, harvester_api::now_ms())
+                    {
+                        wake = Some(wake.map_or(at, |w| w.min(at)));
+                    }
                     plans.insert(plugin.metadata.name.as_str(), plan);
                 }
                 Err(source) => errors.push(ObjectError {
@@ -281,6 +299,7 @@ impl Reconciler {
             }
         }
         self.publish(&nodes, &placement, &plans);
+        *lock(&self.wake_at) = wake;
 
         self.metrics.plugin_condition.reset();
         self.metrics.rollout_nodes.reset();

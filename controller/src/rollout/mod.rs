@@ -422,6 +422,26 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
     s
 }
 
+/// When the rollout next has something to decide without anything
+/// changing (a node's minReady ends, a timed pause ends, the deadline
+/// passes), in ms since the epoch: the reconciler looks again then rather
+/// than at its next periodic pass. Only a hint: the decision is made from
+/// the stored state whenever the pass runs.
+pub(crate) fn next_check(s: &RolloutStatus, spec: &RolloutSpec, now: u64) -> Option<u64> {
+    if !matches!(s.phase, RolloutPhase::Progressing | RolloutPhase::Paused) {
+        return None;
+    }
+    let min_ready = spec.health.min_ready.as_duration().as_millis() as u64;
+    let ready = s.ready_since.values().map(|t| t + min_ready);
+    let pause = match spec.steps.get(s.step as usize).and_then(|st| st.pause) {
+        Some(Pause::For(d)) => Some(s.step_started + d.as_duration().as_millis() as u64),
+        _ => None,
+    };
+    let deadline = (spec.strategy != Strategy::AllAtOnce)
+        .then(|| s.last_progress + spec.progress_deadline.as_duration().as_millis() as u64 + 1);
+    ready.chain(pause).chain(deadline).filter(|t| *t > now).min()
+}
+
 fn abort(mut s: RolloutStatus, stable: Option<u64>, reason: Reason, why: String) -> RolloutStatus {
     s.phase = RolloutPhase::Aborted;
     s.reason = Some(reason);

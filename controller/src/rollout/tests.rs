@@ -294,3 +294,23 @@ fn at_most_max_nodes_per_minute_start_the_new_revision() {
     let s = f.advance(Some(&s), &spec, 61 * S);
     assert_eq!(on(&s, 2), NAMES);
 }
+
+#[test]
+fn the_next_check_is_when_a_node_s_min_ready_or_a_timed_pause_ends() {
+    let mut f = Fleet::new();
+    let spec =
+        spec("strategy: Canary\nsteps: [{nodes: 1}, {pause: 30s}]\nhealth: {minReady: 5s}\nprogressDeadline: 60s");
+    let s = f.advance(None, &spec, 0);
+    f.obey(&s, |r| r);
+    let s = f.advance(Some(&s), &spec, 2 * S);
+    assert_eq!(
+        next_check(&s, &spec, 2 * S),
+        Some(7 * S),
+        "n1 healthy from 2 s, for 5 s"
+    );
+    let s = f.advance(Some(&s), &spec, 7 * S);
+    assert_eq!((s.phase, s.step), (RolloutPhase::Paused, 1));
+    assert_eq!(next_check(&s, &spec, 7 * S), Some(37 * S), "the pause started at 7 s");
+    let s = f.advance(Some(&s), &spec, 37 * S);
+    assert_eq!(on(&s, 2), NAMES);
+}

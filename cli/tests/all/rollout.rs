@@ -235,9 +235,19 @@ fn rolling_updates_one_node_at_a_time_resumes_after_a_hub_kill_and_an_offline_no
     f.apply(&manifest(&f, "3", ", TRAP_AFTER: \"10\"", rolling));
     wait_until(T, "n1 on revision 3", || started(ports[0]).last() == Some(&3));
     f.kill_controller();
-    wait_until(T, "n1 back on revision 2 without the hub", || {
-        started(ports[0]).ends_with(&[3, 2])
-    });
+    let deadline = std::time::Instant::now() + T;
+    while !started(ports[0]).ends_with(&[3, 2]) {
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(f.dir.path().join("n1.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "n1 did not go back to revision 2 without the hub: {:?}\n{}",
+                started(ports[0]),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for port in &ports[1..] {
         assert_eq!(started(*port), [1, 2], "only n1 ever ran revision 3");
     }

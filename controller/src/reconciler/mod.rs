@@ -388,11 +388,13 @@ impl Reconciler {
             .unwrap_or_default();
         let noted = lock(&self.changes).get(name).cloned();
         let (by, why) = noted.clone().unwrap_or_default();
-        let target = self
+        let (target, made) = self
             .revisions
             .record(plugin, &by, why, &keep)?
             .ok_or_else(|| StoreError::Invalid(format!("Plugin {name} has no digest")))?;
-        if noted.is_some() && target.generation == plugin.metadata.generation {
+        // The note is for the change that makes a revision, not for one
+        // about to be written.
+        if made {
             lock(&self.changes).remove(name);
         }
         let stable_number = match previous {

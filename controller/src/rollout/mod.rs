@@ -95,11 +95,13 @@ fn judge(inputs: &Inputs<'_>, reported: Option<&PluginOnNode>) -> Result<bool, S
         if r.phase.is_failing() {
             return Err(format!("{}: {}", r.phase, r.message).trim_end_matches(": ").to_string());
         }
-        if r.restarts > health.max_restarts {
+        // A trap waiting for its restart counts as that restart.
+        let restarts = r.restarts + u32::from(r.phase == Phase::Restarting);
+        if restarts > health.max_restarts {
             let said = r.reason.as_ref().is_some_and(|r| *r != Reason::Unsigned) && !r.message.is_empty();
             return Err(format!(
                 "restarted {} times (health.maxRestarts {}){}",
-                r.restarts,
+                restarts,
                 health.max_restarts,
                 if said {
                     format!(": {}", r.message)

@@ -95,23 +95,21 @@ impl Revisions {
 
     /// Records what `plugin` runs as its newest revision unless it already
     /// is; then keeps `spec.revisionHistoryLimit` revisions, never one in
-    /// `keep`. Returns the newest revision.
+    /// `keep`. Returns the newest revision, and whether it was made now.
     pub(crate) fn record(
         &self,
         plugin: &Plugin,
         by: &str,
         why: Option<String>,
         keep: &[u64],
-    ) -> Result<Option<Revision>, StoreError> {
+    ) -> Result<Option<(Revision, bool)>, StoreError> {
         let Some(digest) = plugin.spec.digest else {
             return Ok(None);
         };
         let name = &plugin.metadata.name;
         let newest = self.newest(name)?;
-        if let Some(n) = &newest
-            && n.runs(&digest, &plugin.spec.run)
-        {
-            return Ok(newest);
+        if let Some(n) = newest.as_ref().filter(|n| n.runs(&digest, &plugin.spec.run)) {
+            return Ok(Some((n.clone(), false)));
         }
         let mut revision = Revision {
             number: newest.as_ref().map_or(1, |n| n.number + 1),
@@ -141,7 +139,7 @@ impl Revisions {
         {
             self.tree.remove(key(name, old.number))?;
         }
-        Ok(Some(revision))
+        Ok(Some((revision, true)))
     }
 
     /// Notes how a revision's rollout ended (once).

@@ -163,13 +163,15 @@ impl Guards {
                 let ticks = s.ticks.saturating_sub(base.0);
                 let errors = s.tick_errors.saturating_sub(base.1);
                 let r = &w.rules;
+                // A trap waiting for its restart counts as that restart.
+                let restarts = s.restarts + u32::from(s.phase == crate::events::Phase::Restarting);
                 let mut why = None;
                 if s.phase.is_failing() {
                     why = Some(format!("{}: {}", s.phase, s.last_error.clone().unwrap_or_default()));
-                } else if s.restarts > r.max_restarts {
+                } else if restarts > r.max_restarts {
                     why = Some(format!(
                         "restarted {} times (health.maxRestarts {}): {}",
-                        s.restarts,
+                        restarts,
                         r.max_restarts,
                         s.last_error.clone().unwrap_or_default()
                     ));
@@ -191,7 +193,8 @@ impl Guards {
                         }
                     }
                 }
-                let elapsed = w.since.elapsed() >= r.min_ready.as_duration();
+                let elapsed =
+                    w.since.elapsed() >= r.min_ready.as_duration() && s.phase == crate::events::Phase::Running;
                 match why {
                     Some(why) => verdicts.push((name.clone(), w.generation, w.revision, Err(why))),
                     None if elapsed => verdicts.push((name.clone(), w.generation, w.revision, Ok(()))),

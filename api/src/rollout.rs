@@ -457,8 +457,9 @@ pub struct RolloutStatus {
     /// When the rollout last moved (a node became healthy, a step ended).
     #[serde(default)]
     pub last_progress: u64,
-    /// The revision each node is assigned.
-    #[serde(default)]
+    /// The revision each node is assigned; empty once the rollout is
+    /// complete (every node the Plugin is placed on runs the newest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, u64>,
     /// Since when each node has run its assigned revision without failing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -529,6 +530,16 @@ pub struct NodeHealth {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl RolloutStatus {
+    /// The revision `node` (one the Plugin is placed on) is assigned.
+    pub fn revision_of(&self, node: &str) -> Option<u64> {
+        match self.nodes.get(node) {
+            Some(r) => Some(*r),
+            None => (self.phase == RolloutPhase::Complete).then_some(self.revision),
+        }
+    }
 }
 
 /// `GET /api/v1alpha1/plugins/NAME/revisions`.

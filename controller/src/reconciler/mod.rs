@@ -22,7 +22,7 @@ pub(crate) mod status;
 use crate::metrics::Metrics;
 use crate::rollout::revisions::Revisions;
 use crate::store::{Kind, Store, StoreError, Write};
-use harvester_api::resources::{Assignment, Assignments, Node, Plugin, PluginStatusV1};
+use harvester_api::resources::{Assignment, Assignments, Node, Plugin, PluginOnNode, PluginStatusV1};
 use harvester_api::rollout::{Revision, RolloutPhase, RolloutStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,7 +56,7 @@ pub(crate) struct Plan {
 impl Plan {
     /// What `node` is told to run.
     fn assignment(&self, plugin: &Plugin, node: &str) -> Option<Assignment> {
-        let number = *self.status.nodes.get(node)?;
+        let number = self.status.revision_of(node)?;
         let revision = if number == self.target.number {
             &self.target
         } else {
@@ -517,7 +517,7 @@ impl Reconciler {
         let rollout = plan.map(|p| p.status.clone());
         if let Some(r) = &rollout {
             status::rollout_conditions(&mut conditions, r, plugin.spec.rollout.strategy);
-            self.rollout_metrics(name, plan);
+            self.rollout_metrics(name, plan, &on_nodes);
         }
         status::merge_times(&mut conditions, &old.conditions, harvester_api::now_ms());
         let new = PluginStatusV1 {
@@ -583,14 +583,14 @@ impl Reconciler {
         }
     }
 
-    fn rollout_metrics(&self, plugin: &str, plan: Option<&Plan>) {
+    fn rollout_metrics(&self, plugin: &str, plan: Option<&Plan>, placed: &BTreeMap<String, PluginOnNode>) {
         let Some(plan) = plan else { return };
         let s = &plan.status;
         self.metrics
             .rollout_step
             .with_label_values(&[plugin, s.phase.as_str()])
             .set(i64::from(s.step));
-        let on = |n: u64| s.nodes.values().filter(|r| **r == n).count() as i64;
+        let on = |n: u64| placed.keys().filter(|node| s.revision_of(node) == Some(n)).count() as i64;
         let m = &self.metrics.rollout_revision_nodes;
         m.with_label_values(&[plugin, "target"]).set(on(s.revision));
         if s.stable_revision != 0 && s.stable_revision != s.revision {

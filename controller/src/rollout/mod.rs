@@ -201,9 +201,7 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
         }
         RolloutPhase::Complete => {
             s.ready_since.clear();
-            for r in s.nodes.values_mut() {
-                *r = target;
-            }
+            s.nodes.clear();
             return s;
         }
         _ => {}
@@ -412,6 +410,8 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
         s.failed.clear();
         s.ready_since.clear();
         s.recent_updates.clear();
+        // Every placed node runs the revision: nothing to keep per node.
+        s.nodes.clear();
     } else {
         let updated = names.iter().filter(|n| on_target(&s, n)).count();
         s.message = format!(

@@ -100,11 +100,11 @@ impl Fleet {
     }
 }
 
-fn on(s: &RolloutStatus, revision: u64) -> Vec<&str> {
-    s.nodes
+fn on(s: &RolloutStatus, revision: u64) -> Vec<&'static str> {
+    NAMES
         .iter()
-        .filter(|(_, r)| **r == revision)
-        .map(|(n, _)| n.as_str())
+        .copied()
+        .filter(|n| s.revision_of(n) == Some(revision))
         .collect()
 }
 

@@ -323,6 +323,8 @@ function rolloutLines(p) {
   const strategy = ((p.spec.rollout || {}).strategy) || 'AllAtOnce';
   const counts = {};
   for (const rev of Object.values(r.nodes || {})) counts[rev] = (counts[rev] || 0) + 1;
+  // Once complete, every node the plugin is placed on runs the newest.
+  if (r.phase === 'Complete') counts[r.revision] = Object.keys((p.status || {}).nodes || {}).length;
   const perRevision = Object.entries(counts).sort((a, b) => b[0] - a[0]).map(([rev, n]) => `${n} on revision ${rev}`).join(', ');
   const steps = ((p.spec.rollout || {}).steps || []).length;
   const badge = { Aborted: ['bad', 'rolled back'], Paused: ['busy', 'paused'] }[r.phase];

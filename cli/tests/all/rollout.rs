@@ -202,6 +202,30 @@ fn a_bad_canary_reaches_one_node_and_goes_back_a_good_one_waits_for_promote_and_
             .any(|l| l.starts_with("5 (running)") && l.contains("undo to revision 3")),
         "{history}"
     );
+
+    // Someone pauses, resumes, then aborts a rollout at its pause step.
+    f.apply(&manifest(&f, "6", "", CANARY));
+    wait_phase(&f, "Paused", T);
+    f.cli_ok(&["rollout", "pause", "plugin/probe"]);
+    let r = wait_phase(&f, "Paused", T);
+    wait_until(T, "paused by someone", || rollout(&f)["reason"] == "PausedByUser");
+    assert_eq!(r["revision"], 6);
+    f.cli_ok(&["rollout", "resume", "plugin/probe"]);
+    wait_until(T, "back at its pause step", || rollout(&f)["reason"] == "PauseStep");
+    let said = f.cli_ok(&["rollout", "abort", "plugin/probe"]);
+    assert!(said.contains("revision 6: aborted"), "{said}");
+    let r = wait_phase(&f, "Aborted", T);
+    assert_eq!(
+        (r["reason"].as_str(), r["message"].as_str()),
+        (Some("AbortedByUser"), Some("aborted by admin"))
+    );
+    let canary = started(ports[0]);
+    wait_until(T, "the canary back on revision 5", || {
+        started(ports[0]).len() > canary.len() || canary.ends_with(&[5])
+    });
+    assert_eq!(started(ports[0]).last(), Some(&5), "{:?}", started(ports[0]));
+    let e = f.cli(&["rollout", "resume", "plugin/probe"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("revision 6 is aborted: nothing to resume"));
 }
 
 #[test]

@@ -54,12 +54,22 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// `plugin`, `plugins`, `node` or `nodes`, any case.
+    /// `plugin`, `plugins`, `pl`, `node`, `nodes` or `no`, any case.
     pub fn parse(s: &str) -> anyhow::Result<Kind> {
         match s.to_ascii_lowercase().as_str() {
-            "plugin" | "plugins" => Ok(Kind::Plugin),
-            "node" | "nodes" => Ok(Kind::Node),
-            _ => bail!("unknown resource type {s:?}: use plugins or nodes"),
+            "plugin" | "plugins" | "pl" => Ok(Kind::Plugin),
+            "node" | "nodes" | "no" => Ok(Kind::Node),
+            _ => bail!("unknown resource type {s:?}: use plugins (pl) or nodes (no)"),
+        }
+    }
+
+    /// `TYPE NAME`, `TYPE/NAME` or `TYPE` alone, as kubectl takes them.
+    pub fn target(kind: &str, name: Option<&str>) -> anyhow::Result<(Kind, Option<String>)> {
+        match kind.split_once('/') {
+            Some((k, n)) if name.is_none() && !n.is_empty() => Ok((Kind::parse(k)?, Some(n.to_string()))),
+            Some(_) if name.is_some() => bail!("give {kind} or TYPE NAME, not both"),
+            Some(_) => bail!("{kind:?}: expected TYPE/NAME"),
+            None => Ok((Kind::parse(kind)?, name.map(str::to_string))),
         }
     }
 

@@ -184,25 +184,63 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// List or show objects: get plugins|nodes [NAME].
+    /// List or show objects.
+    #[command(
+        after_help = "Examples:\n  harvester get plugins -o wide\n  harvester get plugin/dht22 -o yaml\n  harvester get no -l role=sensor --show-labels\n  harvester get all -o name"
+    )]
     Get {
+        /// plugins (pl), nodes (no) or all; or TYPE/NAME.
+        #[arg(value_name = "TYPE")]
         kind: String,
+        /// One object of that type.
         name: Option<String>,
-        /// wide, yaml or json.
-        #[arg(short, long, default_value = "")]
-        output: String,
-        /// Only objects with these labels (a=b,c=d).
+        /// wide, yaml, json or name (TYPE/NAME per line); a table without it.
+        #[arg(short, long, value_name = "FORMAT")]
+        output: Option<String>,
+        /// Only objects with these labels: a=b, a!=b, a in (b,c), a notin (b), a, !a; joined with commas.
         #[arg(short = 'l', long)]
         selector: Option<String>,
+        /// Add every object's labels to the table.
+        #[arg(long)]
+        show_labels: bool,
     },
-    /// Show one object in detail: describe plugin NAME.
-    Describe { kind: String, name: String },
-    /// Delete objects: delete plugin NAME, or delete -f FILE.
-    Delete {
-        kind: Option<String>,
+    /// Show one object in detail, with its conditions and events.
+    #[command(after_help = "Examples:\n  harvester describe plugin dht22\n  harvester describe node/pi4")]
+    Describe {
+        /// plugin (pl) or node (no); or TYPE/NAME.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// The object's name.
         name: Option<String>,
+    },
+    /// Delete objects by name or by manifest.
+    #[command(
+        after_help = "Examples:\n  harvester delete plugin dht22\n  harvester delete plugin/dht22\n  harvester delete -f manifests/fleet/dht22.yaml"
+    )]
+    Delete {
+        /// plugin (pl) or node (no); or TYPE/NAME.
+        #[arg(value_name = "TYPE")]
+        kind: Option<String>,
+        /// The object's name.
+        name: Option<String>,
+        /// Delete what this manifest (a file, a directory or - for stdin) holds.
         #[arg(short = 'f', long = "filename")]
         file: Option<PathBuf>,
+    },
+    /// This client's version, the hub's, and the engine hash compiled code depends on.
+    Version {
+        /// Only this client's: ask no hub.
+        #[arg(long)]
+        client: bool,
+    },
+    /// A shell completion script: source it from your shell's startup file.
+    #[command(
+        after_help = "Examples:\n  harvester completion bash > ~/.local/share/bash-completion/completions/harvester\n  harvester completion zsh > \"${fpath[1]}/_harvester\"\n  harvester completion fish > ~/.config/fish/completions/harvester.fish"
+    )]
+    Completion {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: CompletionShell,
     },
     /// Follow, steer and undo a plugin's rollouts.
     Rollout {
@@ -316,6 +354,13 @@ enum NodeCommand {
     /// End a node's access at once: its certificates stop working and its
     /// open connections close. The board keeps running its plugins.
     Revoke { name: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -543,8 +588,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             output,
             selector,
-        } => commands::get(&client()?, &kind, name.as_deref(), &output, selector.as_deref()).await,
-        Command::Describe { kind, name } => commands::describe(&client()?, &kind, &name).await,
+            show_labels,
+        } => {
+            let out = commands::get::Output {
+                format: output.as_deref().unwrap_or(""),
+                show_labels,
+            };
+            commands::get(&client()?, &kind, name.as_deref(), &out, selector.as_deref()).await
+        }
+        Command::Describe { kind, name } => commands::describe(&client()?, &kind, name.as_deref()).await,
+        Command::Version { client: only_client } => {
+            let hub = if only_client { None } else { Some(client()?) };
+            commands::version(hub.as_ref()).await
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "harvester", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Delete { kind, name, file } => {
             commands::delete(&client()?, kind.as_deref(), name.as_deref(), file.as_deref()).await
         }

@@ -22,10 +22,14 @@ pub async fn delete(
             }
         }
     } else {
-        let (Some(kind), Some(name)) = (kind, name) else {
-            bail!("give TYPE NAME (delete plugin dht22) or -f FILE");
+        let Some(kind) = kind else {
+            bail!("give TYPE NAME (delete plugin dht22), TYPE/NAME or -f FILE");
         };
-        targets.push((Kind::parse(kind)?, name.to_string()));
+        let (kind, name) = Kind::target(kind, name)?;
+        let Some(name) = name else {
+            bail!("give TYPE NAME (delete plugin dht22), TYPE/NAME or -f FILE");
+        };
+        targets.push((kind, name));
     }
     for (kind, name) in targets {
         client.delete(kind, &name).await?;

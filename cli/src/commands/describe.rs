@@ -4,8 +4,13 @@ use super::{Table, age, labels, selector, short};
 use crate::client::{Client, Kind};
 use harvester_api::resources::{Condition, Node, Plugin};
 
-pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result<()> {
-    match Kind::parse(kind)? {
+pub async fn describe(client: &Client, kind: &str, name: Option<&str>) -> anyhow::Result<()> {
+    let (kind, name) = Kind::target(kind, name)?;
+    let Some(name) = name else {
+        anyhow::bail!("describe one object: TYPE NAME or TYPE/NAME");
+    };
+    let name = name.as_str();
+    match kind {
         Kind::Plugin => {
             let (plugin, events) = tokio::try_join!(client.plugin(name), client.events(name))?;
             print_plugin(&plugin);

@@ -26,6 +26,24 @@ pub use describe::describe;
 pub use get::get;
 pub use rollout::rollout_status;
 
+/// `harvester version`: this client's, the hub's (unless `hub` is none),
+/// and the engine hash: compiled code moves between a hub and nodes only
+/// when theirs are the same.
+pub async fn version(hub: Option<&crate::client::Client>) -> anyhow::Result<()> {
+    println!("Client Version: {}", env!("CARGO_PKG_VERSION"));
+    if let Some(client) = hub {
+        let info = client.info().await?;
+        println!("Server Version: {}", info.version);
+    }
+    let target = harvester_engine::config::host_target();
+    let engine = harvester_engine::config::compiler_for(&target)?;
+    println!(
+        "Engine:         {} ({target}; code compiled for it loads only where the engine is the same)",
+        harvester_engine::config::engine_hash(&engine)
+    );
+    Ok(())
+}
+
 use harvester_api::resources::{Condition, Labels, Plugin};
 use harvester_api::{ConditionType, Phase};
 

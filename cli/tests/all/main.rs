@@ -10,6 +10,7 @@ mod first_run;
 mod fleet;
 mod hot_swap;
 mod identity;
+mod kubectl;
 mod process;
 mod rollout;
 mod sandbox;

@@ -1,0 +1,92 @@
+//! The habits kubectl users bring, against a real hub: TYPE/NAME and short
+//! names everywhere, `get all`, `-o name`, `--show-labels`, `version` and
+//! shell completion.
+
+use crate::fleet::{Fleet, T};
+use crate::support::*;
+
+#[test]
+fn kubectl_names_and_output_forms_work_as_kubectl_users_expect() {
+    let mut f = Fleet::new();
+    f.start_node("pi4", "role=sensor", "");
+    wait_until(T, "pi4 ready", || f.cli_ok(&["get", "nodes"]).contains(" Ready "));
+    let manifest = f
+        .plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1")
+        .replace(
+            "metadata: {name: probe}",
+            "metadata: {name: probe, labels: {app: climate}}",
+        );
+    f.apply(&manifest);
+
+    // TYPE/NAME and short names: the same object every way.
+    let plain = f.cli_ok(&["get", "plugin", "probe", "-o", "name"]);
+    assert_eq!(plain, "plugin/probe\n");
+    for args in [
+        &["get", "plugin/probe", "-o", "name"][..],
+        &["get", "pl", "probe", "-o", "name"],
+        &["get", "PL/probe", "-o", "name"],
+    ] {
+        assert_eq!(f.cli_ok(args), plain, "{args:?}");
+    }
+    assert_eq!(f.cli_ok(&["get", "no", "-o", "name"]), "node/pi4\n");
+    let described = f.cli_ok(&["describe", "plugin/probe"]);
+    assert!(described.starts_with("Name:          probe"), "{described}");
+    let both = f.cli(&["get", "plugin/probe", "probe"]);
+    assert!(String::from_utf8_lossy(&both.stderr).contains("not both"));
+    let bad = f.cli(&["get", "pods"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown resource type \"pods\""));
+    let bad = f.cli(&["get", "plugins", "-o", "toml"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use wide, yaml, json or name"));
+
+    // get all: every kind, as tables, names or one list.
+    let all = f.cli_ok(&["get", "all", "-o", "name"]);
+    assert_eq!(all, "plugin/probe\nnode/pi4\n");
+    let tables = f.cli_ok(&["get", "all"]);
+    let headers: Vec<&str> = tables.lines().filter(|l| l.starts_with("NAME")).collect();
+    assert_eq!(headers.len(), 2, "{tables}");
+    let list: serde_json::Value = serde_json::from_str(&f.cli_ok(&["get", "all", "-o", "json"])).unwrap();
+    let kinds: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["Plugin", "Node"]);
+
+    // --show-labels adds a LABELS column to the plugins' table.
+    let labelled = f.cli_ok(&["get", "plugins", "--show-labels"]);
+    let header: Vec<&str> = labelled.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header.last(), Some(&"LABELS"), "{labelled}");
+    assert!(labelled.lines().nth(1).unwrap().ends_with("app=climate"), "{labelled}");
+
+    // delete by TYPE/NAME.
+    assert_eq!(f.cli_ok(&["delete", "plugin/probe"]), "plugin/probe deleted\n");
+
+    // version: the client's, the hub's and the engine's.
+    let v = f.cli_ok(&["version"]);
+    assert!(
+        v.contains("Client Version: ") && v.contains("Server Version: ") && v.contains("Engine:"),
+        "{v}"
+    );
+    let engine = v
+        .lines()
+        .find(|l| l.starts_with("Engine:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let node: serde_json::Value = serde_json::from_str(&f.cli_ok(&["get", "node", "pi4", "-o", "json"])).unwrap();
+    assert_eq!(
+        node["status"]["engine"]["hash"], engine,
+        "the hub's nodes on this machine share the engine"
+    );
+    let offline = f.cli_ok(&["version", "--client", "--server", "https://127.0.0.1:9"]);
+    assert!(!offline.contains("Server Version"), "{offline}");
+
+    // Completion scripts that know the commands.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = f.cli_ok(&["completion", shell]);
+        assert!(script.contains("rollout") && script.contains("harvester"), "{shell}");
+    }
+}

@@ -48,6 +48,9 @@ pub struct AppliedObject {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub results: Vec<AppliedObject>,
+    /// Nothing was stored: what an apply would have done.
+    #[serde(default, rename = "dryRun")]
+    pub dry_run: bool,
 }
 
 /// One event of a plugin (`GET plugins/NAME/events`), for `describe`.

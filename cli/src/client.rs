@@ -235,10 +235,11 @@ impl Client {
         self.answer::<serde_json::Value>(resp).await.map(|_| ())
     }
 
-    pub async fn apply(&self, yaml: String) -> anyhow::Result<Vec<AppliedObject>> {
+    pub async fn apply(&self, yaml: String, dry_run: bool) -> anyhow::Result<Vec<AppliedObject>> {
+        let path = if dry_run { "apply?dryRun=All" } else { "apply" };
         let req = self
             .http
-            .post(self.url("apply"))
+            .post(self.url(path))
             .header("content-type", "application/yaml")
             .body(yaml);
         let resp = self.send(req).await?;

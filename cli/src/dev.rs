@@ -206,7 +206,7 @@ impl Dev<'_> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join(format!("{}.yaml", self.name));
         std::fs::write(&file, serde_yaml::to_string(&plugin)?)?;
-        crate::commands::apply(self.client, &file).await?;
+        crate::commands::apply(self.client, &file, false).await?;
         Ok(self.client.plugin(&self.name).await?.metadata.generation)
     }
 }

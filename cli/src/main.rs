@@ -179,10 +179,16 @@ enum Command {
     /// Run the node agent.
     Nodelet(Box<nodelet::NodeletArgs>),
     /// Create or update objects from manifests.
+    #[command(
+        after_help = "Examples:\n  harvester apply -f manifests/fleet/\n  harvester apply -f dht22.yaml --dry-run=server\n  cat dht22.yaml | harvester apply -f -"
+    )]
     Apply {
         /// A file, a directory of .yaml files, or - for stdin.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// server: the hub validates, resolves and admits everything and stores nothing.
+        #[arg(long, value_name = "server", value_parser = ["server"])]
+        dry_run: Option<String>,
     },
     /// List or show objects.
     #[command(
@@ -582,7 +588,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Apply { file } => commands::apply(&client()?, &file).await,
+        Command::Apply { file, dry_run } => commands::apply(&client()?, &file, dry_run.is_some()).await,
         Command::Get {
             kind,
             name,

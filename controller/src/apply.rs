@@ -97,6 +97,73 @@ pub(crate) fn refused_by_exclusive_grants(
     )
 }
 
+/// What applying `incoming` over `current` writes: one decision for
+/// apply and its dry run.
+fn plugin_decision(current: Option<&serde_json::Value>, incoming: &Plugin) -> Result<Write, StoreError> {
+    let name = &incoming.metadata.name;
+    let Some(current) = current else {
+        let mut new = incoming.clone();
+        new.metadata.uid = new_uid("Plugin", name);
+        new.metadata.generation = 1;
+        new.metadata.creation_timestamp = now_ms();
+        new.status = None;
+        return Ok(Write::Put(serde_json::to_value(new)?));
+    };
+    let current: Plugin = serde_json::from_value(current.clone())?;
+    let sent_rv = incoming.metadata.resource_version;
+    if sent_rv != 0 && sent_rv != current.metadata.resource_version {
+        return Err(StoreError::Conflict {
+            kind: "Plugin",
+            name: name.clone(),
+            sent: sent_rv,
+            current: current.metadata.resource_version,
+        });
+    }
+    let spec_changed = current.spec != incoming.spec;
+    if !spec_changed && current.metadata.labels == incoming.metadata.labels {
+        return Ok(Write::Keep);
+    }
+    let mut next = current.clone();
+    next.metadata.labels = incoming.metadata.labels.clone();
+    if spec_changed {
+        next.spec = incoming.spec.clone();
+        next.metadata.generation += 1;
+    }
+    Ok(Write::Put(serde_json::to_value(next)?))
+}
+
+/// What `apply` would do with `object`, resolved and checked like it, with
+/// nothing written (`apply --dry-run=server`).
+pub async fn dry_run(store: &Store, registry: &Registry, object: Object) -> Result<Applied, StoreError> {
+    let (kind, name, decision) = match object {
+        Object::Plugin(mut p) => {
+            resolve(store, registry, &mut p).await?;
+            let current = store.get(Kind::Plugin, &p.metadata.name)?;
+            let d = plugin_decision(current.as_ref(), &p)?;
+            (Kind::Plugin, p.metadata.name.clone(), (current, d))
+        }
+        Object::Node(n) => {
+            let current = store.get(Kind::Node, &n.metadata.name)?;
+            let d = node_update(current.as_ref(), &n, false)?;
+            (Kind::Node, n.metadata.name.clone(), (current, d))
+        }
+    };
+    let (current, decision) = decision;
+    let (action, object) = match decision {
+        Write::Keep => (Action::Unchanged, current.unwrap_or_default()),
+        Write::Put(v) if current.is_none() => (Action::Created, v),
+        Write::Put(v) => (Action::Configured, v),
+        Write::Delete => (Action::Unchanged, current.unwrap_or_default()),
+    };
+    Ok(Applied {
+        kind: kind.as_str().into(),
+        name,
+        action,
+        generation: object["metadata"]["generation"].as_u64().unwrap_or(0),
+        digest: object["spec"]["digest"].as_str().and_then(|d| d.parse().ok()),
+    })
+}
+
 /// Creates or updates one object. `expected_rv` (from the object's
 /// metadata.resourceVersion) makes the write conditional.
 pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result<Applied, StoreError> {
@@ -104,40 +171,10 @@ pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result
         Object::Plugin(mut p) => {
             resolve(store, registry, &mut p).await?;
             let name = p.metadata.name.clone();
-            let sent_rv = p.metadata.resource_version;
             let incoming = p.clone();
             let mut action = Action::Unchanged;
             let (stored, event) = store
-                .write(Kind::Plugin, &name, |current| {
-                    let Some(current) = current else {
-                        let mut new = incoming.clone();
-                        new.metadata.uid = new_uid("Plugin", &name);
-                        new.metadata.generation = 1;
-                        new.metadata.creation_timestamp = now_ms();
-                        new.status = None;
-                        return Ok(Write::Put(serde_json::to_value(new)?));
-                    };
-                    let current: Plugin = serde_json::from_value(current.clone())?;
-                    if sent_rv != 0 && sent_rv != current.metadata.resource_version {
-                        return Err(StoreError::Conflict {
-                            kind: "Plugin",
-                            name: name.clone(),
-                            sent: sent_rv,
-                            current: current.metadata.resource_version,
-                        });
-                    }
-                    let spec_changed = current.spec != incoming.spec;
-                    if !spec_changed && current.metadata.labels == incoming.metadata.labels {
-                        return Ok(Write::Keep);
-                    }
-                    let mut next = current.clone();
-                    next.metadata.labels = incoming.metadata.labels.clone();
-                    if spec_changed {
-                        next.spec = incoming.spec.clone();
-                        next.metadata.generation += 1;
-                    }
-                    Ok(Write::Put(serde_json::to_value(next)?))
-                })
+                .write(Kind::Plugin, &name, |current| plugin_decision(current, &incoming))
                 .await?;
             if let Some(ev) = &event {
                 action = if ev.event == crate::store::EventType::Added {

@@ -81,13 +81,16 @@ async fn pin_local_images(client: &Client, file: &Path, text: &str) -> anyhow::R
     Ok(out)
 }
 
-pub async fn apply(client: &Client, path: &Path) -> anyhow::Result<()> {
+/// `dry_run`: the hub validates, resolves and admits everything and stores
+/// nothing (a local component is still uploaded: blobs are content-addressed
+/// and run nowhere until a Plugin names them).
+pub async fn apply(client: &Client, path: &Path, dry_run: bool) -> anyhow::Result<()> {
     let mut stream = String::new();
     for (file, text) in read_manifests(path)? {
         stream.push_str(&pin_local_images(client, &file, &text).await?);
         stream.push('\n');
     }
-    for r in client.apply(stream).await? {
+    for r in client.apply(stream, dry_run).await? {
         let kind = r.kind.to_lowercase();
         let mut line = format!("{kind}/{} {}", r.name, r.action.as_str());
         if kind == "plugin" {
@@ -96,6 +99,9 @@ pub async fn apply(client: &Client, path: &Path) -> anyhow::Result<()> {
                 line.push_str(&format!(", {}", super::short(r.digest.as_ref())));
             }
             line.push(')');
+        }
+        if dry_run {
+            line.push_str(" (server dry run)");
         }
         println!("{line}");
     }

@@ -1,6 +1,6 @@
 //! The habits kubectl users bring, against a real hub: TYPE/NAME and short
-//! names everywhere, `get all`, `-o name`, `--show-labels`, `version` and
-//! shell completion.
+//! names everywhere, `get all`, `-o name`, `--show-labels`, `apply
+//! --dry-run=server`, `version` and shell completion.
 
 use crate::fleet::{Fleet, T};
 use crate::support::*;
@@ -16,7 +16,34 @@ fn kubectl_names_and_output_forms_work_as_kubectl_users_expect() {
             "metadata: {name: probe}",
             "metadata: {name: probe, labels: {app: climate}}",
         );
+
+    // A server dry run: checked like an apply, nothing stored.
+    let file = f.dir.path().join("dry.yaml");
+    std::fs::write(&file, &manifest).unwrap();
+    let dry = f.cli_ok(&["apply", "-f", file.to_str().unwrap(), "--dry-run=server"]);
+    assert!(
+        dry.starts_with("plugin/probe created (generation 1") && dry.contains("(server dry run)"),
+        "{dry}"
+    );
+    let missing = f.cli(&["get", "plugin", "probe"]);
+    assert!(!missing.status.success(), "nothing was stored");
+    std::fs::write(&file, manifest.replace("pins: [17]", "pins: [41]")).unwrap();
+    let refused = f.cli(&["apply", "-f", file.to_str().unwrap(), "--dry-run=server"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("pin 41"),
+        "a dry run validates"
+    );
+    let refused = f.cli(&["apply", "-f", file.to_str().unwrap(), "--dry-run=client"]);
+    assert!(!refused.status.success());
+
     f.apply(&manifest);
+    std::fs::write(&file, manifest.replace("VERSION: \"1\"", "VERSION: \"2\"")).unwrap();
+    let dry = f.cli_ok(&["apply", "-f", file.to_str().unwrap(), "--dry-run=server"]);
+    assert!(dry.starts_with("plugin/probe configured (generation 2"), "{dry}");
+    assert_eq!(f.plugin("probe")["metadata"]["generation"], 1, "still generation 1");
+    std::fs::write(&file, &manifest).unwrap();
+    let dry = f.cli_ok(&["apply", "-f", file.to_str().unwrap(), "--dry-run=server"]);
+    assert!(dry.starts_with("plugin/probe unchanged"), "{dry}");
 
     // TYPE/NAME and short names: the same object every way.
     let plain = f.cli_ok(&["get", "plugin", "probe", "-o", "name"]);

@@ -47,7 +47,29 @@ fn kind_of(plural: &str) -> Result<Kind, ApiError> {
 /// A multi-document apply: every document is parsed and validated, every
 /// image resolved and every exclusive grant checked before anything is
 /// written; then each is applied in order.
-async fn apply_documents(State(api): State<Api>, Caller(caller): Caller, body: String) -> Result<Response, ApiError> {
+#[derive(Deserialize)]
+struct ApplyQuery {
+    /// `All`: validate, resolve and admit everything, store nothing (as
+    /// Kubernetes's dryRun=All).
+    #[serde(rename = "dryRun")]
+    dry_run: Option<String>,
+}
+
+async fn apply_documents(
+    State(api): State<Api>,
+    Caller(caller): Caller,
+    Query(q): Query<ApplyQuery>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let dry_run = match q.dry_run.as_deref() {
+        None => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun={other:?}: the only dry run is All"
+            )));
+        }
+    };
     let mut objects = match parse_documents(&body) {
         Ok(o) => o,
         Err(errors) => {
@@ -77,6 +99,13 @@ async fn apply_documents(State(api): State<Api>, Caller(caller): Caller, body: S
     let mut results = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
         let place = format!("document {} ({} {})", i + 1, object.kind(), object.name());
+        if dry_run {
+            match apply::dry_run(&api.store, &api.registry, object).await {
+                Ok(r) => results.push(r),
+                Err(e) => return Err(document_error(&api, &place, e, &results)),
+            }
+            continue;
+        }
         note_change(&api, &caller, &object);
         match apply::apply(&api.store, &api.registry, object).await {
             Ok(r) => {
@@ -86,7 +115,7 @@ async fn apply_documents(State(api): State<Api>, Caller(caller): Caller, body: S
             Err(e) => return Err(document_error(&api, &place, e, &results)),
         }
     }
-    Ok(Json(json!({"results": results})).into_response())
+    Ok(Json(json!({"results": results, "dryRun": dry_run})).into_response())
 }
 
 /// Who is about to change a Plugin, for the revision the change makes.

@@ -233,6 +233,16 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: Option<PathBuf>,
     },
+    /// What apply would change, as a unified diff; exit code 1 when it would
+    /// change something, 0 when not, 2 on an error.
+    #[command(
+        after_help = "Examples:\n  harvester diff -f manifests/fleet/\n  harvester diff -f dht22.yaml && echo nothing to apply"
+    )]
+    Diff {
+        /// A file, a directory of .yaml files, or - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
     /// This client's version, the hub's, and the engine hash compiled code depends on.
     Version {
         /// Only this client's: ask no hub.
@@ -603,6 +613,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::get(&client()?, &kind, name.as_deref(), &out, selector.as_deref()).await
         }
         Command::Describe { kind, name } => commands::describe(&client()?, &kind, name.as_deref()).await,
+        Command::Diff { file } => match commands::diff::diff(&client()?, &file).await {
+            Ok(true) => Err(Exit(1, None).into()),
+            Ok(false) => Ok(()),
+            Err(e) => Err(Exit(2, Some(e)).into()),
+        },
         Command::Version { client: only_client } => {
             let hub = if only_client { None } else { Some(client()?) };
             commands::version(hub.as_ref()).await
@@ -685,9 +700,33 @@ fn main() -> ExitCode {
         .and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Err(e) => match e.downcast::<Exit>() {
+            Ok(Exit(code, error)) => {
+                if let Some(e) = error {
+                    eprintln!("error: {e:#}");
+                }
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A command's own exit code (as `diff`'s 1 for "something would change"),
+/// with the error to print, if any.
+#[derive(Debug)]
+struct Exit(u8, Option<anyhow::Error>);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.1 {
+            Some(e) => write!(f, "{e:#}"),
+            None => write!(f, "exit code {}", self.0),
         }
     }
 }
+
+impl std::error::Error for Exit {}

@@ -40,7 +40,7 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
 
 /// Uploads local components and pins their digests, so the controller
 /// stores exactly the bytes this machine has.
-async fn pin_local_images(client: &Client, file: &Path, text: &str) -> anyhow::Result<String> {
+pub(super) async fn pin_local_images(client: &Client, file: &Path, text: &str) -> anyhow::Result<String> {
     use serde::Deserialize;
     let base = file.parent().unwrap_or(Path::new("."));
     let mut out = String::new();

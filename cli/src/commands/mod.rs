@@ -5,6 +5,7 @@
 //! - [`get`]: `get plugins|nodes [NAME]` as tables, YAML or JSON.
 //! - [`describe`]: one object in detail, with conditions and events.
 //! - [`delete`]: by name or by manifest.
+//! - [`diff`]: what apply would change, as kubectl diff.
 //! - [`rollout`]: `rollout status|history|undo|pause|resume|promote|abort`.
 //! - [`live`]: `logs` and `exec`, through the hub.
 //! - [`identity`]: join tokens and node revocation.
@@ -15,6 +16,7 @@
 pub mod apply;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod identity;
 pub mod live;

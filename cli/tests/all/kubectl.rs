@@ -45,6 +45,39 @@ fn kubectl_names_and_output_forms_work_as_kubectl_users_expect() {
     let dry = f.cli_ok(&["apply", "-f", file.to_str().unwrap(), "--dry-run=server"]);
     assert!(dry.starts_with("plugin/probe unchanged"), "{dry}");
 
+    // diff: exit 0 with nothing to show, 1 with the change, 2 on an error.
+    let same = f.cli(&["diff", "-f", file.to_str().unwrap()]);
+    assert_eq!((same.status.code(), same.stdout.len()), (Some(0), 0), "{same:?}");
+    std::fs::write(&file, manifest.replace("VERSION: \"1\"", "VERSION: \"2\"")).unwrap();
+    let changed = f.cli(&["diff", "-f", file.to_str().unwrap()]);
+    let shown = String::from_utf8_lossy(&changed.stdout);
+    assert_eq!(changed.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("--- plugin/probe (live)") && shown.contains("+++ plugin/probe (applied)"),
+        "{shown}"
+    );
+    let minus: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .collect();
+    let plus: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .collect();
+    assert!(
+        minus.len() == 1 && minus[0].contains("VERSION") && minus[0].contains('1'),
+        "{shown}"
+    );
+    assert!(
+        plus.len() == 1 && plus[0].contains("VERSION") && plus[0].contains('2'),
+        "{shown}"
+    );
+    assert_eq!(f.plugin("probe")["metadata"]["generation"], 1, "diff applies nothing");
+    std::fs::write(&file, manifest.replace("pins: [17]", "pins: [41]")).unwrap();
+    let error = f.cli(&["diff", "-f", file.to_str().unwrap()]);
+    assert_eq!(error.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&error.stderr).contains("pin 41"));
+
     // TYPE/NAME and short names: the same object every way.
     let plain = f.cli_ok(&["get", "plugin", "probe", "-o", "name"]);
     assert_eq!(plain, "plugin/probe\n");

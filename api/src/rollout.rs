@@ -338,6 +338,11 @@ impl RolloutSpec {
             if step.nodes == Some(0) {
                 errors.push(format!("{at}.nodes"), "at least one node");
             }
+            if let Some(Pause::For(d)) = step.pause
+                && d.as_duration() > Duration::from_secs(30 * 24 * 3600)
+            {
+                errors.push(format!("{at}.pause"), "at most 30 days");
+            }
             if let Some(s) = &step.selector {
                 if s.match_labels.is_empty() && s.match_expressions.is_empty() {
                     errors.push(format!("{at}.selector"), "matchLabels or matchExpressions");
@@ -604,6 +609,8 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown field")
         );
+        let e = parse("strategy: Canary\nsteps: [{pause: 1000h}]\n").unwrap_err();
+        assert!(e.contains("spec.rollout.steps[0].pause: at most 30 days"), "{e}");
     }
 
     #[test]

@@ -38,11 +38,16 @@ async fn revisions(State(api): State<Api>, Path(name): Path<String>) -> Result<R
 }
 
 fn load(api: &Api, name: &str) -> Result<Plugin, ApiError> {
-    let value = api.store.get(Kind::Plugin, name)?.ok_or(StoreError::NotFound {
+    Ok(stored_plugin(api.store.get(Kind::Plugin, name)?.as_ref(), name)?)
+}
+
+/// The stored Plugin `name`, or NotFound.
+fn stored_plugin(value: Option<&serde_json::Value>, name: &str) -> Result<Plugin, StoreError> {
+    let value = value.ok_or_else(|| StoreError::NotFound {
         kind: "Plugin",
         name: name.to_string(),
     })?;
-    Ok(serde_json::from_value(value).map_err(StoreError::from)?)
+    Ok(serde_json::from_value(value.clone())?)
 }
 
 /// pause, resume, promote or abort: a change of the rollout's status,
@@ -61,13 +66,7 @@ async fn decide(
     let (stored, _) = api
         .store
         .write(Kind::Plugin, &name, |cur| {
-            let Some(cur) = cur else {
-                return Err(StoreError::NotFound {
-                    kind: "Plugin",
-                    name: name.clone(),
-                });
-            };
-            let mut p: Plugin = serde_json::from_value(cur.clone())?;
+            let mut p = stored_plugin(cur, &name)?;
             let status = p.status.get_or_insert_with(Default::default);
             let Some(r) = status.rollout.as_mut() else {
                 return Err(StoreError::Invalid(format!(
@@ -164,13 +163,7 @@ async fn undo(
     let (stored, _) = api
         .store
         .write(Kind::Plugin, &name, |cur| {
-            let Some(cur) = cur else {
-                return Err(StoreError::NotFound {
-                    kind: "Plugin",
-                    name: name.clone(),
-                });
-            };
-            let mut p: Plugin = serde_json::from_value(cur.clone())?;
+            let mut p = stored_plugin(cur, &name)?;
             if p.metadata.generation != generation {
                 return Err(StoreError::Invalid(format!(
                     "plugin/{name} changed meanwhile (generation {}); look at its history again",

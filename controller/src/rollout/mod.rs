@@ -70,6 +70,20 @@ fn refuses(reason: &Reason) -> bool {
     )
 }
 
+/// What a node said, cut to a length a Plugin's status can hold for every
+/// node of a large fleet.
+fn bounded(said: &str) -> String {
+    const MAX: usize = 512;
+    if said.len() <= MAX {
+        return said.to_string();
+    }
+    let mut end = MAX;
+    while !said.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &said[..end])
+}
+
 /// How the target revision fares on a node assigned it: `Err(why)` when it
 /// failed, `Ok(true)` when it runs, `Ok(false)` while it is not there yet.
 fn judge(inputs: &Inputs<'_>, reported: Option<&PluginOnNode>) -> Result<bool, String> {
@@ -174,7 +188,7 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
                 s.ready_since.remove(v.name);
                 let under_way = matches!(s.phase, RolloutPhase::Progressing | RolloutPhase::Paused);
                 if under_way {
-                    s.failed.entry(v.name.to_string()).or_insert(why);
+                    s.failed.entry(v.name.to_string()).or_insert_with(|| bounded(&why));
                 }
             }
             Ok(true) if !s.failed.contains_key(v.name) => {
@@ -313,7 +327,7 @@ pub(crate) fn advance(previous: Option<&RolloutStatus>, inputs: &Inputs<'_>) -> 
                 let step = &steps[i];
                 let done = match step.pause {
                     Some(Pause::For(d)) => {
-                        let left = (s.step_started + d.as_duration().as_millis() as u64).saturating_sub(now);
+                        let left = s.step_started.saturating_add(ms(d)).saturating_sub(now);
                         s.message = format!("step {}/{}: pause {d}", i + 1, steps.len());
                         left == 0 || s.promote.is_some_and(|p| p as usize >= i)
                     }
@@ -434,14 +448,21 @@ pub(crate) fn next_check(s: &RolloutStatus, spec: &RolloutSpec, now: u64) -> Opt
         return None;
     }
     let min_ready = spec.health.min_ready.as_duration().as_millis() as u64;
-    let ready = s.ready_since.values().map(|t| t + min_ready);
+    let ready = s.ready_since.values().map(|t| t.saturating_add(min_ready));
     let pause = match spec.steps.get(s.step as usize).and_then(|st| st.pause) {
-        Some(Pause::For(d)) => Some(s.step_started + d.as_duration().as_millis() as u64),
+        Some(Pause::For(d)) => Some(s.step_started.saturating_add(ms(d))),
         _ => None,
     };
-    let deadline = (spec.strategy != Strategy::AllAtOnce)
-        .then(|| s.last_progress + spec.progress_deadline.as_duration().as_millis() as u64 + 1);
+    let deadline = (spec.strategy != Strategy::AllAtOnce).then(|| {
+        s.last_progress
+            .saturating_add(ms(spec.progress_deadline))
+            .saturating_add(1)
+    });
     ready.chain(pause).chain(deadline).filter(|t| *t > now).min()
+}
+
+fn ms(d: harvester_api::DurationSpec) -> u64 {
+    u64::try_from(d.as_duration().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn abort(mut s: RolloutStatus, stable: Option<u64>, reason: Reason, why: String) -> RolloutStatus {

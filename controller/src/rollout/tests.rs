@@ -314,3 +314,21 @@ fn the_next_check_is_when_a_node_s_min_ready_or_a_timed_pause_ends() {
     let s = f.advance(Some(&s), &spec, 37 * S);
     assert_eq!(on(&s, 2), NAMES);
 }
+
+#[test]
+fn what_a_node_says_is_kept_within_a_bound() {
+    let mut f = Fleet::new();
+    let spec = spec("strategy: Rolling");
+    let s = f.advance(None, &spec, 0);
+    let n1 = f.reports.get_mut("n1").unwrap();
+    n1.generation = 2;
+    n1.health = Some(harvester_api::rollout::NodeHealth {
+        revision: 2,
+        healthy_since: 0,
+        failure: "é".repeat(100_000),
+    });
+    let s = f.advance(Some(&s), &spec, S);
+    assert_eq!(s.phase, RolloutPhase::Aborted);
+    assert!(s.failed["n1"].len() <= 520, "{}", s.failed["n1"].len());
+    assert!(s.message.len() < 700);
+}

@@ -102,3 +102,17 @@ pub struct HubInfo {
     pub timezone: String,
     pub version: String,
 }
+
+/// One line of `GET watch`: a change to an object, after the store
+/// revision a client last saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watched {
+    pub resource_version: u64,
+    /// ADDED, MODIFIED or DELETED.
+    #[serde(rename = "type")]
+    pub event: String,
+    /// Plugin or Node.
+    pub kind: String,
+    pub object: serde_json::Value,
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const STATEMENT_HEADER: &str = "harvester-compiled-statement";
 pub const SIGNATURE_HEADER: &str = "harvester-compiled-signature";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CompiledStatement {
     /// The artifact the node was assigned (an OCI manifest digest, or the
@@ -34,7 +34,7 @@ pub struct CompiledStatement {
 }
 
 /// How a node gets runnable code, as it reports itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EngineInfo {
     /// The target triple code must be compiled for.

@@ -21,7 +21,7 @@ pub const MAX_BCM_PIN: u8 = 27;
 pub const MAX_LED_INDEX: u32 = 1023;
 
 /// One capability interface of the `harvester:plugin` package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     Gpio,
@@ -94,23 +94,31 @@ impl fmt::Display for Capability {
 }
 
 /// What a manifest grants one plugin.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
+    /// GPIO pins the plugin may read and write, by BCM number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpio: Option<GpioGrant>,
+    /// I2C bus addresses the plugin may talk to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub i2c: Option<I2cGrant>,
+    /// WS2812B LEDs of the board's strip the plugin may set, by index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leds: Option<LedsGrant>,
+    /// The buzzer (`buzzer:` with nothing after it grants it with defaults).
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub buzzer: Option<BuzzerGrant>,
+    /// A DHT22 temperature and humidity sensor on one pin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dht22: Option<Dht22Grant>,
+    /// The BME680 environment sensor.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub bme680: Option<Bme680Grant>,
+    /// The board's own readings (CPU temperature, load, memory).
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemGrant>,
+    /// Network access, to the hosts listed only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<NetGrant>,
 }
@@ -124,17 +132,20 @@ where
     Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpioGrant {
+    /// BCM GPIO numbers (0-27); a pin is granted to one plugin per node.
     pub pins: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct I2cGrant {
+    /// The I2C bus number (default 1).
     #[serde(default = "default_i2c_bus")]
     pub bus: u8,
+    /// 7-bit device addresses (0x03-0x77).
     pub addresses: Vec<u8>,
 }
 
@@ -142,25 +153,28 @@ fn default_i2c_bus() -> u8 {
     1
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LedsGrant {
+    /// Positions on the strip, from 0; an LED is granted to one plugin per node.
     pub indices: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuzzerGrant {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dht22Grant {
+    /// The BCM GPIO the sensor's data line is on.
     pub pin: u8,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bme680Grant {
+    /// The sensor's I2C address (default 0x77).
     #[serde(default = "default_bme680_address")]
     pub address: u8,
 }
@@ -177,13 +191,14 @@ fn default_bme680_address() -> u8 {
     0x77
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemGrant {}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetGrant {
+    /// Host names or IP addresses the plugin may reach.
     pub hosts: Vec<String>,
 }
 

@@ -34,10 +34,12 @@ pub mod ndjson;
 pub mod quantity;
 pub mod resources;
 pub mod rollout;
+pub mod schema;
 pub mod run_spec;
 pub mod selector;
 pub mod standalone;
 pub mod status;
+pub mod time;
 pub mod validation;
 
 pub use digest::Digest;

@@ -15,7 +15,7 @@ pub const API_VERSION: &str = "harvester.dev/v1alpha1";
 /// Labels on objects, and the selectors that match them.
 pub type Labels = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
@@ -32,7 +32,8 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resource_version: u64,
     /// Milliseconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero", deserialize_with = "crate::time::ms")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub creation_timestamp: u64,
 }
 
@@ -65,7 +66,7 @@ runs_a_plugin! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ConditionStatus {
     True,
     False,
@@ -82,7 +83,7 @@ impl ConditionStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -92,11 +93,13 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// Milliseconds since the Unix epoch.
+    #[serde(deserialize_with = "crate::time::ms")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub last_transition_time: u64,
 }
 
 /// One node's view of one plugin, as the node reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginOnNode {
     pub phase: Phase,
@@ -123,7 +126,7 @@ pub struct PluginOnNode {
     pub health: Option<crate::rollout::NodeHealth>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatusV1 {
     pub observed_generation: u64,
@@ -139,7 +142,7 @@ pub struct PluginStatusV1 {
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Plugin {
     pub api_version: String,
@@ -151,7 +154,7 @@ pub struct Plugin {
 }
 
 /// What a node reports about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatusV1 {
     #[serde(default)]
@@ -177,7 +180,8 @@ pub struct NodeStatusV1 {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_unsigned: bool,
     /// Milliseconds since the Unix epoch of the last heartbeat the controller saw.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::time::ms")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub last_heartbeat: u64,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginOnNode>,
@@ -185,7 +189,7 @@ pub struct NodeStatusV1 {
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
     pub api_version: String,
@@ -342,7 +346,7 @@ impl Object {
 }
 
 /// One document of a manifest that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DocumentError {
     /// 1-based position in the stream.
     pub document: usize,
@@ -358,6 +362,32 @@ impl std::fmt::Display for DocumentError {
             write!(f, " ({k} {n})")?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+/// A document's object, typed and validated: every field error with its path.
+fn typed<T: serde::de::DeserializeOwned + Validate>(value: serde_yaml::Value) -> Result<T, Vec<String>> {
+    let object: T = crate::validation::deserialize_at(value, "").map_err(|e| vec![e.to_string()])?;
+    object
+        .check()
+        .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok(object)
+}
+
+/// The objects `typed` reads.
+trait Validate {
+    fn check(&self) -> Result<(), ValidationErrors>;
+}
+
+impl Validate for Plugin {
+    fn check(&self) -> Result<(), ValidationErrors> {
+        self.validate()
+    }
+}
+
+impl Validate for Node {
+    fn check(&self) -> Result<(), ValidationErrors> {
+        self.validate()
     }
 }
 
@@ -394,19 +424,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, Vec<DocumentError>> {
             name: name.clone(),
             message,
         };
-        let parsed = match kind.as_deref() {
-            Some("Plugin") => serde_yaml::from_value::<Plugin>(value.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|p| p.validate().map(|_| Object::Plugin(p)).map_err(|e| e.to_string())),
-            Some("Node") => serde_yaml::from_value::<Node>(value.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|p| p.validate().map(|_| Object::Node(p)).map_err(|e| e.to_string())),
-            Some(other) => Err(format!("kind {other:?} is not known; use Plugin or Node")),
-            None => Err("missing `kind` (Plugin or Node)".to_string()),
+        // One error per field, each with its path, so every line of the
+        // refusal names one thing to fix.
+        let parsed: Result<Object, Vec<String>> = match kind.as_deref() {
+            Some("Plugin") => typed::<Plugin>(value).map(Object::Plugin),
+            Some("Node") => typed::<Node>(value).map(Object::Node),
+            Some(other) => Err(vec![format!("kind: {other:?} is not known; use Plugin or Node")]),
+            None => Err(vec!["kind: missing (Plugin or Node)".to_string()]),
         };
         match parsed {
             Ok(o) => objects.push(o),
-            Err(m) => errors.push(err(m)),
+            Err(messages) => errors.extend(messages.into_iter().map(err)),
         }
     }
     if errors.is_empty() { Ok(objects) } else { Err(errors) }
@@ -441,8 +469,34 @@ mod tests {
         assert!(
             errs[1]
                 .to_string()
-                .starts_with("document 3 (Gadget g): kind \"Gadget\" is not known")
+                .starts_with("document 3 (Gadget g): kind: \"Gadget\" is not known")
         );
+    }
+
+    #[test]
+    fn type_errors_and_unknown_fields_name_their_path_one_per_error() {
+        let wrong_type = PLUGIN.replace("indices: [1]", "indices: [four]");
+        let errs = parse_documents(&wrong_type).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("document 1 (Plugin dht22): spec.grants.leds.indices[0]: invalid type: string \"four\""),
+            "{}",
+            errs[0]
+        );
+        let unknown = PLUGIN.replace("nodeSelector", "nodeSelecter");
+        let errs = parse_documents(&unknown).unwrap_err();
+        assert!(
+            errs[0].to_string().contains("spec.nodeSelecter: unknown field `nodeSelecter`"),
+            "{}",
+            errs[0]
+        );
+        // Two invalid fields: two errors, each on its own.
+        let two = PLUGIN.replace("pin: 4", "pin: 41").replace("indices: [1]", "indices: [1, 1]");
+        let errs = parse_documents(&two).unwrap_err();
+        assert!(errs.len() >= 2, "{errs:?}");
+        assert!(errs.iter().all(|e| !e.message.contains("; ")), "{errs:?}");
     }
 
     #[test]
@@ -499,7 +553,7 @@ runs_a_plugin! {
 
 /// Everything a node must run: the full desired state for it, so a
 /// reconnecting node never needs a diff.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignments {
     pub node: String,

@@ -19,7 +19,7 @@ use std::time::Duration;
 /// How revisions are kept when the Plugin says nothing.
 pub const DEFAULT_REVISION_HISTORY_LIMIT: u32 = 10;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Strategy {
     /// Every node at once (the default).
     #[default]
@@ -89,7 +89,7 @@ impl<'de> Deserialize<'de> for Amount {
 }
 
 /// Which nodes a canary step selects, by label.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StepSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -144,7 +144,7 @@ impl<'de> Deserialize<'de> for Pause {
 }
 
 /// One step of a canary: exactly one of its fields.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Step {
     /// Update this many nodes in all.
@@ -178,7 +178,7 @@ impl Step {
 /// What each updated node must hold before a rollout moves on. Each node
 /// judges the revision it runs by these rules (and goes back by itself
 /// when it fails them); the hub judges from what nodes report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Health {
     /// Running the new revision this long, without failing, is healthy.
@@ -196,7 +196,7 @@ pub struct Health {
 }
 
 /// Bounds of one sensor's readings, as the plugin emits them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Bound {
     pub sensor: String,
@@ -242,7 +242,7 @@ fn default_progress_deadline() -> DurationSpec {
 }
 
 /// `spec.rollout`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutSpec {
     #[serde(default)]
@@ -398,6 +398,7 @@ runs_a_plugin! {
         pub image: String,
         pub digest: Digest,
         /// Milliseconds since the Unix epoch.
+        #[serde(deserialize_with = "crate::time::ms")]
         pub created: u64,
         /// Who applied it (empty when not known).
         #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -417,7 +418,7 @@ impl Revision {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RolloutPhase {
     #[default]
     Progressing,
@@ -442,7 +443,7 @@ impl RolloutPhase {
 /// `status.rollout`: where the rollout of the newest revision stands. The
 /// hub's reconciler keeps it in the store, so a restarted hub resumes at
 /// the same step with the same nodes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     /// The revision being rolled out (the newest).
@@ -457,17 +458,19 @@ pub struct RolloutStatus {
     #[serde(default)]
     pub step: u32,
     /// When the current step started (ms since the epoch).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::time::ms")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub step_started: u64,
     /// When the rollout last moved (a node became healthy, a step ended).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::time::ms")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub last_progress: u64,
     /// The revision each node is assigned; empty once the rollout is
     /// complete (every node the Plugin is placed on runs the newest).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, u64>,
     /// Since when each node has run its assigned revision without failing.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "crate::time::ms_map")]
     pub ready_since: BTreeMap<String, u64>,
     /// Nodes the new revision failed on, and how.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -484,7 +487,7 @@ pub struct RolloutStatus {
     pub message: String,
     /// When nodes were last given the new revision, within the last
     /// minute (for maxNodesPerMinute).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "crate::time::ms_list")]
     pub recent_updates: Vec<u64>,
     /// Why it is paused or was aborted.
     #[serde(
@@ -511,7 +514,7 @@ runs_a_plugin! {
 /// Sent with an assignment while a progressive rollout updates the node:
 /// the node judges the revision by `health` itself and, when it fails,
 /// runs `fallback` until the hub says otherwise, hub or no hub.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Guard {
     pub revision: u64,
@@ -520,13 +523,14 @@ pub struct Guard {
 }
 
 /// What a node reports about a guarded revision.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeHealth {
     pub revision: u64,
     /// Since when it has passed every rule for minReady (ms since the
     /// epoch); 0 while it has not yet.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero", deserialize_with = "crate::time::ms")]
+    #[schemars(schema_with = "crate::schema::timestamp")]
     pub healthy_since: u64,
     /// The rule it broke; the node went back to its fallback.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -548,7 +552,7 @@ impl RolloutStatus {
 }
 
 /// `GET /api/v1alpha1/plugins/NAME/revisions`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionList {
     pub items: Vec<Revision>,
@@ -557,7 +561,7 @@ pub struct RevisionList {
 }
 
 /// The answer to `POST .../rollout/{pause,resume,promote,abort}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutDecision {
     pub plugin: String,
@@ -567,7 +571,7 @@ pub struct RolloutDecision {
 }
 
 /// The answer to `POST .../rollout/undo`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Undone {
     pub plugin: String,

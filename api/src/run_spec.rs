@@ -28,7 +28,7 @@ pub struct RunSpec {
 }
 
 /// Resource limits of one plugin instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
     /// Cap on the plugin's linear memories and tables together.
@@ -150,22 +150,37 @@ macro_rules! runs_a_plugin {
             pub run: $crate::run_spec::RunSpec,
         }
 
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Deserialize, schemars::JsonSchema)]
         #[serde($($container)*)]
+        $(#[doc = $doc])*
         struct $wire {
             $( $(#[$field_meta])* $field: $ty, )*
+            /// What the plugin may touch; everything else is denied.
             #[serde(default)]
             grants: $crate::grants::Grants,
+            /// Handed to the plugin's init; a config-only change needs no rebuild.
             #[serde(
                 default,
                 skip_serializing_if = "std::collections::BTreeMap::is_empty",
                 deserialize_with = "crate::run_spec::config_map"
             )]
+            #[schemars(schema_with = "crate::schema::config_values")]
             config: std::collections::BTreeMap<String, String>,
+            /// How often the plugin's tick runs (default 3s, at least 10ms).
             #[serde(default = "crate::run_spec::default_tick_interval")]
             tick_interval: $crate::quantity::DurationSpec,
+            /// The plugin's memory and the length of each call into it.
             #[serde(default)]
             limits: $crate::run_spec::Limits,
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                $wire::json_schema(generator)
+            }
         }
 
         impl serde::Serialize for $name {

@@ -204,14 +204,14 @@ fn parse_one(part: &str) -> Result<Requirement, SelectorError> {
 
 /// `spec.nodeAffinity`: conditions on node labels beyond `nodeSelector`'s
 /// equalities, as Kubernetes' `matchExpressions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeAffinity {
     #[serde(default)]
     pub match_expressions: Vec<MatchExpression>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchExpression {
     pub key: String,
@@ -220,7 +220,7 @@ pub struct MatchExpression {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Operator {
     In,
     NotIn,

@@ -54,6 +54,15 @@ macro_rules! vocabulary {
             }
         }
 
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                crate::schema::vocabulary(stringify!($name), vec![$(stringify!($variant)),*])
+            }
+        }
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
                 let s = std::borrow::Cow::<'de, str>::deserialize(d)?;

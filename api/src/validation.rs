@@ -11,6 +11,9 @@ pub struct FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            return f.write_str(&self.message);
+        }
         write!(f, "{}: {}", self.path, self.message)
     }
 }
@@ -46,4 +49,28 @@ impl ValidationErrors {
     pub fn into_result(self) -> Result<(), ValidationErrors> {
         if self.0.is_empty() { Ok(()) } else { Err(self) }
     }
+}
+
+/// Deserializes `de` into `T`, and on failure names the field path where it
+/// failed (`spec.grants.leds.indices[0]: invalid type: string "four",
+/// expected u8`), unknown fields and wrong types included; `prefix` goes
+/// before the path (`plugins[2]` inside a list, or empty).
+pub fn deserialize_at<'de, T, D>(de: D, prefix: &str) -> Result<T, FieldError>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+    D::Error: fmt::Display,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix.is_empty(), inner.as_str()) {
+            (_, ".") => prefix.to_string(),
+            (true, p) => p.to_string(),
+            (false, p) => format!("{prefix}.{p}"),
+        };
+        FieldError {
+            path,
+            message: e.into_inner().to_string(),
+        }
+    })
 }

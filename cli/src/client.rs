@@ -95,21 +95,22 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// The error of an answer that is not a success, as the server put it.
+/// The error of an answer that is not a success, as the server put it, in
+/// the form of the CLI's own errors: what and where, one per line, no HTTP
+/// status (it only shows when the hub said nothing more).
 fn refusal(status: reqwest::StatusCode, body: ErrorAnswer) -> anyhow::Error {
     if !body.errors.is_empty() {
         let lines: Vec<String> = body.errors.iter().map(ToString::to_string).collect();
-        return anyhow::anyhow!(
-            "the manifest was rejected, nothing was applied:\n  {}",
-            lines.join("\n  ")
-        );
+        let what = match body.message.as_str() {
+            "" => "the manifest is not valid",
+            m => m,
+        };
+        return anyhow::anyhow!("{what}, nothing was applied:\n  {}", lines.join("\n  "));
     }
-    let message = if body.message.is_empty() {
-        "request failed"
-    } else {
-        &body.message
-    };
-    anyhow::anyhow!("{message} ({status})")
+    if body.message.is_empty() {
+        return anyhow::anyhow!("the hub refused the request ({status})");
+    }
+    anyhow::anyhow!("{}", body.message)
 }
 
 impl Client {
@@ -199,6 +200,29 @@ impl Client {
             Some(s) => format!("{}?labelSelector={}", kind.plural(), path_segment(s)),
             None => kind.plural().to_string(),
         }
+    }
+
+    /// A kind's objects with the store revision they are as of, for a
+    /// watch to start from.
+    pub async fn list<T: DeserializeOwned>(&self, kind: Kind, selector: Option<&str>) -> anyhow::Result<List<T>> {
+        self.get(&Self::list_path(kind, selector)).await
+    }
+
+    /// Every change after `resource_version`, as a stream of NDJSON lines;
+    /// `None` when the hub no longer keeps changes that old (list again).
+    pub async fn watch(&self, resource_version: u64) -> anyhow::Result<Option<reqwest::Response>> {
+        let url = self.url(&format!("watch?resourceVersion={resource_version}"));
+        let resp = self.send(self.http.get(url)).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp)),
+            reqwest::StatusCode::GONE => Ok(None),
+            s => Err(refusal(s, resp.json().await.unwrap_or_default())),
+        }
+    }
+
+    /// One object of `kind`.
+    pub async fn object<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> anyhow::Result<T> {
+        self.get(&format!("{}/{}", kind.plural(), path_segment(name))).await
     }
 
     pub async fn plugin(&self, name: &str) -> anyhow::Result<Plugin> {

@@ -192,7 +192,7 @@ enum Command {
     },
     /// List or show objects.
     #[command(
-        after_help = "Examples:\n  harvester get plugins -o wide\n  harvester get plugin/dht22 -o yaml\n  harvester get no -l role=sensor --show-labels\n  harvester get all -o name"
+        after_help = "Examples:\n  harvester get plugins -o wide\n  harvester get plugin/dht22 -o yaml\n  harvester get no -l role=sensor --show-labels\n  harvester get all -o name\n  harvester get plugins -w\n  harvester get plugins -o jsonpath='{range .items[*]}{.metadata.name}{\"\\n\"}{end}'\n  harvester get nodes -o custom-columns=NAME:.metadata.name,ARCH:.status.architecture --sort-by=.metadata.name"
     )]
     Get {
         /// plugins (pl), nodes (no) or all; or TYPE/NAME.
@@ -200,7 +200,8 @@ enum Command {
         kind: String,
         /// One object of that type.
         name: Option<String>,
-        /// wide, yaml, json or name (TYPE/NAME per line); a table without it.
+        /// wide, yaml, json, name (TYPE/NAME per line), jsonpath=TEMPLATE
+        /// or custom-columns=HEADER:.json.path,...; a table without it.
         #[arg(short, long, value_name = "FORMAT")]
         output: Option<String>,
         /// Only objects with these labels: a=b, a!=b, a in (b,c), a notin (b), a, !a; joined with commas.
@@ -209,6 +210,12 @@ enum Command {
         /// Add every object's labels to the table.
         #[arg(long)]
         show_labels: bool,
+        /// Order the list by the value at this JSONPath (.metadata.name, {.metadata.generation}).
+        #[arg(long, value_name = "JSONPATH")]
+        sort_by: Option<String>,
+        /// After the list, print every change as it happens (resuming after a dropped connection).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one object in detail, with its conditions and events.
     #[command(after_help = "Examples:\n  harvester describe plugin dht22\n  harvester describe node/pi4")]
@@ -605,10 +612,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             selector,
             show_labels,
+            sort_by,
+            watch,
         } => {
             let out = commands::get::Output {
                 format: output.as_deref().unwrap_or(""),
                 show_labels,
+                sort_by: sort_by.as_deref(),
+                watch,
             };
             commands::get(&client()?, &kind, name.as_deref(), &out, selector.as_deref()).await
         }

@@ -19,6 +19,7 @@ pub mod describe;
 pub mod diff;
 pub mod get;
 pub mod identity;
+pub mod jsonpath;
 pub mod live;
 pub mod rollout;
 
@@ -129,9 +130,10 @@ impl Table {
         print!("{}", self.render());
     }
 
-    fn render(&self) -> String {
+    /// Each column's width: its widest cell.
+    fn widths(&self) -> Vec<usize> {
         let columns = self.0.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
+        (0..columns)
             .map(|i| {
                 self.0
                     .iter()
@@ -139,13 +141,22 @@ impl Table {
                     .max()
                     .unwrap_or(0)
             })
-            .collect();
+            .collect()
+    }
+
+    fn render(&self) -> String {
+        Table::render_with(&self.0, &self.widths())
+    }
+
+    /// Rows padded to `widths` (a watch's rows line up under the table it
+    /// printed first; a longer cell just pushes its row out).
+    fn render_with(rows: &[Vec<String>], widths: &[usize]) -> String {
         let mut out = String::new();
-        for r in &self.0 {
+        for r in rows {
             let cells: Vec<String> = r
                 .iter()
                 .enumerate()
-                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
                 .collect();
             out.push_str(cells.join("   ").trim_end());
             out.push('\n');

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use harvester_api::Digest;
-use harvester_api::resources::{Node, Object, Plugin, parse_documents};
+use harvester_api::resources::{DocumentError, Node, Object, Plugin, parse_documents};
+use harvester_api::validation::deserialize_at;
 use harvester_api::selector::Selector;
 use serde::Deserialize;
 use serde_json::json;
@@ -207,15 +208,29 @@ async fn update(
             "metadata.resourceVersion is required for an update; use apply to create or overwrite",
         ));
     }
+    // Refused as apply refuses a document: one error per field, each with its path.
+    let refuse = |errors: Vec<harvester_api::FieldError>| {
+        let errors: Vec<DocumentError> = errors
+            .into_iter()
+            .map(|e| DocumentError {
+                document: 1,
+                kind: Some(kind.as_str().to_string()),
+                name: Some(name.clone()),
+                message: e.to_string(),
+            })
+            .collect();
+        ApiError::invalid("the object is not valid").with("errors", errors)
+    };
     let object = match kind {
         Kind::Plugin => {
-            let mut p: Plugin = serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let mut p: Plugin = deserialize_at(value, "").map_err(|e| refuse(vec![e]))?;
             p.status = None;
-            p.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+            p.validate().map_err(|e| refuse(e.0))?;
             Object::Plugin(p)
         }
         Kind::Node => {
-            let n: Node = serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let n: Node = deserialize_at(value, "").map_err(|e| refuse(vec![e]))?;
+            n.validate().map_err(|e| refuse(e.0))?;
             let sent = n.metadata.resource_version;
             let current = api.store.get(Kind::Node, &name)?.ok_or(StoreError::NotFound {
                 kind: "Node",

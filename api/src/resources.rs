@@ -49,9 +49,12 @@ runs_a_plugin! {
         /// An OCI reference (`host/repo:tag`, resolved to a digest at apply) or,
         /// for development, a path to a `.wasm` file.
         pub image: String,
-        /// The content digest the image was resolved to, set at apply.
+        /// The artifact digest the image was resolved to, set at apply: the
+        /// digest of the OCI manifest (what `harvester push` prints and
+        /// signatures sign), not of the component inside it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub digest: Option<Digest>,
+        /// Labels a node must have, every one, to run the plugin.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub node_selector: Labels,
         /// Conditions on node labels beyond `nodeSelector`'s equalities.
@@ -247,7 +250,8 @@ pub fn parse_labels(s: &str) -> Result<Labels, String> {
     Ok(out)
 }
 
-fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
+/// Checks label keys and values as Kubernetes does; `path` names where they sit.
+pub fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
     for (k, v) in labels {
         let ok =
             |s: &str, max: usize| s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
@@ -348,7 +352,7 @@ impl Object {
 /// One document of a manifest that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DocumentError {
-    /// 1-based position in the stream.
+    /// 1-based position in the stream (0 for an object sent alone).
     pub document: usize,
     pub kind: Option<String>,
     pub name: Option<String>,
@@ -357,9 +361,11 @@ pub struct DocumentError {
 
 impl std::fmt::Display for DocumentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "document {}", self.document)?;
-        if let (Some(k), Some(n)) = (&self.kind, &self.name) {
-            write!(f, " ({k} {n})")?;
+        // Document 0: the one object of a request that is not a manifest (an update).
+        match (self.document, &self.kind, &self.name) {
+            (0, Some(k), Some(n)) => write!(f, "{k} {n}")?,
+            (d, Some(k), Some(n)) => write!(f, "document {d} ({k} {n})")?,
+            (d, _, _) => write!(f, "document {d}")?,
         }
         write!(f, ": {}", self.message)
     }
@@ -488,12 +494,16 @@ mod tests {
         let unknown = PLUGIN.replace("nodeSelector", "nodeSelecter");
         let errs = parse_documents(&unknown).unwrap_err();
         assert!(
-            errs[0].to_string().contains("spec.nodeSelecter: unknown field `nodeSelecter`"),
+            errs[0]
+                .to_string()
+                .contains("spec.nodeSelecter: unknown field `nodeSelecter`"),
             "{}",
             errs[0]
         );
         // Two invalid fields: two errors, each on its own.
-        let two = PLUGIN.replace("pin: 4", "pin: 41").replace("indices: [1]", "indices: [1, 1]");
+        let two = PLUGIN
+            .replace("pin: 4", "pin: 41")
+            .replace("indices: [1]", "indices: [1, 1]");
         let errs = parse_documents(&two).unwrap_err();
         assert!(errs.len() >= 2, "{errs:?}");
         assert!(errs.iter().all(|e| !e.message.contains("; ")), "{errs:?}");

@@ -470,7 +470,11 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, u64>,
     /// Since when each node has run its assigned revision without failing.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "crate::time::ms_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::time::ms_map"
+    )]
     pub ready_since: BTreeMap<String, u64>,
     /// Nodes the new revision failed on, and how.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -487,7 +491,11 @@ pub struct RolloutStatus {
     pub message: String,
     /// When nodes were last given the new revision, within the last
     /// minute (for maxNodesPerMinute).
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "crate::time::ms_list")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::time::ms_list"
+    )]
     pub recent_updates: Vec<u64>,
     /// Why it is paused or was aborted.
     #[serde(

@@ -129,7 +129,15 @@ mod tests {
         let plugin = resolve(&root, &root["oneOf"][0]);
         let spec = resolve(&root, &plugin["properties"]["spec"]);
         // The run spec's fields sit beside the spec's own, as in YAML.
-        for field in ["image", "nodeSelector", "grants", "config", "tickInterval", "limits", "rollout"] {
+        for field in [
+            "image",
+            "nodeSelector",
+            "grants",
+            "config",
+            "tickInterval",
+            "limits",
+            "rollout",
+        ] {
             assert!(spec["properties"].get(field).is_some(), "spec.{field} missing: {spec}");
         }
         assert_eq!(spec["additionalProperties"], false);
@@ -142,7 +150,10 @@ mod tests {
                 .unwrap_or_default()
                 .contains("denied")
         );
-        let memory = resolve(&root, &resolve(&root, &spec["properties"]["limits"])["properties"]["memory"]);
+        let memory = resolve(
+            &root,
+            &resolve(&root, &spec["properties"]["limits"])["properties"]["memory"],
+        );
         assert!(memory["description"].as_str().unwrap().contains("64Mi"));
     }
 }

@@ -80,8 +80,9 @@ impl StandaloneManifest {
     /// Parses and validates manifest text.
     pub fn parse(text: &str) -> Result<StandaloneManifest, ParseError> {
         // serde_yaml's messages carry the line and column of the bad field.
-        let manifest: StandaloneManifest = crate::validation::deserialize_at(serde_yaml::Deserializer::from_str(text), "")
-            .map_err(|e| ParseError::Syntax(e.to_string()))?;
+        let manifest: StandaloneManifest =
+            crate::validation::deserialize_at(serde_yaml::Deserializer::from_str(text), "")
+                .map_err(|e| ParseError::Syntax(e.to_string()))?;
         manifest.validate().map_err(ParseError::Invalid)?;
         Ok(manifest)
     }

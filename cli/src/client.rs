@@ -225,6 +225,14 @@ impl Client {
         self.get(&format!("{}/{}", kind.plural(), path_segment(name))).await
     }
 
+    /// Replaces an object, if nobody changed it since the resourceVersion
+    /// it carries (a stale one is refused as a conflict).
+    pub async fn update(&self, kind: Kind, name: &str, object: &serde_json::Value) -> anyhow::Result<AppliedObject> {
+        let url = self.url(&format!("{}/{}", kind.plural(), path_segment(name)));
+        let resp = self.send(self.http.put(url).json(object)).await?;
+        self.answer(resp).await
+    }
+
     pub async fn plugin(&self, name: &str) -> anyhow::Result<Plugin> {
         self.get(&format!("plugins/{}", path_segment(name))).await
     }

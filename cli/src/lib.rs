@@ -1,5 +1,6 @@
 //! The `harvester` command: one binary for every role (like k3s).
 //!
+//! - [`args`]: the command line, every command with its examples.
 //! - [`build`]: `harvester plugin build DIR`, for Python and Rust plugins.
 //! - [`nodelet`]: `harvester nodelet`, the node agent.
 //! - [`client`]: the typed client of the hub's API.
@@ -8,6 +9,7 @@
 //! - [`dev`]: `harvester dev DIR`, build-push-sign-apply on save.
 //! - [`oci`]: `keygen`, `push`, `sign`, `verify`, `pull`.
 
+pub mod args;
 pub mod build;
 pub mod client;
 pub mod commands;

@@ -64,6 +64,7 @@ pub struct NodeletArgs {
     /// certificate kept in DATA/pki.
     #[arg(long, value_name = "FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// sim (simulated devices), rpi (a Raspberry Pi's real ones) or auto (rpi on a Pi).
     #[arg(long, value_enum, default_value_t = HardwareChoice::Auto)]
     pub hardware: HardwareChoice,
     /// On a Pi: the DHT22's data pin (BCM), or none.

@@ -101,6 +101,9 @@ pub struct PluginStatus {
     pub phase: Phase,
     /// The version running now (1 for the first, +1 per applied change).
     pub generation: u64,
+    /// The component digest: of the .wasm bytes that run (not the artifact
+    /// digest, of the OCI manifest, that `get` and signatures show).
+    #[serde(rename = "componentDigest")]
     pub digest: Option<Digest>,
     pub source: String,
     pub restarts: u32,
@@ -126,6 +129,8 @@ pub const VERSIONS_KEPT: usize = 32;
 #[serde(rename_all = "camelCase")]
 pub struct VersionRecord {
     pub generation: u64,
+    /// The component digest (of the .wasm bytes).
+    #[serde(rename = "componentDigest")]
     pub digest: Digest,
     pub requested: u64,
     pub running: u64,

@@ -163,9 +163,9 @@ impl Reporter {
             } => {
                 match replaced {
                     Some(old) => {
-                        tracing::info!(plugin, generation, %digest, from_cache, "swapped in, replacing generation {old}")
+                        tracing::info!(plugin, generation, component = %digest, from_cache, "swapped in, replacing generation {old}")
                     }
-                    None => tracing::info!(plugin, generation, %digest, from_cache, "started"),
+                    None => tracing::info!(plugin, generation, component = %digest, from_cache, "started"),
                 }
                 self.metrics
                     .generation

@@ -14,9 +14,8 @@ pub async fn delete(
     let mut targets = Vec::new();
     if let Some(file) = file {
         for (_, text) in read_manifests(file)? {
-            let objects = harvester_api::resources::parse_documents(&text).map_err(|errs| {
-                anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-            })?;
+            let objects = harvester_api::resources::parse_documents(&text)
+                .map_err(|errs| super::invalid_manifest(&errs, "nothing was deleted"))?;
             for o in objects {
                 targets.push((Kind::parse(o.kind())?, o.name().to_string()));
             }

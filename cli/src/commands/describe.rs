@@ -38,8 +38,11 @@ fn print_plugin(p: &Plugin) {
     print_header(&meta.name, &meta.labels, meta.creation_timestamp);
     println!("Generation:    {}", meta.generation);
     println!("Image:         {}", spec.image);
+    // Two digests meet here: the artifact's (the OCI manifest, what
+    // signatures sign and apply pins) and the component's (the .wasm bytes,
+    // in node logs and /status).
     println!(
-        "Digest:        {}",
+        "Artifact:      {} (the OCI manifest's digest)",
         spec.digest.map_or("-".to_string(), |d| d.to_string())
     );
     println!("Node selector: {}", selector(&spec.node_selector()));
@@ -52,7 +55,7 @@ fn print_plugin(p: &Plugin) {
         "  NODE",
         "PHASE",
         "GENERATION",
-        "DIGEST",
+        "ARTIFACT",
         "RESTARTS",
         "REASON",
         "MESSAGE",

@@ -28,8 +28,7 @@ pub async fn diff(client: &Client, path: &Path) -> anyhow::Result<bool> {
         stream.push('\n');
     }
     let results = client.apply(stream.clone(), true).await?;
-    let objects = parse_documents(&stream)
-        .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    let objects = parse_documents(&stream).map_err(|errs| super::invalid_manifest(&errs, "nothing to compare"))?;
     let mut changed = false;
     for (object, result) in objects.into_iter().zip(results) {
         if result.action == ApplyAction::Unchanged {

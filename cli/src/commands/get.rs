@@ -98,7 +98,7 @@ const PLUGINS: Columns<Plugin> = Columns {
     labelled: false,
     meta: |p| &p.metadata,
     header: &["NAME", "GENERATION", "READY", "NODES", "AGE"],
-    wide: ["DIGEST", "IMAGE", "SELECTOR", "ON"],
+    wide: ["ARTIFACT", "IMAGE", "SELECTOR", "ON"],
     row: plugin_row,
 };
 
@@ -148,9 +148,9 @@ impl Format {
             "yaml" => Format::Yaml,
             "json" => Format::Json,
             "name" => Format::Name,
-            other => bail!(
-                "-o {other}: use wide, yaml, json, name, jsonpath=TEMPLATE or custom-columns=HEADER:.path,..."
-            ),
+            other => {
+                bail!("-o {other}: use wide, yaml, json, name, jsonpath=TEMPLATE or custom-columns=HEADER:.path,...")
+            }
         })
     }
 }

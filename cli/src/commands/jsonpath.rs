@@ -29,14 +29,14 @@ impl Path {
             Some(_) => format!("$.{inner}"),
             None => bail!("an empty JSONPath expression"),
         };
-        let path = JsonPath::parse(&rooted).map_err(|e| anyhow::anyhow!("{text:?} is not a JSONPath expression: {e}"))?;
+        let path =
+            JsonPath::parse(&rooted).map_err(|e| anyhow::anyhow!("{text:?} is not a JSONPath expression: {e}"))?;
         Ok(Path(path))
     }
 
     pub fn query<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
         self.0.query(value).all()
     }
-
 }
 
 /// A value as a template prints it: strings bare, everything else as JSON.
@@ -67,8 +67,8 @@ impl Template {
             if open > 0 {
                 pieces.push(Piece::Text(&rest[..open]));
             }
-            let close = closing_brace(&rest[open..])
-                .with_context(|| format!("jsonpath {text:?}: a {{ without its }}"))?;
+            let close =
+                closing_brace(&rest[open..]).with_context(|| format!("jsonpath {text:?}: a {{ without its }}"))?;
             pieces.push(Piece::Action(rest[open + 1..open + close].trim()));
             rest = &rest[open + close + 1..];
         }
@@ -247,10 +247,9 @@ pub fn sort_by<I>(items: &mut [I], path: &Path, value_of: impl Fn(&I) -> &Value)
             path.query(value_of(b)).first().copied(),
         );
         match (a, b) {
-            (Some(Value::Number(x)), Some(Value::Number(y))) => x
-                .as_f64()
-                .partial_cmp(&y.as_f64())
-                .unwrap_or(std::cmp::Ordering::Equal),
+            (Some(Value::Number(x)), Some(Value::Number(y))) => {
+                x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+            }
             (Some(x), Some(y)) => plain(x).cmp(&plain(y)),
             (None, Some(_)) => std::cmp::Ordering::Less,
             (Some(_), None) => std::cmp::Ordering::Greater,
@@ -277,8 +276,9 @@ mod tests {
         assert_eq!(t.render(&list()), "dht22 buzzer");
         let t = Template::parse("{range .items[*]}{.metadata.name}={.metadata.generation}{\"\\n\"}{end}").unwrap();
         assert_eq!(t.render(&list()), "dht22=12\nbuzzer=3\n");
-        let t = Template::parse(r#"{.items[?(@.metadata.name=="buzzer")].status.conditions[?(@.type=="Ready")].status}"#)
-            .unwrap();
+        let t =
+            Template::parse(r#"{.items[?(@.metadata.name=="buzzer")].status.conditions[?(@.type=="Ready")].status}"#)
+                .unwrap();
         assert_eq!(t.render(&list()), "False");
         let t = Template::parse("names: {.items[0].metadata.name}, {..generation}").unwrap();
         assert_eq!(t.render(&list()), "names: dht22, 12 3");
@@ -286,14 +286,20 @@ mod tests {
 
     #[test]
     fn broken_templates_are_named() {
-        assert!(Template::parse("{.items[*]").unwrap_err().to_string().contains("without its }"));
+        assert!(
+            Template::parse("{.items[*]")
+                .unwrap_err()
+                .to_string()
+                .contains("without its }")
+        );
         assert!(format!("{:#}", Template::parse("{range .items[*]}x").unwrap_err()).contains("without {end}"));
         assert!(format!("{:#}", Template::parse("{.items[}").unwrap_err()).contains("not a JSONPath"));
     }
 
     #[test]
     fn custom_columns_and_sorting() {
-        let cols = columns(r#"NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,X:.nope"#).unwrap();
+        let cols =
+            columns(r#"NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,X:.nope"#).unwrap();
         assert_eq!(cols.len(), 3);
         let items = list()["items"].as_array().unwrap().clone();
         assert_eq!(cell(&cols[1].1, &items[1]), "False");

@@ -17,6 +17,8 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod diff;
+pub mod edit;
+pub mod explain;
 pub mod get;
 pub mod identity;
 pub mod jsonpath;
@@ -47,7 +49,14 @@ pub async fn version(hub: Option<&crate::client::Client>) -> anyhow::Result<()> 
     Ok(())
 }
 
-use harvester_api::resources::{Condition, Labels, Plugin};
+use harvester_api::resources::{Condition, DocumentError, Labels, Plugin};
+
+/// A manifest the client refuses before sending anything: every error on
+/// its own line, as the hub's refusals.
+fn invalid_manifest(errors: &[DocumentError], what: &str) -> anyhow::Error {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("the manifest is not valid, {what}:\n  {}", lines.join("\n  "))
+}
 use harvester_api::{ConditionType, Phase};
 
 /// How long ago `ms` (milliseconds since the epoch) was, kubectl-style.

@@ -14,8 +14,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use harvester_api::Digest;
 use harvester_api::resources::{DocumentError, Node, Object, Plugin, parse_documents};
-use harvester_api::validation::deserialize_at;
 use harvester_api::selector::Selector;
+use harvester_api::validation::deserialize_at;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -213,7 +213,7 @@ async fn update(
         let errors: Vec<DocumentError> = errors
             .into_iter()
             .map(|e| DocumentError {
-                document: 1,
+                document: 0,
                 kind: Some(kind.as_str().to_string()),
                 name: Some(name.clone()),
                 message: e.to_string(),

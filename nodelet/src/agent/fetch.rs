@@ -82,7 +82,7 @@ impl Agent {
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(v) => {
-                tracing::info!(plugin = a.name, image = %a.image, digest = %a.digest, key = v.key, "signature verified");
+                tracing::info!(plugin = a.name, image = %a.image, artifact = %a.digest, key = v.key, "signature verified");
                 let record = serde_json::to_vec(&VerifiedRecord { repository, key: v.key })
                     .map_err(|e| Failure::transient(g, Reason::PullFailed, e))?;
                 let _ = harvester_registry::store::write_atomic(&record_path, &record);

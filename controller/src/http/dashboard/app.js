@@ -347,7 +347,7 @@ function renderPlugins(plugins) {
     const pct = nodes.length ? Math.round((100 * updated) / nodes.length) : 0;
     return el('tr', { 'data-plugin': p.metadata.name },
       el('td', { 'data-label': 'Plugin' }, el('b', { text: p.metadata.name })),
-      el('td', { 'data-label': 'Version' }, el('div', {}, `generation ${gen}`, el('br'), el('code', { text: p.spec.image }), digest ? el('br') : null, digest ? el('code', { text: 'sha256:' + digest }) : null)),
+      el('td', { 'data-label': 'Version' }, el('div', {}, `generation ${gen}`, el('br'), el('code', { text: p.spec.image }), digest ? el('br') : null, digest ? el('code', { text: 'artifact sha256:' + digest, title: 'The artifact digest: of the OCI manifest, what signatures sign (node logs name the component digest, of the .wasm bytes)' }) : null)),
       el('td', { 'data-label': 'Rollout' }, el('div', {}, el('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': String(nodes.length), 'aria-valuenow': String(updated) }, el('i', { style: `width:${pct}%` })),
         el('span', { class: 'progress-label', text: `${updated}/${nodes.length} nodes on generation ${gen}` }),
         ...rolloutLines(p))),

@@ -161,6 +161,118 @@ pub fn schema() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// Whether `value` fits `schema`: properties, unknown fields, item and
+    /// scalar types (patterns aside): enough to compare with the API.
+    fn fits(root: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+        let s = resolve(root, schema);
+        for key in ["anyOf", "oneOf"] {
+            if let Some(branches) = s.get(key).and_then(Value::as_array) {
+                let ok = branches.iter().any(|b| {
+                    let mut e = Vec::new();
+                    fits(root, b, value, at, &mut e);
+                    e.is_empty()
+                });
+                if !ok {
+                    errors.push(format!("{at}: fits no branch of {key}"));
+                }
+                return;
+            }
+        }
+        if let Some(c) = s.get("const")
+            && c != value
+        {
+            errors.push(format!("{at}: {value} is not {c}"));
+            return;
+        }
+        if let Some(allowed) = s.get("enum").and_then(Value::as_array)
+            && !allowed.contains(value)
+        {
+            errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+            return;
+        }
+        let types: Vec<&str> = match &s["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => return,
+        };
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        if !types
+            .iter()
+            .any(|t| *t == kind || (*t == "number" && kind == "integer"))
+        {
+            errors.push(format!("{at}: {kind} where the schema says {types:?}"));
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (s["properties"].get(k), &s["additionalProperties"]) {
+                        (Some(p), _) => fits(root, p, v, &format!("{at}.{k}"), errors),
+                        (None, Value::Bool(false)) => errors.push(format!("{at}.{k}: not in the schema")),
+                        (None, extra @ Value::Object(_)) => fits(root, extra, v, &format!("{at}.{k}"), errors),
+                        (None, _) => {}
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    fits(root, &s["items"], v, &format!("{at}[{i}]"), errors);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn schema_errors(yaml: &str) -> Vec<String> {
+        let root = manifest_schema();
+        let value: Value = serde_yaml::from_str(yaml).unwrap();
+        let index = if value["kind"] == "Node" { 1 } else { 0 };
+        let mut errors = Vec::new();
+        fits(&root, &root["oneOf"][index], &value, "", &mut errors);
+        errors
+    }
+
+    #[test]
+    fn the_schema_and_the_api_agree_on_the_shipped_manifests() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/fleet");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                harvester_api::resources::parse_documents(&text).is_ok(),
+                "{}",
+                path.display()
+            );
+            assert_eq!(schema_errors(&text), Vec::<String>::new(), "{}", path.display());
+            // What the API refuses, the schema refuses too.
+            for (from, to) in [
+                ("spec:\n", "spec:\n  colour: red\n"),
+                ("metadata:", "metadata:\n  colour: red\n  x:"),
+                ("image:", "revisionHistoryLimit: many\n  image:"),
+                ("image:", "rollout: {strategy: Sideways}\n  image:"),
+            ] {
+                let broken = text.replacen(from, to, 1);
+                assert_ne!(broken, text, "{}: {from:?}", path.display());
+                assert!(harvester_api::resources::parse_documents(&broken).is_err(), "{broken}");
+                assert!(
+                    !schema_errors(&broken).is_empty(),
+                    "the schema takes what the API refuses:\n{broken}"
+                );
+            }
+            seen += 1;
+        }
+        assert!(seen >= 5, "the shipped manifests are in {}", dir.display());
+    }
+
     #[test]
     fn explain_walks_the_schema_and_names_what_is_not_there() {
         let grants = explain_text("plugin.spec.grants", false).unwrap();

@@ -46,7 +46,8 @@ impl Fleet {
         f
     }
 
-    fn start_controller(&mut self) {
+    /// Starts the controller on the fleet's data and waits until it answers.
+    pub fn start_controller(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["controller", "--data"])
             .arg(self.dir.path().join("controller"))
@@ -166,10 +167,15 @@ impl Fleet {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_env(args, &[])
+    }
+
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(args)
             .env("HARVESTER_CONFIG", self.dir.path().join("controller/admin.yaml"))
             .env_remove("HARVESTER_SERVER")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }

@@ -1,6 +1,8 @@
 //! The habits kubectl users bring, against a real hub: TYPE/NAME and short
 //! names everywhere, `get all`, `-o name`, `--show-labels`, `apply
-//! --dry-run=server`, `version` and shell completion.
+//! --dry-run=server`, `diff`, `version`, shell completion; `get -w` across
+//! a hub restart, jsonpath and custom columns, `--sort-by`, `label`,
+//! `edit`, `explain`, RFC 3339 times and errors with field paths.
 
 use crate::fleet::{Fleet, T};
 use crate::support::*;
@@ -96,7 +98,7 @@ fn kubectl_names_and_output_forms_work_as_kubectl_users_expect() {
     let bad = f.cli(&["get", "pods"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown resource type \"pods\""));
     let bad = f.cli(&["get", "plugins", "-o", "toml"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("use wide, yaml, json or name"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use wide, yaml, json, name, jsonpath="));
 
     // get all: every kind, as tables, names or one list.
     let all = f.cli_ok(&["get", "all", "-o", "name"]);
@@ -149,4 +151,197 @@ fn kubectl_names_and_output_forms_work_as_kubectl_users_expect() {
         let script = f.cli_ok(&["completion", shell]);
         assert!(script.contains("rollout") && script.contains("harvester"), "{shell}");
     }
+}
+
+#[test]
+fn watch_templates_labels_edit_and_errors_work_as_kubectl_users_expect() {
+    let mut f = Fleet::new();
+    f.start_node("pi4", "role=sensor", "");
+    wait_until(T, "pi4 ready", || f.cli_ok(&["get", "nodes"]).contains(" Ready "));
+    let probe = f.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1");
+    f.apply(&probe);
+    f.apply(&f.plugin_yaml("alpha", "role: sensor", "{}", "1"));
+
+    // Templates, custom columns and sorting over the API's JSON.
+    let names = f.cli_ok(&[
+        "get",
+        "plugins",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}:{.spec.grants.gpio.pins[0]}{\"\\n\"}{end}",
+        "--sort-by=.metadata.name",
+    ]);
+    assert_eq!(names, "alpha:\nprobe:17\n");
+    let columns = f.cli_ok(&[
+        "get",
+        "pl",
+        "-o",
+        "custom-columns=NAME:.metadata.name,PINS:.spec.grants.gpio.pins",
+        "--sort-by={.metadata.name}",
+    ]);
+    let rows: Vec<Vec<&str>> = columns.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        [vec!["NAME", "PINS"], vec!["alpha", "<none>"], vec!["probe", "[17]"]]
+    );
+    let bad = f.cli(&["get", "pl", "-o", "jsonpath={.items[}"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a JSONPath"),
+        "{bad:?}"
+    );
+
+    // Times read as RFC 3339, and what get prints applies back.
+    let yaml = f.cli_ok(&["get", "plugin", "probe", "-o", "yaml"]);
+    let created = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("creationTimestamp: "))
+        .unwrap_or_else(|| panic!("{yaml}"));
+    assert!(
+        created.len() == 24 && created.ends_with('Z') && created.contains('T'),
+        "{created}"
+    );
+    let file = f.dir.path().join("round-trip.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    assert!(
+        f.cli_ok(&["apply", "-f", file.to_str().unwrap()])
+            .contains("plugin/probe unchanged")
+    );
+
+    // Errors name the field path, one per line, type errors and unknown fields too.
+    for (manifest, expected) in [
+        (
+            probe.replace("pins: [17]", "pins: [seventeen]"),
+            "spec.grants.gpio.pins[0]: invalid type",
+        ),
+        (
+            probe.replace("tickInterval", "tickIntervall"),
+            "spec.tickIntervall: unknown field",
+        ),
+    ] {
+        std::fs::write(&file, &manifest).unwrap();
+        let out = f.cli(&["apply", "-f", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("document 1 (Plugin probe): {expected}")), "{err}");
+    }
+    std::fs::write(
+        &file,
+        probe.replace("pins: [17]", "pins: [41, 42]").replace("100ms", "1ms"),
+    )
+    .unwrap();
+    let out = f.cli(&["apply", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("  document 1")).collect();
+    assert_eq!(lines.len(), 3, "one error per line: {err}");
+    assert!(!err.contains("Unprocessable"), "no HTTP status in a refusal: {err}");
+
+    // label: set, refuse to overwrite, overwrite, remove.
+    assert_eq!(
+        f.cli_ok(&["label", "plugin", "probe", "tier=edge"]),
+        "plugin/probe labeled\n"
+    );
+    let refused = f.cli(&["label", "plugin/probe", "tier=core"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--overwrite"));
+    f.cli_ok(&["label", "pl/probe", "tier=core", "--overwrite"]);
+    assert_eq!(f.plugin("probe")["metadata"]["labels"]["tier"], "core");
+    f.cli_ok(&["label", "node", "pi4", "zone=north"]);
+    assert_eq!(f.cli_ok(&["get", "no", "-l", "zone=north", "-o", "name"]), "node/pi4\n");
+    f.cli_ok(&["label", "plugin", "probe", "tier-"]);
+    assert!(f.plugin("probe")["metadata"]["labels"].get("tier").is_none());
+    assert_eq!(
+        f.plugin("probe")["metadata"]["generation"],
+        1,
+        "labels are not a new revision"
+    );
+
+    // edit: an editor that changes the tick; then one that breaks it, twice.
+    let editor = f.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/tickInterval: 100ms/tickInterval: 200ms/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let edited = f.cli_with_env(
+        &["edit", "plugin", "probe"],
+        &[("HARVESTER_EDITOR", editor.to_str().unwrap())],
+    );
+    assert!(edited.status.success(), "{edited:?}");
+    assert_eq!(f.plugin("probe")["spec"]["tickInterval"], "200ms");
+    assert_eq!(f.plugin("probe")["metadata"]["generation"], 2);
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/tickInterval: 200ms/tickInterval: 1ms/' \"$1\"\n",
+    )
+    .unwrap();
+    let refused = f.cli_with_env(
+        &["edit", "plugin/probe"],
+        &[("HARVESTER_EDITOR", editor.to_str().unwrap())],
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("spec.tickInterval: 1ms is too short"),
+        "{err}"
+    );
+    assert!(err.contains("your changes are kept in"), "{err}");
+    assert_eq!(f.plugin("probe")["spec"]["tickInterval"], "200ms", "nothing was stored");
+
+    // get -w: the list, then each change, across a hub restart.
+    let mut watch = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args([
+                "get",
+                "plugins",
+                "probe",
+                "-w",
+                "-o",
+                "custom-columns=NAME:.metadata.name,GEN:.metadata.generation",
+            ])
+            .env("HARVESTER_CONFIG", f.dir.path().join("controller/admin.yaml"))
+            .env_remove("HARVESTER_SERVER")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let rows = lines_of(watch.0.stdout.take().unwrap());
+    let notes = lines_of(watch.0.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let saw = |generation: &str, seen: &mut Vec<String>| {
+        wait_until(T, &format!("the watch prints generation {generation}"), || {
+            seen.extend(rows.try_iter());
+            seen.iter()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["probe", generation])
+        })
+    };
+    saw("2", &mut seen);
+    assert_eq!(seen[0].split_whitespace().collect::<Vec<_>>(), ["NAME", "GEN"]);
+    f.apply(&probe.replace("VERSION: \"1\"", "VERSION: \"3\""));
+    saw("3", &mut seen);
+    // The hub goes away: the watch says so once and keeps trying.
+    f.kill_controller();
+    let mut said: Vec<String> = Vec::new();
+    wait_until(T, "the watch notices the hub is gone", || {
+        said.extend(notes.try_iter());
+        said.iter().any(|l| l.contains("watch lost the hub"))
+    });
+    f.start_controller();
+    f.apply(&probe.replace("VERSION: \"1\"", "VERSION: \"4\""));
+    saw("4", &mut seen);
+    wait_until(T, "the watch says it resumed", || {
+        said.extend(notes.try_iter());
+        said.iter().any(|l| l.contains("watch resumed from resourceVersion"))
+    });
+    assert_eq!(said.len(), 2, "one line each: {said:?}");
+    assert!(
+        seen.iter().all(|l| !l.contains("alpha")),
+        "only the named object is watched: {seen:?}"
+    );
+    drop(watch);
+
+    // explain: the fields the API reads, and what is not one.
+    let explained = f.cli_ok(&["explain", "plugin.spec.grants"]);
+    assert!(explained.contains("FIELD:    grants <Grants>") && explained.contains("  gpio\t<GpioGrant>"));
+    let nope = f.cli(&["explain", "plugin.spec.grantz"]);
+    assert!(String::from_utf8_lossy(&nope.stderr).contains("\"grantz\" does not exist in plugin.spec"));
+    let schema: serde_json::Value = serde_json::from_str(&f.cli_ok(&["schema"])).unwrap();
+    assert!(schema["definitions"]["Grants"]["properties"]["leds"].is_object());
 }

@@ -107,6 +107,8 @@ vocabulary! {
         DigestMismatch,
         /// The artifact is not a WebAssembly component.
         InvalidArtifact,
+        /// A manifest, signature or component is over the node's size limit.
+        TooLarge,
         /// The registry or the hub could not be reached; retried.
         PullFailed,
         /// Code the hub compiled was not signed by a trusted compiler key, or

@@ -47,6 +47,8 @@ pub enum Command {
         /// (loopback registries always are).
         #[arg(long, value_name = "HOST[:PORT]")]
         insecure_registry: Vec<String>,
+        #[command(flatten)]
+        registry_limits: crate::oci::RegistryLimits,
         /// Serve the dashboard here.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
         dashboard: SocketAddr,
@@ -395,6 +397,8 @@ pub enum Command {
         /// Reach this registry over plain HTTP (loopback registries always are).
         #[arg(long, value_name = "HOST[:PORT]")]
         insecure_registry: Vec<String>,
+        #[command(flatten)]
+        registry_limits: crate::oci::RegistryLimits,
     },
     /// Download an image's component after verifying its signature.
     #[command(after_help = "Examples:\n  harvester pull 127.0.0.1:5000/dht22:1.2 --key cosign.pub -o dht22.wasm")]
@@ -410,6 +414,8 @@ pub enum Command {
         /// Reach this registry over plain HTTP (loopback registries always are).
         #[arg(long, value_name = "HOST[:PORT]")]
         insecure_registry: Vec<String>,
+        #[command(flatten)]
+        registry_limits: crate::oci::RegistryLimits,
     },
     /// Work with plugin sources.
     #[command(after_help = "Examples:\n  harvester plugin build plugins/dht22")]

@@ -101,6 +101,8 @@ pub struct NodeletArgs {
     /// Reach this registry over plain HTTP (loopback registries always are).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+    #[command(flatten)]
+    pub registry_limits: crate::oci::RegistryLimits,
     /// Load code the hub compiled for this node when signed by this public
     /// key (the hub's DATA/compiler.pub; repeat for several).
     #[arg(long = "trust-compiler", value_name = "FILE")]
@@ -210,7 +212,9 @@ impl NodeletArgs {
                 sim_values: self.sim,
             },
             restart_backoff: self.restart_backoff.as_duration(),
-            registry: crate::oci::registry(&self.insecure_registry)?.options().clone(),
+            registry: crate::oci::registry(&self.insecure_registry, self.registry_limits.limits())?
+                .options()
+                .clone(),
             name: self.name,
             mode,
         })

@@ -11,11 +11,39 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
-pub fn registry(insecure: &[String]) -> anyhow::Result<Registry> {
+pub fn registry(insecure: &[String], limits: harvester_registry::FetchLimits) -> anyhow::Result<Registry> {
     Ok(Registry::new(RegistryOptions {
         insecure: insecure.to_vec(),
         credentials: Credentials::from_environment()?,
+        limits,
     }))
+}
+
+/// What a registry may send and how long it may take, for the commands that
+/// read from registries they should not have to trust.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryLimits {
+    /// The largest component accepted from a registry (manifests are capped
+    /// at 4Mi, signatures at 1Mi).
+    #[arg(long, value_name = "SIZE", default_value = "128Mi")]
+    pub max_component_size: harvester_api::MemorySize,
+    /// How long a registry may take to connect or go silent mid-answer;
+    /// an answer may take four times this in all (a component more, by its size).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub registry_timeout: harvester_api::DurationSpec,
+}
+
+impl RegistryLimits {
+    pub fn limits(&self) -> harvester_registry::FetchLimits {
+        let t = self.registry_timeout.as_duration();
+        harvester_registry::FetchLimits {
+            layer_bytes: self.max_component_size.bytes(),
+            connect_timeout: t.min(std::time::Duration::from_secs(10)),
+            idle_timeout: t,
+            total_timeout: t * 4,
+            ..Default::default()
+        }
+    }
 }
 
 /// The key password, as cosign takes it: `COSIGN_PASSWORD`, else a prompt
@@ -82,7 +110,7 @@ pub async fn push(file: &Path, target: &str, key: Option<&Path>, insecure: &[Str
     }
     // Decrypt first: a wrong password should not leave an unsigned push behind.
     let key = key.map(signing_key).transpose()?;
-    push_signed(&registry(insecure)?, &reference, file, key.as_ref()).await?;
+    push_signed(&registry(insecure, Default::default())?, &reference, file, key.as_ref()).await?;
     Ok(())
 }
 
@@ -119,7 +147,7 @@ pub async fn push_signed(
 pub async fn sign(target: &str, key: &Path, insecure: &[String]) -> anyhow::Result<()> {
     let reference = parse_reference(target)?;
     let key = signing_key(key)?;
-    let registry = registry(insecure)?;
+    let registry = registry(insecure, Default::default())?;
     let digest = resolve(&registry, target).await?;
     let n = registry.sign(&reference, &digest, &key).await?;
     println!(
@@ -144,7 +172,12 @@ struct Checked {
     signer: String,
 }
 
-async fn check(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::Result<Checked> {
+async fn check(
+    target: &str,
+    keys: &[PathBuf],
+    insecure: &[String],
+    limits: harvester_registry::FetchLimits,
+) -> anyhow::Result<Checked> {
     if keys.is_empty() {
         bail!("name at least one public key with --key");
     }
@@ -153,7 +186,7 @@ async fn check(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::R
         .map(|k| TrustedKey::load(k))
         .collect::<anyhow::Result<_>>()?;
     let reference = parse_reference(target)?;
-    let registry = registry(insecure)?;
+    let registry = registry(insecure, limits)?;
     let digest = resolve(&registry, target).await?;
     let signer = match registry.verify(&reference, &digest, &keys).await {
         Ok(v) => v.key,
@@ -169,8 +202,13 @@ async fn check(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::R
     })
 }
 
-pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyhow::Result<()> {
-    let c = check(target, keys, insecure).await?;
+pub async fn verify(
+    target: &str,
+    keys: &[PathBuf],
+    insecure: &[String],
+    limits: harvester_registry::FetchLimits,
+) -> anyhow::Result<()> {
+    let c = check(target, keys, insecure, limits).await?;
     let by = c
         .keys
         .iter()
@@ -186,8 +224,14 @@ pub async fn verify(target: &str, keys: &[PathBuf], insecure: &[String]) -> anyh
 }
 
 /// Verifies, then downloads the component of `target` to `output`.
-pub async fn pull(target: &str, keys: &[PathBuf], output: &Path, insecure: &[String]) -> anyhow::Result<()> {
-    let c = check(target, keys, insecure).await?;
+pub async fn pull(
+    target: &str,
+    keys: &[PathBuf],
+    output: &Path,
+    insecure: &[String],
+    limits: harvester_registry::FetchLimits,
+) -> anyhow::Result<()> {
+    let c = check(target, keys, insecure, limits).await?;
     // A throwaway store: the bytes are checked against their digest on the way in.
     let scratch = tempfile::tempdir()?;
     let store = harvester_registry::BlobStore::new(scratch.path());

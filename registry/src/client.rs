@@ -6,14 +6,14 @@
 
 use crate::artifact::{self, ComponentLayer};
 use crate::auth::Credentials;
+use crate::fetch::{Body, FetchError, FetchLimits, Fetcher};
 use crate::signing::{self, Refusal, SignatureLayer, SigningKey, TrustedKey, Verified};
 use crate::store::BlobStore;
 use futures::StreamExt;
 use harvester_api::Digest;
 use indicatif::ProgressBar;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use std::collections::HashMap;
@@ -25,6 +25,8 @@ pub struct RegistryOptions {
     /// are not loopback.
     pub insecure: Vec<String>,
     pub credentials: Credentials,
+    /// What registries may send, and how long they may take.
+    pub limits: FetchLimits,
 }
 
 /// Why a pull did not produce a component.
@@ -67,18 +69,6 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn is_not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
-}
-
 fn is_unauthorized(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => true,
@@ -103,14 +93,48 @@ pub struct Pushed {
 
 pub struct Registry {
     opts: RegistryOptions,
+    /// For pushes, to a registry the user chose.
     clients: Mutex<HashMap<String, Client>>,
+    /// For every read: bounded in size and time.
+    fetcher: Fetcher,
 }
 
 impl Registry {
     pub fn new(opts: RegistryOptions) -> Registry {
+        // Fails only when no TLS backend can be set up at all: at start, never
+        // from anything a registry sends.
+        let fetcher = Fetcher::new(opts.limits).expect("an HTTP client for registries");
         Registry {
             opts,
             clients: Mutex::new(HashMap::new()),
+            fetcher,
+        }
+    }
+
+    /// `http://host` or `https://host` for `reference`'s registry.
+    fn base(&self, reference: &Reference) -> String {
+        let registry = reference.resolve_registry();
+        let scheme = if self.is_plain_http(registry) { "http" } else { "https" };
+        format!("{scheme}://{registry}")
+    }
+
+    /// A fetch failure as a pull error: too large is final, the rest may pass.
+    fn pull_error(e: FetchError) -> PullError {
+        match e {
+            FetchError::TooLarge { what, size, limit } => PullError::Refused(Refusal::TooLarge { what, size, limit }),
+            other => PullError::Registry(Self::fetch_context(other)),
+        }
+    }
+
+    fn fetch_context(e: FetchError) -> anyhow::Error {
+        match e {
+            FetchError::Unauthorized { what } => anyhow::anyhow!(
+                "{what}: the registry refused the credentials (or wants some): log in with `docker login`, `oras login` or `skopeo login --authfile`, or put them in {}",
+                Credentials::default_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "$DOCKER_CONFIG/config.json".into())
+            ),
+            other => anyhow::anyhow!("{other}"),
         }
     }
 
@@ -224,31 +248,33 @@ impl Registry {
         })
     }
 
-    /// The raw manifest at `reference`, checked against the digest in the
-    /// reference if it has one.
-    async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), OciDistributionError> {
-        let (client, auth) = self.client(reference);
-        client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
-        let (bytes, _) = client
-            .pull_manifest_raw(
+    /// The raw manifest at `reference` (a tag or a digest) and its digest.
+    async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), FetchError> {
+        let auth = self.opts.credentials.for_registry(reference.registry());
+        let part = reference
+            .digest()
+            .map(str::to_string)
+            .unwrap_or_else(|| reference.tag().unwrap_or("latest").to_string());
+        let bytes = self
+            .fetcher
+            .manifest(
                 reference,
+                &part,
+                &self.base(reference),
                 &auth,
                 &[artifact::MANIFEST_MEDIA_TYPE, artifact::DOCKER_MANIFEST_MEDIA_TYPE],
             )
             .await?;
         let digest = Digest::of(&bytes);
-        Ok((bytes.to_vec(), digest))
+        Ok((bytes, digest))
     }
 
     /// Resolves a tag (or checks a digest) to the manifest digest of a wasm
     /// component artifact.
     pub async fn resolve(&self, reference: &Reference) -> Result<(Digest, ComponentLayer), PullError> {
-        let (bytes, digest) = self.manifest(reference).await.map_err(|e| {
-            if is_not_found(&e) {
-                PullError::Registry(anyhow::anyhow!("{reference}: no such image in the registry"))
-            } else {
-                PullError::Registry(Self::context(reference, "reading", e))
-            }
+        let (bytes, digest) = self.manifest(reference).await.map_err(|e| match e {
+            FetchError::NotFound(_) => PullError::Registry(anyhow::anyhow!("{reference}: no such image in the registry")),
+            e => Self::pull_error(e),
         })?;
         if let Some(want) = reference.digest()
             && want != digest.to_string()
@@ -281,12 +307,16 @@ impl Registry {
         );
         let bytes = match self.manifest(&sig_ref).await {
             Ok((bytes, _)) => bytes,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(Self::context(&sig_ref, "reading signatures", e)),
+            Err(FetchError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(Self::fetch_context(e).context(format!("reading the signatures of {reference}"))),
         };
-        let manifest: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("the signature manifest of {reference} is not JSON: {e}"))?;
         let mut out = Vec::new();
-        for layer in manifest["layers"].as_array().into_iter().flatten() {
+        // A real image has a handful; more is a registry trying to make
+        // this side fetch without end.
+        const MAX_SIGNATURES: usize = 64;
+        for layer in manifest["layers"].as_array().into_iter().flatten().take(MAX_SIGNATURES) {
             if layer["mediaType"].as_str() != Some(signing::SIGNATURE_LAYER_MEDIA_TYPE) {
                 continue;
             }
@@ -297,7 +327,7 @@ impl Registry {
                 continue;
             };
             let payload = self
-                .blob(&sig_ref, &d, &ProgressBar::hidden())
+                .blob(&sig_ref, &d, Body::Signature, &ProgressBar::hidden())
                 .await
                 .map_err(|e| match e {
                     PullError::Refused(r) => anyhow::anyhow!("{r}"),
@@ -403,51 +433,30 @@ impl Registry {
         Ok(layers.len())
     }
 
-    /// Downloads one blob and checks it against its digest.
-    async fn blob(&self, reference: &Reference, digest: &Digest, progress: &ProgressBar) -> Result<Vec<u8>, PullError> {
-        let (client, auth) = self.client(reference);
-        client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
-        let desc = OciDescriptor {
-            digest: digest.to_string(),
-            ..OciDescriptor::default()
-        };
-        let mut stream = client
-            .pull_blob_stream(reference, &desc)
+    /// Downloads one blob (within `body`'s cap) and checks it against its digest.
+    async fn blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        body: Body,
+        progress: &ProgressBar,
+    ) -> Result<Vec<u8>, PullError> {
+        let auth = self.opts.credentials.for_registry(reference.registry());
+        let bytes = self
+            .fetcher
+            .blob(reference, digest, &self.base(reference), &auth, body, |n| progress.inc(n))
             .await
-            .map_err(|e| PullError::Registry(Self::context(reference, &format!("downloading {digest} from"), e)))?;
-        if let Some(len) = stream.content_length {
-            progress.set_length(len);
-        }
-        let mut bytes = Vec::with_capacity(stream.content_length.unwrap_or(0) as usize);
-        let mut failed = None;
-        while let Some(chunk) = stream.stream.next().await {
-            match chunk {
-                Ok(c) => {
-                    progress.inc(c.len() as u64);
-                    bytes.extend_from_slice(&c);
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+            .map_err(Self::pull_error);
         progress.finish_and_clear();
+        let bytes = bytes?;
         let actual = Digest::of(&bytes);
-        let complete = stream.content_length.is_none_or(|l| l == bytes.len() as u64);
-        if &actual != digest && (failed.is_none() || complete) {
-            // Everything arrived, and it is not what was asked for.
+        if &actual != digest {
             return Err(Refusal::DigestMismatch {
                 what: format!("blob of {}", repository(reference)),
                 expected: *digest,
                 actual,
             }
             .into());
-        }
-        if let Some(e) = failed {
-            return Err(PullError::Registry(anyhow::anyhow!(
-                "downloading {digest} from {reference}: {e}"
-            )));
         }
         Ok(bytes)
     }
@@ -465,16 +474,7 @@ impl Registry {
         if let Some(m) = store.get(digest).map_err(io)? {
             return Ok(m);
         }
-        let (bytes, actual) = self.manifest(&at).await.map_err(|e| match e {
-            OciDistributionError::DigestError(DigestError::VerificationError { actual, .. }) => {
-                PullError::Refused(Refusal::DigestMismatch {
-                    what: format!("manifest of {at}"),
-                    expected: *digest,
-                    actual: actual.parse().unwrap_or(*digest),
-                })
-            }
-            e => PullError::Registry(Self::context(&at, "reading", e)),
-        })?;
+        let (bytes, actual) = self.manifest(&at).await.map_err(Self::pull_error)?;
         if &actual != digest {
             return Err(Refusal::DigestMismatch {
                 what: format!("manifest of {at}"),
@@ -523,7 +523,15 @@ impl Registry {
         if let Some(bytes) = store.get(&layer.digest).map_err(io)? {
             return Ok(bytes);
         }
-        let bytes = self.blob(&at, &layer.digest, progress).await?;
+        if layer.size > self.fetcher.limits().layer_bytes {
+            return Err(Refusal::TooLarge {
+                what: format!("the component of {}", at.whole()),
+                size: layer.size.to_string(),
+                limit: self.fetcher.limits().layer_bytes,
+            }
+            .into());
+        }
+        let bytes = self.blob(&at, &layer.digest, Body::Layer, progress).await?;
         artifact::check_component(&bytes).map_err(|problem| Refusal::NotAComponent {
             image: at.whole(),
             problem,

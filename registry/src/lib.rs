@@ -5,10 +5,12 @@
 pub mod artifact;
 pub mod auth;
 pub mod client;
+pub mod fetch;
 pub mod signing;
 pub mod store;
 
 pub use auth::Credentials;
+pub use fetch::{FetchLimits, DEFAULT_LAYER_BYTES};
 pub use client::{PullError, Pushed, Registry, RegistryOptions, parse_reference, pinned, repository};
 pub use oci_client::Reference;
 pub use signing::{Refusal, SigningKey, TrustedKey, Verified, generate_key_pair};

@@ -283,6 +283,10 @@ pub enum Refusal {
     },
     #[error("{image}: {problem}")]
     NotAComponent { image: String, problem: String },
+    /// More bytes than this side accepts (the registry's own claim, or
+    /// what it actually sent).
+    #[error("{what} is {size} bytes, over the limit of {limit}: refusing it")]
+    TooLarge { what: String, size: String, limit: u64 },
 }
 
 impl Refusal {
@@ -295,6 +299,7 @@ impl Refusal {
             }
             Refusal::DigestMismatch { .. } => Reason::DigestMismatch,
             Refusal::NotAComponent { .. } => Reason::InvalidArtifact,
+            Refusal::TooLarge { .. } => Reason::TooLarge,
         }
     }
 
@@ -306,6 +311,7 @@ impl Refusal {
             Refusal::IdentityMismatch { .. } => "identity_mismatch",
             Refusal::DigestMismatch { .. } => "digest_mismatch",
             Refusal::NotAComponent { .. } => "not_a_component",
+            Refusal::TooLarge { .. } => "too_large",
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Making the runtime match the assignments: one task, so a slow pull or
-//! compile never stalls the watch; what failed is retried with backoff (a
-//! registry back up, a signature added later).
+//! Making the runtime match the assignments. Each plugin that does not
+//! run as assigned gets an attempt of its own (a few at a time), so a slow
+//! or stalled registry holds only the plugins it serves, and a new set of
+//! assignments is acted on at once. What failed is retried with its own
+//! full-jitter backoff (a registry back up, a signature added later).
 
 use super::failure::Failure;
 use super::{Agent, lock};
@@ -11,7 +13,14 @@ use harvester_api::resources::{Assignment, Assignments, is_local_path};
 use harvester_registry::{Refusal, parse_reference};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Attempts (pulls, verifications, compiles) running at once.
+const PARALLEL_ATTEMPTS: usize = 4;
+
+/// The first wait after a failure, and the longest.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(15);
 
 /// The version of a plugin this agent handed to the runtime.
 #[derive(Debug, Clone, Copy)]
@@ -24,85 +33,160 @@ pub(super) struct Applied {
     pub unsigned: bool,
 }
 
-/// What converging left behind, for status reports.
-#[derive(Default)]
+/// An attempt at one assignment, running now.
+struct Attempt {
+    assignment: Assignment,
+    task: tokio::task::AbortHandle,
+}
+
+/// When a failed assignment may be tried again, and the wait after that.
+struct Retry {
+    assignment: Assignment,
+    at: Instant,
+    step: Duration,
+}
+
+/// What converging left behind, for status reports, and what it is doing.
 pub(super) struct Converged {
     /// Versions the controller asked for that are not running, and why.
     pub failures: Mutex<BTreeMap<String, Failure>>,
     pub applied: Mutex<BTreeMap<String, Applied>>,
+    attempts: Mutex<BTreeMap<String, Attempt>>,
+    retries: Mutex<BTreeMap<String, Retry>>,
+    slots: tokio::sync::Semaphore,
+    /// Rung when an attempt ends.
+    done: tokio::sync::Notify,
 }
 
-/// Converges on every new set of assignments until aborted.
-pub(super) async fn run(agent: Arc<Agent>) {
-    let mut desired = agent.desired.subscribe();
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let current = desired.borrow_and_update().clone();
-        let retry = match &current {
-            Some(a) => agent.converge(a).await,
-            None => false,
-        };
-        if retry {
-            tokio::select! {
-                changed = desired.changed() => {
-                    if changed.is_err() { return }
-                    backoff = Duration::from_secs(1);
-                }
-                _ = tokio::time::sleep(backoff) => {
-                    backoff = (backoff * 2).min(Duration::from_secs(15));
-                }
-            }
-        } else {
-            backoff = Duration::from_secs(1);
-            if desired.changed().await.is_err() {
-                return;
-            }
+impl Default for Converged {
+    fn default() -> Self {
+        Converged {
+            failures: Mutex::default(),
+            applied: Mutex::default(),
+            attempts: Mutex::default(),
+            retries: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(PARALLEL_ATTEMPTS),
+            done: tokio::sync::Notify::new(),
         }
     }
 }
 
+/// Converges on every new set of assignments, every ended attempt and
+/// every retry that falls due, until aborted.
+pub(super) async fn run(agent: Arc<Agent>) {
+    let mut desired = agent.desired.subscribe();
+    loop {
+        let current = desired.borrow_and_update().clone();
+        let wake = match &current {
+            Some(a) => agent.converge(a).await,
+            None => None,
+        };
+        let due = async {
+            match wake {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = agent.converged.done.notified() => {}
+            _ = due => {}
+        }
+    }
+}
+
+/// Full jitter: a random share of `step`, so nodes retrying one registry
+/// spread out.
+fn jittered(step: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(step.as_nanos());
+    step.mul_f64((h.finish() % 1000) as f64 / 1000.0)
+}
+
 impl Agent {
-    /// Makes the runtime match `assignments`. Returns whether something
-    /// could not be done and is worth retrying.
-    async fn converge(&self, assignments: &Assignments) -> bool {
+    /// Starts an attempt for every assignment that does not run as asked
+    /// and is neither on its way nor waiting for a retry, and removes what
+    /// is no longer assigned. Returns when the next retry falls due.
+    async fn converge(self: &Arc<Self>, assignments: &Assignments) -> Option<Instant> {
         self.guards.retain(&assignments.plugins);
-        let mut again = false;
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
         for assigned in &assignments.plugins {
             // A revision this node judged failed gives way to its fallback.
             let fallback = self.guards.effective(assigned);
-            let a = fallback.as_ref().unwrap_or(assigned);
-            match self.run_assignment(a).await {
-                Ok(()) => {
-                    lock(&self.converged.failures).remove(&a.name);
-                    if fallback.is_none() {
-                        self.guards.started(a);
-                    }
+            let judged = fallback.is_some();
+            let a = fallback.unwrap_or_else(|| assigned.clone());
+            if self.runs(&a) {
+                lock(&self.converged.failures).remove(&a.name);
+                lock(&self.converged.retries).remove(&a.name);
+                if let Some(old) = lock(&self.converged.attempts).remove(&a.name) {
+                    old.task.abort();
                 }
-                Err(f) if fallback.is_none() && a.guard.is_some() && f.reason == harvester_api::Reason::LoadFailed => {
-                    self.guards.failed_to_load(a, &f.message);
-                    again = true;
+                if !judged {
+                    self.guards.started(&a);
                 }
-                Err(f) => {
-                    let mut failures = lock(&self.converged.failures);
-                    // Retries repeat the same failure: log and count it once.
-                    if failures.get(&a.name) != Some(&f) {
-                        tracing::error!(
-                            plugin = a.name,
-                            generation = a.generation,
-                            reason = %f.reason,
-                            "{}",
-                            f.message
-                        );
-                        if let Some(label) = f.refusal {
-                            self.metrics.refusals.with_label_values(&[&a.name, label]).inc();
-                        }
-                        failures.insert(a.name.clone(), f);
-                    }
+                continue;
+            }
+            {
+                let mut attempts = lock(&self.converged.attempts);
+                if attempts.get(&a.name).is_some_and(|at| at.assignment == a) {
+                    continue;
+                }
+                // Superseded: what it would start is no longer wanted.
+                if let Some(old) = attempts.remove(&a.name) {
+                    old.task.abort();
                 }
             }
+            {
+                let mut retries = lock(&self.converged.retries);
+                match retries.get(&a.name) {
+                    Some(r) if r.assignment == a && r.at > now => {
+                        wake = Some(wake.map_or(r.at, |w| w.min(r.at)));
+                        continue;
+                    }
+                    Some(r) if r.assignment != a => {
+                        retries.remove(&a.name);
+                    }
+                    _ => {}
+                }
+            }
+            let agent = self.clone();
+            let attempt = a.clone();
+            let task = tokio::spawn(async move {
+                let slot = agent.converged.slots.acquire().await;
+                let result = agent.run_assignment(&attempt).await;
+                drop(slot);
+                agent.record(&attempt, judged, result);
+                let mut attempts = lock(&agent.converged.attempts);
+                if attempts.get(&attempt.name).is_some_and(|at| at.assignment == attempt) {
+                    attempts.remove(&attempt.name);
+                }
+                drop(attempts);
+                agent.converged.done.notify_one();
+            });
+            lock(&self.converged.attempts).insert(
+                a.name.clone(),
+                Attempt {
+                    assignment: a,
+                    task: task.abort_handle(),
+                },
+            );
         }
         let wanted: Vec<&str> = assignments.plugins.iter().map(|a| a.name.as_str()).collect();
         lock(&self.converged.failures).retain(|name, _| wanted.contains(&name.as_str()));
+        lock(&self.converged.retries).retain(|name, _| wanted.contains(&name.as_str()));
+        lock(&self.converged.attempts).retain(|name, at| {
+            let keep = wanted.contains(&name.as_str());
+            if !keep {
+                at.task.abort();
+            }
+            keep
+        });
         for name in self.runtime.plugin_names() {
             if !wanted.contains(&name.as_str()) {
                 lock(&self.converged.applied).remove(&name);
@@ -111,7 +195,64 @@ impl Agent {
             }
         }
         self.report_now.notify_one();
-        again || lock(&self.converged.failures).values().any(Failure::worth_retrying)
+        wake
+    }
+
+    /// What one attempt came to: running, or a failure logged and counted
+    /// once and retried after its backoff when that may help.
+    fn record(&self, a: &Assignment, judged: bool, result: Result<(), Failure>) {
+        match result {
+            Ok(()) => {
+                lock(&self.converged.failures).remove(&a.name);
+                lock(&self.converged.retries).remove(&a.name);
+                if !judged {
+                    self.guards.started(a);
+                }
+            }
+            // The next pass runs the fallback this judgement names.
+            Err(f) if !judged && a.guard.is_some() && f.reason == harvester_api::Reason::LoadFailed => {
+                self.guards.failed_to_load(a, &f.message);
+            }
+            Err(f) => {
+                let mut retries = lock(&self.converged.retries);
+                let step = match retries.get(&a.name) {
+                    Some(r) if r.assignment == *a => (r.step * 2).min(RETRY_MAX),
+                    _ => RETRY_FIRST,
+                };
+                // The same bytes and config fail to load the same way: such
+                // an assignment waits for a new one.
+                let wait = if f.worth_retrying() {
+                    jittered(step)
+                } else {
+                    Duration::from_secs(86_400 * 365)
+                };
+                retries.insert(
+                    a.name.clone(),
+                    Retry {
+                        assignment: a.clone(),
+                        at: Instant::now() + wait,
+                        step,
+                    },
+                );
+                drop(retries);
+                let mut failures = lock(&self.converged.failures);
+                // Retries repeat the same failure: log and count it once.
+                if failures.get(&a.name) != Some(&f) {
+                    tracing::error!(
+                        plugin = a.name,
+                        generation = a.generation,
+                        reason = %f.reason,
+                        "{}",
+                        f.message
+                    );
+                    if let Some(label) = f.refusal {
+                        self.metrics.refusals.with_label_values(&[&a.name, label]).inc();
+                    }
+                    failures.insert(a.name.clone(), f);
+                }
+            }
+        }
+        self.report_now.notify_one();
     }
 
     /// Whether the runtime already runs exactly this assignment.

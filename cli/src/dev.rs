@@ -73,7 +73,10 @@ pub async fn run(client: &Client, opts: DevOptions) -> anyhow::Result<()> {
                     "warning: no --key: pushed builds are unsigned and only nodes started with --allow-unsigned run them"
                 );
             }
-            (Some(crate::oci::registry(&opts.insecure_registry, Default::default())?), key)
+            (
+                Some(crate::oci::registry(&opts.insecure_registry, Default::default())?),
+                key,
+            )
         }
         Target::Local => (None, None),
     };

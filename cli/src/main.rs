@@ -108,7 +108,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     node_timeout: node_timeout.as_duration(),
                     resync: std::time::Duration::from_secs(2),
-                    registry: oci::registry(&insecure_registry, registry_limits.limits())?.options().clone(),
+                    registry: oci::registry(&insecure_registry, registry_limits.limits())?
+                        .options()
+                        .clone(),
                     dashboard: (!no_dashboard).then_some(dashboard),
                     timezone,
                     log_memory: log_memory.bytes() as usize,

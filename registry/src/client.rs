@@ -273,7 +273,9 @@ impl Registry {
     /// component artifact.
     pub async fn resolve(&self, reference: &Reference) -> Result<(Digest, ComponentLayer), PullError> {
         let (bytes, digest) = self.manifest(reference).await.map_err(|e| match e {
-            FetchError::NotFound(_) => PullError::Registry(anyhow::anyhow!("{reference}: no such image in the registry")),
+            FetchError::NotFound(_) => {
+                PullError::Registry(anyhow::anyhow!("{reference}: no such image in the registry"))
+            }
             e => Self::pull_error(e),
         })?;
         if let Some(want) = reference.digest()
@@ -444,7 +446,9 @@ impl Registry {
         let auth = self.opts.credentials.for_registry(reference.registry());
         let bytes = self
             .fetcher
-            .blob(reference, digest, &self.base(reference), &auth, body, |n| progress.inc(n))
+            .blob(reference, digest, &self.base(reference), &auth, body, |n| {
+                progress.inc(n)
+            })
             .await
             .map_err(Self::pull_error);
         progress.finish_and_clear();

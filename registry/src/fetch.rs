@@ -122,7 +122,11 @@ impl Fetcher {
         accept: &[&str],
     ) -> Result<Vec<u8>, FetchError> {
         let url = format!("{base}/v2/{}/manifests/{reference_part}", reference.repository());
-        let what = format!("manifest {}/{}:{reference_part}", reference.registry(), reference.repository());
+        let what = format!(
+            "manifest {}/{}:{reference_part}",
+            reference.registry(),
+            reference.repository()
+        );
         self.get(reference, &url, &what, auth, Body::Manifest, &accept.join(", "), |_| {})
             .await
     }
@@ -274,7 +278,9 @@ impl Fetcher {
         let answer: Answer = serde_json::from_slice(&body)
             .map_err(|e| FetchError::Transient(format!("{what}: the token service sent no token: {e}")))?;
         let Some(token) = answer.token.or(answer.access_token) else {
-            return Err(FetchError::Transient(format!("{what}: the token service sent no token")));
+            return Err(FetchError::Transient(format!(
+                "{what}: the token service sent no token"
+            )));
         };
         let life = Duration::from_secs(answer.expires_in.unwrap_or(60).clamp(10, 3600) - 5);
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,8 +10,8 @@ pub mod signing;
 pub mod store;
 
 pub use auth::Credentials;
-pub use fetch::{FetchLimits, DEFAULT_LAYER_BYTES};
 pub use client::{PullError, Pushed, Registry, RegistryOptions, parse_reference, pinned, repository};
+pub use fetch::{DEFAULT_LAYER_BYTES, FetchLimits};
 pub use oci_client::Reference;
 pub use signing::{Refusal, SigningKey, TrustedKey, Verified, generate_key_pair};
 pub use store::BlobStore;

@@ -8,6 +8,7 @@ mod dashboard;
 mod deploy;
 mod first_run;
 mod fleet;
+mod hostile;
 mod hot_swap;
 mod identity;
 mod kubectl;

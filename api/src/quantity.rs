@@ -5,6 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The longest duration anything accepts: ten years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// A duration such as `3s`, `200ms`, `1m30s` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DurationSpec(pub Duration);
@@ -44,7 +47,14 @@ impl FromStr for DurationSpec {
                 _ => return Err(bad()),
             };
             rest = &rest[unit_len..];
-            total += Duration::from_secs_f64(value * seconds_per_unit);
+            // Past what any setting means (and what Duration holds), a
+            // number is refused rather than wrapped or panicked on.
+            let too_long = || format!("duration {s:?} is too long (at most {} days)", MAX_DURATION.as_secs() / 86_400);
+            let part = Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| too_long())?;
+            total = total
+                .checked_add(part)
+                .filter(|t| *t <= MAX_DURATION)
+                .ok_or_else(too_long)?;
         }
         Ok(DurationSpec(total))
     }
@@ -160,6 +170,12 @@ mod tests {
             let err = bad.parse::<DurationSpec>().unwrap_err();
             assert!(err.contains("invalid duration"), "{bad}: {err}");
         }
+        // Absurd numbers are refused, never a panic or a wrap.
+        for absurd in ["99999999999999999999h", "87600h1ms", &"9".repeat(400), "3650d"] {
+            let err = absurd.parse::<DurationSpec>().unwrap_err();
+            assert!(err.contains("too long") || err.contains("invalid duration"), "{absurd}: {err}");
+        }
+        assert_eq!("87600h".parse::<DurationSpec>().unwrap().0, MAX_DURATION);
     }
 
     #[test]

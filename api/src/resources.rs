@@ -400,6 +400,14 @@ impl Validate for Node {
 /// Parses a YAML stream (documents separated by `---`) into validated
 /// objects. Every document is checked; any error rejects the whole stream.
 pub fn parse_documents(text: &str) -> Result<Vec<Object>, Vec<DocumentError>> {
+    if let Err((document, message)) = crate::validation::check_yaml_size(text) {
+        return Err(vec![DocumentError {
+            document,
+            kind: None,
+            name: None,
+            message,
+        }]);
+    }
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -477,6 +485,27 @@ mod tests {
                 .to_string()
                 .starts_with("document 3 (Gadget g): kind: \"Gadget\" is not known")
         );
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_before_they_expand() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"));
+        }
+        bomb.push_str("kind: Plugin\n");
+        assert!(bomb.len() < 4096);
+        let started = std::time::Instant::now();
+        let errs = parse_documents(&bomb).unwrap_err();
+        assert!(errs[0].to_string().starts_with("document 1: it expands to more than 100000 values"), "{errs:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        let deep = format!("kind: Plugin\nspec: {}{}\n", "[".repeat(100), "]".repeat(100));
+        let errs = parse_documents(&deep).unwrap_err();
+        assert!(errs[0].message.contains("deeper than 64"), "{errs:?}");
+        // A plain anchor that repeats little is fine.
+        let small = PLUGIN.replace("nodeSelector: {role: sensor}", "nodeSelector: &sel {role: sensor}");
+        assert!(parse_documents(&small).is_ok());
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl StandaloneManifest {
 
     /// Parses and validates manifest text.
     pub fn parse(text: &str) -> Result<StandaloneManifest, ParseError> {
+        crate::validation::check_yaml_size(text).map_err(|(_, why)| ParseError::Syntax(why))?;
         // serde_yaml's messages carry the line and column of the bad field.
         let manifest: StandaloneManifest =
             crate::validation::deserialize_at(serde_yaml::Deserializer::from_str(text), "")

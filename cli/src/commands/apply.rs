@@ -43,6 +43,9 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
 pub(super) async fn pin_local_images(client: &Client, file: &Path, text: &str) -> anyhow::Result<String> {
     use serde::Deserialize;
     let base = file.parent().unwrap_or(Path::new("."));
+    if let Err((document, why)) = harvester_api::validation::check_yaml_size(text) {
+        anyhow::bail!("{} document {document}: {why}", file.display());
+    }
     let mut out = String::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let mut value = match serde_yaml::Value::deserialize(doc) {

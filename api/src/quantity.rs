@@ -49,7 +49,12 @@ impl FromStr for DurationSpec {
             rest = &rest[unit_len..];
             // Past what any setting means (and what Duration holds), a
             // number is refused rather than wrapped or panicked on.
-            let too_long = || format!("duration {s:?} is too long (at most {} days)", MAX_DURATION.as_secs() / 86_400);
+            let too_long = || {
+                format!(
+                    "duration {s:?} is too long (at most {} days)",
+                    MAX_DURATION.as_secs() / 86_400
+                )
+            };
             let part = Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| too_long())?;
             total = total
                 .checked_add(part)
@@ -173,7 +178,10 @@ mod tests {
         // Absurd numbers are refused, never a panic or a wrap.
         for absurd in ["99999999999999999999h", "87600h1ms", &"9".repeat(400), "3650d"] {
             let err = absurd.parse::<DurationSpec>().unwrap_err();
-            assert!(err.contains("too long") || err.contains("invalid duration"), "{absurd}: {err}");
+            assert!(
+                err.contains("too long") || err.contains("invalid duration"),
+                "{absurd}: {err}"
+            );
         }
         assert_eq!("87600h".parse::<DurationSpec>().unwrap().0, MAX_DURATION);
     }

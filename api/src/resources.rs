@@ -498,8 +498,17 @@ mod tests {
         assert!(bomb.len() < 4096);
         let started = std::time::Instant::now();
         let errs = parse_documents(&bomb).unwrap_err();
-        assert!(errs[0].to_string().starts_with("document 1: it expands to more than 100000 values"), "{errs:?}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("document 1: it expands to more than 100000 values"),
+            "{errs:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         let deep = format!("kind: Plugin\nspec: {}{}\n", "[".repeat(100), "]".repeat(100));
         let errs = parse_documents(&deep).unwrap_err();
         assert!(errs[0].message.contains("deeper than 64"), "{errs:?}");

@@ -91,7 +91,10 @@ fn validate_timing(tick: DurationSpec, limits: &Limits, at: &str, errors: &mut V
         );
     }
     if tick.0 > Duration::from_secs(86_400) {
-        errors.push(format!("{at}.tickInterval"), format!("{tick} is too long (at most 24h)"));
+        errors.push(
+            format!("{at}.tickInterval"),
+            format!("{tick} is too long (at most 24h)"),
+        );
     }
     if limits.memory.bytes() < (1 << 20) || limits.memory.bytes() > (4 << 30) {
         errors.push(

@@ -93,10 +93,18 @@ pub fn check_yaml_size(text: &str) -> Result<(), (usize, String)> {
     use serde::de::DeserializeSeed;
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let budget = std::cell::Cell::new(MAX_YAML_VALUES);
-        if let Err(e) = (Counter { budget: &budget, depth: 0 }).deserialize(doc) {
+        if let Err(e) = (Counter {
+            budget: &budget,
+            depth: 0,
+        })
+        .deserialize(doc)
+        {
             let message = e.to_string();
             if let Some(at) = message.find(BUDGET_MARK) {
-                let why = message[at + BUDGET_MARK.len()..].split('\u{1}').next().unwrap_or_default();
+                let why = message[at + BUDGET_MARK.len()..]
+                    .split('\u{1}')
+                    .next()
+                    .unwrap_or_default();
                 return Err((i + 1, why.to_string()));
             }
             // A syntax error ends the stream; the parse reports it.

@@ -286,16 +286,25 @@ fn main() -> ExitCode {
         Err(e) => match e.downcast::<Exit>() {
             Ok(Exit(code, error)) => {
                 if let Some(e) = error {
-                    eprintln!("error: {e:#}");
+                    print_error(&e);
                 }
                 ExitCode::from(code)
             }
             Err(e) => {
-                eprintln!("error: {e:#}");
+                print_error(&e);
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// An error as the user reads it: one line per line it has, none of them
+/// able to send the terminal escape sequences (errors quote what nodes,
+/// plugins and registries said).
+fn print_error(e: &anyhow::Error) {
+    let text = format!("{e:#}");
+    let lines: Vec<String> = text.lines().map(|l| commands::printable(l).into_owned()).collect();
+    eprintln!("error: {}", lines.join("\n"));
 }
 
 /// A command's own exit code (as `diff`'s 1 for "something would change"),

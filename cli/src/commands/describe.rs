@@ -14,12 +14,12 @@ pub async fn describe(client: &Client, kind: &str, name: Option<&str>) -> anyhow
         Kind::Plugin => {
             let (plugin, events) = tokio::try_join!(client.plugin(name), client.events(name))?;
             print_plugin(&plugin);
-            println!("Events:");
+            super::say!("Events:");
             if events.is_empty() {
-                println!("  <none since the controller started>");
+                super::say!("  <none since the controller started>");
             }
             for e in events {
-                println!("  {:>5} ago  {}", age(e.time), e.message);
+                super::say!("  {:>5} ago  {}", age(e.time), e.message);
             }
         }
         Kind::Node => print_node(&client.node(name).await?),
@@ -28,29 +28,29 @@ pub async fn describe(client: &Client, kind: &str, name: Option<&str>) -> anyhow
 }
 
 fn print_header(name: &str, l: &harvester_api::resources::Labels, created: u64) {
-    println!("Name:          {name}");
-    println!("Labels:        {}", labels(l));
-    println!("Created:       {} ago", age(created));
+    super::say!("Name:          {name}");
+    super::say!("Labels:        {}", labels(l));
+    super::say!("Created:       {} ago", age(created));
 }
 
 fn print_plugin(p: &Plugin) {
     let (meta, spec, run) = (&p.metadata, &p.spec, &p.spec.run);
     print_header(&meta.name, &meta.labels, meta.creation_timestamp);
-    println!("Generation:    {}", meta.generation);
-    println!("Image:         {}", spec.image);
+    super::say!("Generation:    {}", meta.generation);
+    super::say!("Image:         {}", spec.image);
     // Two digests meet here: the artifact's (the OCI manifest, what
     // signatures sign and apply pins) and the component's (the .wasm bytes,
     // in node logs and /status).
-    println!(
+    super::say!(
         "Artifact:      {} (the OCI manifest's digest)",
         spec.digest.map_or("-".to_string(), |d| d.to_string())
     );
-    println!("Node selector: {}", selector(&spec.node_selector()));
-    println!("Grants:        {}", json(&run.grants));
-    println!("Config:        {}", labels(&run.config));
-    println!("Tick:          {}", run.tick_interval);
-    println!("Limits:        {}", json(&run.limits));
-    println!("Nodes:");
+    super::say!("Node selector: {}", selector(&spec.node_selector()));
+    super::say!("Grants:        {}", json(&run.grants));
+    super::say!("Config:        {}", labels(&run.config));
+    super::say!("Tick:          {}", run.tick_interval);
+    super::say!("Limits:        {}", json(&run.limits));
+    super::say!("Nodes:");
     let mut table = Table::new([
         "  NODE",
         "PHASE",
@@ -78,10 +78,10 @@ fn print_plugin(p: &Plugin) {
 fn print_node(n: &Node) {
     let s = &n.status;
     print_header(&n.metadata.name, &n.metadata.labels, n.metadata.creation_timestamp);
-    println!("Roles:         {}", super::get::roles(n));
-    println!("Architecture:  {}", s.architecture);
-    println!("Hardware:      {} ({})", s.backend, json(&s.devices));
-    println!("Address:       {}", s.address);
+    super::say!("Roles:         {}", super::get::roles(n));
+    super::say!("Architecture:  {}", s.architecture);
+    super::say!("Hardware:      {} ({})", s.backend, json(&s.devices));
+    super::say!("Address:       {}", s.address);
     let keys = if s.trusted_keys.is_empty() {
         "no key".to_string()
     } else {
@@ -92,7 +92,7 @@ fn print_node(n: &Node) {
     } else {
         ""
     };
-    println!("Trusts:        {keys}{unsigned}");
+    super::say!("Trusts:        {keys}{unsigned}");
     if let Some(e) = &s.engine {
         let how = match e.compile.as_str() {
             "hub" => "code compiled by the hub only",
@@ -100,12 +100,12 @@ fn print_node(n: &Node) {
             "local" => "compiles here",
             other => other,
         };
-        println!("Compile:       {how} ({}, engine {})", e.target, e.hash);
+        super::say!("Compile:       {how} ({}, engine {})", e.target, e.hash);
     }
-    println!("Heartbeat:     {} ago", age(s.last_heartbeat));
-    println!("Plugins:");
+    super::say!("Heartbeat:     {} ago", age(s.last_heartbeat));
+    super::say!("Plugins:");
     for (p, st) in &s.plugins {
-        println!(
+        super::say!(
             "  {p}: {} generation {} {}",
             st.phase.as_str(),
             st.generation,
@@ -120,9 +120,9 @@ fn json(v: &impl serde::Serialize) -> String {
 }
 
 fn print_conditions(conditions: &[Condition]) {
-    println!("Conditions:");
+    super::say!("Conditions:");
     for c in conditions {
-        println!(
+        super::say!(
             "  {:<12} {:<6} {:<18} {} ago  {}",
             c.kind.as_str(),
             c.status.as_str(),

@@ -166,9 +166,15 @@ fn print_document(value: &Value, format: &Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::JsonPath(t) => {
-            use std::io::Write;
+            use std::io::{IsTerminal, Write};
             let mut out = std::io::stdout().lock();
-            out.write_all(t.render(value).as_bytes())?;
+            let text = t.render(value);
+            // Scripts get the values exactly; a terminal never obeys them.
+            if out.is_terminal() {
+                out.write_all(super::printable(&text).as_bytes())?;
+            } else {
+                out.write_all(text.as_bytes())?;
+            }
             out.flush()?;
         }
         _ => print!("{}", serde_yaml::to_string(value)?),

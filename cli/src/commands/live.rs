@@ -91,7 +91,7 @@ pub async fn logs(client: &Client, which: &str, follow: bool, tail: usize, zone:
             LogStreamItem::Dropped { dropped } => eprintln!("({dropped} lines skipped: this terminal fell behind)"),
             LogStreamItem::Line(line) => {
                 use std::io::Write;
-                writeln!(out, "{}", render(&line, zone))?;
+                writeln!(out, "{}", super::printable(&render(&line, zone)))?;
                 out.flush()?;
             }
         }
@@ -124,7 +124,7 @@ pub async fn exec(
     }
     for r in &answers.results {
         let mark = if r.ok { "" } else { "error: " };
-        println!("{}: {mark}{}", r.node, r.message);
+        super::say!("{}: {mark}{}", r.node, r.message);
     }
     if !ok {
         bail!("the command failed on some nodes");

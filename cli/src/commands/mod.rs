@@ -59,6 +59,36 @@ fn invalid_manifest(errors: &[DocumentError], what: &str) -> anyhow::Error {
 }
 use harvester_api::{ConditionType, Phase};
 
+/// Text from nodes and plugins as a terminal may show it: control
+/// characters (escape sequences that would move the cursor, retitle the
+/// window or hide what follows), C1 controls and bidirectional overrides
+/// (which reorder what is read) are written out as `\u{1b}`; tabs stay.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `println!` for lines carrying text from nodes and plugins.
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", $crate::commands::printable(&format!($($t)*)))
+    };
+}
+pub(crate) use say;
+
 /// How long ago `ms` (milliseconds since the epoch) was, kubectl-style.
 fn age(ms: u64) -> String {
     if ms == 0 {
@@ -165,7 +195,7 @@ impl Table {
             let cells: Vec<String> = r
                 .iter()
                 .enumerate()
-                .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+                .map(|(i, c)| format!("{:<w$}", printable(c), w = widths.get(i).copied().unwrap_or(0)))
                 .collect();
             out.push_str(cells.join("   ").trim_end());
             out.push('\n');
@@ -184,6 +214,18 @@ mod tests {
         t.row(vec!["dht22".into(), "True".into()]);
         t.row(vec!["a".into(), "False".into()]);
         assert_eq!(t.render(), "NAME    READY\ndht22   True\na       False\n");
+    }
+
+    #[test]
+    fn escape_sequences_from_nodes_are_shown_not_obeyed() {
+        assert_eq!(printable("plain text\twith a tab"), "plain text\twith a tab");
+        assert_eq!(printable("\u{1b}]0;pwned\u{7}red"), "\\u{1b}]0;pwned\\u{7}red");
+        assert_eq!(printable("line\nforged"), "line\\u{a}forged");
+        assert_eq!(printable("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
+        let mut t = Table::new(["NAME", "MESSAGE"]);
+        t.row(vec!["a".into(), "\u{1b}[2J".into()]);
+        assert!(!t.render().contains('\u{1b}'));
     }
 
     #[test]

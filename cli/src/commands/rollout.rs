@@ -68,7 +68,7 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
             None => format!("Waiting for plugin/{name}: {done} of {total} nodes run generation {generation}"),
         };
         if line != last {
-            println!("{line}");
+            super::say!("{line}");
             last = line;
         }
         if Instant::now() > deadline {

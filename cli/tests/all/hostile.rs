@@ -264,3 +264,66 @@ fn a_hostile_registry_is_refused_by_name_and_the_node_keeps_running() {
     wait_until(T, "good keeps ticking", || good()["ticks"].as_u64().unwrap() > ticks);
     drop(reg);
 }
+
+/// The largest the process has been, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn hostile_manifests_get_a_4xx_and_the_hub_memory_holds() {
+    let f = Fleet::new();
+    let hub = f.hub();
+    // Warm the paths the bomb takes, so the peak below is the bomb's alone.
+    let (code, _) = hub.call("POST", "/api/v1alpha1/apply", "kind: Plugin\nmetadata: {name: a}\n");
+    assert_eq!(code, 422);
+    let before = peak_kib(f.controller_pid());
+
+    let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    bomb.push_str("kind: Plugin\n");
+    assert!(bomb.len() < 4096, "a few KiB");
+    let started = Instant::now();
+    let (code, body) = hub.call("POST", "/api/v1alpha1/apply", &bomb);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("expands to more than 100000 values"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let absurd = f
+        .plugin_yaml("absurd", "role: sensor", "{}", "1")
+        .replace("tickInterval: 100ms", "tickInterval: 99999999999999999999h");
+    let (code, body) = hub.call("POST", "/api/v1alpha1/apply", &absurd);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("spec.tickInterval") && body.contains("too long"),
+        "{body}"
+    );
+    let (code, body) = hub.call(
+        "POST",
+        "/api/v1alpha1/apply",
+        &absurd.replace("99999999999999999999h", "48h"),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("spec.tickInterval: 48s is too long") || body.contains("at most 24h"),
+        "{body}"
+    );
+
+    let after = peak_kib(f.controller_pid());
+    assert!(
+        after < before + 16 * 1024,
+        "the hub's peak grew from {before} KiB to {after} KiB"
+    );
+    // And it still answers.
+    assert_eq!(hub.call("GET", "/api/v1alpha1/plugins", "").0, 200);
+}

@@ -337,6 +337,26 @@ fn watch_templates_labels_edit_and_errors_work_as_kubectl_users_expect() {
     );
     drop(watch);
 
+    // What a plugin says (here: its init's error quoting its config) is
+    // shown, never obeyed: escape sequences come out written as text.
+    f.apply(&f.plugin_yaml("noisy", "role: sensor", "{gpio: {pins: [22]}}", "\\e]0;pwned\\a\\e[2J"));
+    let mut shown = String::new();
+    wait_until(T, "the noisy plugin's line in the logs", || {
+        let out = f.cli(&["logs", "plugin/noisy", "--tail", "50"]);
+        shown = String::from_utf8_lossy(&out.stdout).to_string();
+        shown.contains("is not a number")
+    });
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+    assert!(
+        shown.contains("VERSION=\\u{1b}]0;pwned\\u{7}\\u{1b}[2J is not a number"),
+        "{shown}"
+    );
+    let described = f.cli_ok(&["describe", "plugin", "noisy"]);
+    assert!(
+        !described.contains('\u{1b}') && described.contains("\\u{1b}]0;pwned"),
+        "{described}"
+    );
+
     // explain: the fields the API reads, and what is not one.
     let explained = f.cli_ok(&["explain", "plugin.spec.grants"]);
     assert!(explained.contains("FIELD:    grants <Grants>") && explained.contains("  gpio\t<GpioGrant>"));

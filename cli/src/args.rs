@@ -28,6 +28,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: boxing the controller's many flags would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the controller (the hub): API, store, reconciler.
     #[command(
@@ -86,6 +88,17 @@ pub enum Command {
         /// How long a node certificate lives (nodes renew at two thirds).
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         node_cert_ttl: harvester_api::DurationSpec,
+        /// Connections each listener (API, dashboard) holds at once; more
+        /// are closed as they arrive.
+        #[arg(long, value_name = "N", default_value_t = 4096)]
+        max_connections: usize,
+        /// How long a client has to finish its TLS handshake.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        handshake_timeout: harvester_api::DurationSpec,
+        /// How long a client has to send a request's headers, and an idle
+        /// kept-alive connection to send its next request.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        header_timeout: harvester_api::DurationSpec,
         /// Plain HTTP and no identities at all: anyone who reaches the hub
         /// is its admin. Refused unless every listener is on loopback.
         #[arg(long, conflicts_with_all = ["tls_cert", "tls_san"])]

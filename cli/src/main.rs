@@ -86,6 +86,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             node_cert_ttl,
+            max_connections,
+            handshake_timeout,
+            header_timeout,
             insecure_plain_http,
         } => {
             let transport = if insecure_plain_http {
@@ -119,6 +122,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     data,
                     transport,
                     node_cert_lifetime: node_cert_ttl.as_duration(),
+                    connections: harvester_controller::ConnectionLimits {
+                        max_connections: max_connections.max(1),
+                        handshake_timeout: handshake_timeout.as_duration(),
+                        header_timeout: header_timeout.as_duration(),
+                    },
                 },
                 nodelet::shutdown_signal(),
             )

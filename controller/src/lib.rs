@@ -17,6 +17,8 @@
 //! - `live`: logs, readings and LED frames the nodes push; commands to nodes.
 //! - `metrics`: the hub's Prometheus metrics.
 
+pub use identity::listener::ConnectionLimits;
+
 mod apply;
 mod commands;
 pub mod compile;
@@ -58,6 +60,8 @@ pub struct ControllerOptions {
     pub transport: Transport,
     /// How long a node certificate lives; nodes renew at two thirds.
     pub node_cert_lifetime: Duration,
+    /// What clients may hold of the listeners.
+    pub connections: ConnectionLimits,
 }
 
 /// How the hub's listeners speak.
@@ -118,28 +122,10 @@ fn local_url(listen: SocketAddr) -> String {
     format!("https://{host}:{}", listen.port())
 }
 
-/// Serves `app` on `listener` until `shutdown`, each request knowing its peer.
-async fn serve<L>(
-    listener: L,
-    app: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Addr = identity::listener::Peer>,
-    identity::listener::Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<identity::listener::Peer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
 /// Where the hub listens, TLS or (loopback only) plain.
-enum Listening {
-    Tls(identity::listener::TlsListener),
-    Plain(identity::listener::PlainListener),
+struct Listening {
+    tcp: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Listening {
@@ -151,24 +137,31 @@ impl Listening {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let local = tcp.local_addr()?;
-        Ok(match tls {
-            Some(config) => (
-                Listening::Tls(identity::listener::TlsListener::new(tcp, config.clone())?),
-                local,
-            ),
-            None => (Listening::Plain(identity::listener::PlainListener(tcp)), local),
-        })
+        Ok((Listening { tcp, tls: tls.cloned() }, local))
     }
 
     async fn serve(
         self,
         app: axum::Router,
+        limits: ConnectionLimits,
+        refused: prometheus::IntCounter,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        match self {
-            Listening::Tls(l) => serve(l, app, shutdown).await,
-            Listening::Plain(l) => serve(l, app, shutdown).await,
-        }
+        identity::listener::serve(self.tcp, self.tls, app, limits, refused, shutdown).await
+    }
+}
+
+/// Raises this process's open-file limit to what the system allows: every
+/// connection is a descriptor, and a soft limit of 1024 would cap the hub
+/// below its own --max-connections.
+fn raise_file_limit(limits: &ConnectionLimits) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < limits.max_connections * 2 + 256 => tracing::warn!(
+            "this process may open {n} files: fewer than the {} connections each listener may hold (--max-connections) need; raise the hard limit (LimitNOFILE=)",
+            limits.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 
@@ -226,6 +219,7 @@ pub async fn run(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let worker = tokio::spawn(reconciler.clone().run());
+    raise_file_limit(&options.connections);
     let (listener, local) = Listening::bind(options.listen, tls.as_ref()).await?;
     tracing::info!(
         "controller serving {scheme}://{local} (data {}, revision {})",
@@ -270,9 +264,10 @@ pub async fn run(
             tracing::info!("dashboard on {scheme}://{local}/");
             let app = http::dashboard::router(api.clone(), options.timezone.clone(), hosts.clone());
             let mut stopped = stopped.clone();
+            let (limits, refused) = (options.connections, api.metrics.connections_refused.clone());
             Some(tokio::spawn(async move {
                 listener
-                    .serve(app, async move {
+                    .serve(app, limits, refused, async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     })
                     .await
@@ -280,6 +275,7 @@ pub async fn run(
         }
         None => None,
     };
+    let refused = api.metrics.connections_refused.clone();
     let app = http::router(api);
     let shutdown = async move {
         shutdown.await;
@@ -288,7 +284,7 @@ pub async fn run(
         live.close();
         stop.send_replace(true);
     };
-    listener.serve(app, shutdown).await?;
+    listener.serve(app, options.connections, refused, shutdown).await?;
     if let Some(d) = dashboard {
         d.await??;
     }

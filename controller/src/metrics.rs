@@ -18,6 +18,7 @@ pub struct Metrics {
     pub heartbeat: GaugeVec,
     pub reconcile_seconds: Histogram,
     pub reconcile_errors: IntCounter,
+    pub connections_refused: IntCounter,
     pub apply_requests: IntCounterVec,
     pub watch_connections: IntGaugeVec,
     pub compile_requests: IntCounterVec,
@@ -120,6 +121,14 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("harvester_reconcile_duration_seconds", "Time of one reconcile pass")
                         .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid metric"),
+            ),
+            connections_refused: register(
+                r,
+                IntCounter::new(
+                    "harvester_hub_connections_refused_total",
+                    "Connections closed as they arrived because --max-connections were already open",
                 )
                 .expect("valid metric"),
             ),

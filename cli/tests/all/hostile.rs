@@ -327,3 +327,67 @@ fn hostile_manifests_get_a_4xx_and_the_hub_memory_holds() {
     // And it still answers.
     assert_eq!(hub.call("GET", "/api/v1alpha1/plugins", "").0, 200);
 }
+
+/// Whether the peer has closed `s` (it reads as ended or reset), waiting
+/// up to `within` for it to.
+fn closed_by_peer(s: &mut impl std::io::Read, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if Instant::now() > deadline {
+                    return false;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn connections_that_never_finish_do_not_stop_the_hub_and_are_closed() {
+    let f = Fleet::with_controller_args(&["--handshake-timeout", "5s", "--header-timeout", "5s"]);
+    let hub = f.hub();
+    // 200 that finish the TLS handshake and never finish their request's
+    // headers, then 800 that never send a TLS hello.
+    let mut partial: Vec<_> = (0..200)
+        .map(|_| {
+            let mut s = hub.connect().unwrap();
+            s.write_all(b"GET /api/v1alpha1/plugins HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            s.flush().unwrap();
+            s
+        })
+        .collect();
+    let mut silent: Vec<TcpStream> = (0..800)
+        .map(|_| TcpStream::connect(("127.0.0.1", f.port)).unwrap())
+        .collect();
+    // Others are answered while those are still held open: nobody waits
+    // behind them.
+    let (code, _) = hub.call("GET", "/api/v1alpha1/plugins", "");
+    assert_eq!(code, 200);
+    let last = silent.last_mut().unwrap();
+    last.set_nonblocking(true).unwrap();
+    assert!(
+        !closed_by_peer(last, Duration::ZERO),
+        "still open when the others were answered"
+    );
+    last.set_nonblocking(false).unwrap();
+    assert_eq!(f.cli_ok(&["get", "plugins", "-o", "name"]), "");
+    // Then the hub closes every one of them.
+    for s in silent.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(closed_by_peer(s, T), "a silent connection the hub never closed");
+    }
+    for s in partial.iter_mut() {
+        s.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(
+            closed_by_peer(s, T),
+            "a connection with unfinished headers the hub never closed"
+        );
+    }
+    assert_eq!(hub.call("GET", "/api/v1alpha1/plugins", "").0, 200);
+}

@@ -47,12 +47,16 @@ fn stream_ends(watch: &mut TlsStream, open: &str) -> bool {
             Ok(0) => return true,
             Ok(n) => {
                 seen.extend_from_slice(&buf[..n]);
-                if seen.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
+                // The last chunk: alone in this read, or after a chunk's end.
+                let last = b"0\r\n\r\n";
+                if seen.ends_with(last)
+                    && (seen.len() == last.len() || seen[..seen.len() - last.len()].ends_with(b"\r\n"))
+                {
                     return false;
                 }
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("{open}")
+                panic!("{open}: {:?}", String::from_utf8_lossy(&seen))
             }
             // Closed without TLS's goodbye, or reset: closed all the same.
             Err(_) => return true,

@@ -39,6 +39,7 @@ pub mod schema;
 pub mod selector;
 pub mod standalone;
 pub mod status;
+pub mod task;
 pub mod time;
 pub mod validation;
 

@@ -218,7 +218,15 @@ pub async fn run(
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let worker = tokio::spawn(reconciler.clone().run());
+    let worker = {
+        let (reconciler, panics) = (reconciler.clone(), metrics.task_panics.clone());
+        harvester_api::task::supervise(
+            "reconcile",
+            move |task| panics.with_label_values(&[task]).inc(),
+            Duration::from_secs(1),
+            move || reconciler.clone().run(),
+        )
+    };
     raise_file_limit(&options.connections);
     let (listener, local) = Listening::bind(options.listen, tls.as_ref()).await?;
     tracing::info!(

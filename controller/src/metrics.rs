@@ -19,6 +19,7 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub reconcile_errors: IntCounter,
     pub connections_refused: IntCounter,
+    pub task_panics: IntCounterVec,
     pub apply_requests: IntCounterVec,
     pub watch_connections: IntGaugeVec,
     pub compile_requests: IntCounterVec,
@@ -121,6 +122,17 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("harvester_reconcile_duration_seconds", "Time of one reconcile pass")
                         .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid metric"),
+            ),
+            task_panics: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "harvester_hub_task_panics_total",
+                        "Panics in the hub's own tasks (each logged; the task was started again)",
+                    ),
+                    &["task"],
                 )
                 .expect("valid metric"),
             ),

@@ -237,10 +237,21 @@ pub(crate) async fn run(
         }
     }
 
-    let converger = tokio::spawn(converge::run(agent.clone()));
-    let judge = {
-        let agent = agent.clone();
-        tokio::spawn(async move {
+    // Each runs under a supervisor: a panic is logged, counted and the task
+    // started again, so one bug never leaves a board without its link,
+    // reports or plugins.
+    let supervised = |name: &'static str, f: fn(Arc<Agent>) -> futures::future::BoxFuture<'static, ()>| {
+        let (agent, panics) = (agent.clone(), agent.metrics.task_panics.clone());
+        harvester_api::task::supervise(
+            name,
+            move |task| panics.with_label_values(&[task]).inc(),
+            Duration::from_secs(1),
+            move || f(agent.clone()),
+        )
+    };
+    let converger = supervised("converge", |a| Box::pin(converge::run(a)));
+    let judge = supervised("health", |agent| {
+        Box::pin(async move {
             let mut every = tokio::time::interval(health::CHECK_EVERY);
             loop {
                 every.tick().await;
@@ -251,21 +262,30 @@ pub(crate) async fn run(
                 }
             }
         })
-    };
-    let reporter = tokio::spawn(status::run(agent.clone()));
-    let renewer = me.map(|me| tokio::spawn(renew(agent.clone(), me)));
-    let uplink = tokio::spawn(crate::uplink::run(
-        {
-            let agent = agent.clone();
-            move || agent.link.http()
-        },
-        agent.link.live_url(),
-        agent.runtime.clone(),
-        agent.opts.logs.clone(),
-    ));
-    let watcher = {
-        let agent = agent.clone();
-        tokio::spawn(async move {
+    });
+    let reporter = supervised("report", |a| Box::pin(status::run(a)));
+    let renewer = me.map(|me| {
+        let (agent, panics) = (agent.clone(), agent.metrics.task_panics.clone());
+        harvester_api::task::supervise(
+            "renew",
+            move |task| panics.with_label_values(&[task]).inc(),
+            Duration::from_secs(1),
+            move || renew(agent.clone(), me.clone()),
+        )
+    });
+    let uplink = supervised("uplink", |agent| {
+        Box::pin(crate::uplink::run(
+            {
+                let agent = agent.clone();
+                move || agent.link.http()
+            },
+            agent.link.live_url(),
+            agent.runtime.clone(),
+            agent.opts.logs.clone(),
+        ))
+    });
+    let watcher = supervised("watch", |agent| {
+        Box::pin(async move {
             let mut backoff = Duration::from_millis(250);
             loop {
                 let started = std::time::Instant::now();
@@ -283,7 +303,7 @@ pub(crate) async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         })
-    };
+    });
 
     shutdown.await;
     if let Some(r) = renewer {

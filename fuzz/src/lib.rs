@@ -9,8 +9,11 @@
 use harvester_api::Digest;
 use std::str::FromStr;
 
+/// A target: reads any bytes, never panics.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("standalone", standalone),
     ("grants", grants),

@@ -99,6 +99,20 @@ pub enum Command {
         /// kept-alive connection to send its next request.
         #[arg(long, value_name = "DURATION", default_value = "10s")]
         header_timeout: harvester_api::DurationSpec,
+        /// Requests per second each user, node, or address without an
+        /// identity may make, on average (more get 429 with Retry-After).
+        #[arg(long, value_name = "N", default_value_t = 5000.0)]
+        rate_limit: f64,
+        /// Requests each may make at once after being quiet.
+        #[arg(long, value_name = "N", default_value_t = 10000.0)]
+        rate_burst: f64,
+        /// Streams (watches, log follows, dashboard pages) each user or node
+        /// may hold open at once.
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        max_streams: usize,
+        /// Nodes the hub keeps; registering one more is refused.
+        #[arg(long, value_name = "N", default_value_t = 10000)]
+        max_nodes: usize,
         /// Plain HTTP and no identities at all: anyone who reaches the hub
         /// is its admin. Refused unless every listener is on loopback.
         #[arg(long, conflicts_with_all = ["tls_cert", "tls_san"])]

@@ -89,6 +89,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             handshake_timeout,
             header_timeout,
+            rate_limit,
+            rate_burst,
+            max_streams,
+            max_nodes,
             insecure_plain_http,
         } => {
             let transport = if insecure_plain_http {
@@ -126,6 +130,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         max_connections: max_connections.max(1),
                         handshake_timeout: handshake_timeout.as_duration(),
                         header_timeout: header_timeout.as_duration(),
+                    },
+                    api_limits: harvester_controller::ApiLimits {
+                        requests_per_second: rate_limit,
+                        burst: rate_burst,
+                        streams_per_identity: max_streams,
+                        max_nodes,
                     },
                 },
                 nodelet::shutdown_signal(),

@@ -17,6 +17,7 @@
 //! - `live`: logs, readings and LED frames the nodes push; commands to nodes.
 //! - `metrics`: the hub's Prometheus metrics.
 
+pub use http::limits::ApiLimits;
 pub use identity::listener::ConnectionLimits;
 
 mod apply;
@@ -62,6 +63,8 @@ pub struct ControllerOptions {
     pub node_cert_lifetime: Duration,
     /// What clients may hold of the listeners.
     pub connections: ConnectionLimits,
+    /// Requests, streams and Nodes each identity may take.
+    pub api_limits: ApiLimits,
 }
 
 /// How the hub's listeners speak.
@@ -261,6 +264,7 @@ pub async fn run(
         live: Arc::new(live::Live::new(options.log_memory)),
         identities,
         timezone: options.timezone.as_str().into(),
+        limits: Arc::new(http::limits::Limits::new(options.api_limits)),
     };
     let live = api.live.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);

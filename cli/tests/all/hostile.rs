@@ -391,3 +391,77 @@ fn connections_that_never_finish_do_not_stop_the_hub_and_are_closed() {
     }
     assert_eq!(hub.call("GET", "/api/v1alpha1/plugins", "").0, 200);
 }
+
+#[test]
+fn each_identity_is_held_to_its_rate_its_streams_and_the_node_quota() {
+    let f = Fleet::with_controller_args(&[
+        "--rate-limit",
+        "1",
+        "--rate-burst",
+        "20",
+        "--max-streams",
+        "2",
+        "--max-nodes",
+        "1",
+    ]);
+    let token = f.cli_ok(&["user", "create", "flood", "--role", "viewer"]);
+    let credential = token.trim().rsplit_once("::").unwrap().1.to_string();
+    let flood = f.hub().with_token(&credential);
+
+    // Past its burst, one identity gets 429 with Retry-After; others do not notice.
+    let mut throttled = None;
+    for _ in 0..40 {
+        let (code, head, body) = flood.raw("GET", "/api/v1alpha1/plugins", &[], b"");
+        if code == 429 {
+            throttled = Some((head, String::from_utf8_lossy(&body).to_string()));
+            break;
+        }
+        assert_eq!(code, 200);
+    }
+    let (head, body) = throttled.expect("a flood is throttled");
+    assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
+    assert!(
+        body.contains("TooManyRequests") && body.contains("user/flood"),
+        "{body}"
+    );
+    assert_eq!(
+        f.hub().call("GET", "/api/v1alpha1/plugins", "").0,
+        200,
+        "the admin has its own budget"
+    );
+
+    // Two open watches per identity; the third waits for one to close.
+    let admin = f.hub();
+    let open = |hub: &crate::support::Hub| {
+        let mut s = hub.connect().unwrap();
+        hub.send(&mut s, "GET", "/api/v1alpha1/watch", &[], b"");
+        let mut buf = [0u8; 1024];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        (s, String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let (first, said) = open(&admin);
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    let (_second, said) = open(&admin);
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    let (_third, said) = open(&admin);
+    assert!(
+        said.starts_with("HTTP/1.1 429") && said.contains("TooManyStreams"),
+        "{said}"
+    );
+    drop(first);
+    wait_until(T, "a watch slot freed by a closed watch", || {
+        open(&admin).1.starts_with("HTTP/1.1 200")
+    });
+
+    // One Node kept at most: another is refused by name.
+    let node = |name: &str| format!("apiVersion: harvester.dev/v1alpha1\nkind: Node\nmetadata: {{name: {name}}}\n");
+    assert_eq!(admin.call("POST", "/api/v1alpha1/apply", &node("n1")).0, 200);
+    let (code, body) = admin.call("POST", "/api/v1alpha1/apply", &node("n2"));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("QuotaExceeded") && body.contains("--max-nodes"), "{body}");
+    assert_eq!(
+        admin.call("POST", "/api/v1alpha1/apply", &node("n1")).0,
+        200,
+        "an existing one may be written again"
+    );
+}

@@ -309,12 +309,17 @@ async fn state(
 /// `state` every second and `log` per line, until the page goes away or
 /// the hub shuts down.
 async fn events(State(page): State<Page>, super::access::Caller(caller): super::access::Caller) -> Response {
+    let slot = match page.api.limits.stream(&caller) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let mut logs = page.api.live.follow_logs();
     let mut closing = page.api.live.closing();
     // A deleted user's page stops getting anything at once.
     let gone = page.api.until_gone(&caller);
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 pub(crate) struct ApiError {
     status: StatusCode,
     body: Map<String, Value>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -19,7 +20,11 @@ impl ApiError {
         let mut body = Map::new();
         body.insert("reason".into(), json!(reason));
         body.insert("message".into(), json!(message.into()));
-        ApiError { status, body }
+        ApiError {
+            status,
+            body,
+            retry_after: None,
+        }
     }
 
     /// The request itself is malformed (400).
@@ -56,6 +61,12 @@ impl ApiError {
         e
     }
 
+    /// Says when to try again (a Retry-After header, in seconds).
+    pub(crate) fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// Adds a field to the body (`applied`, `errors`...).
     pub(crate) fn with(mut self, key: &str, value: impl serde::Serialize) -> ApiError {
         self.body.insert(key.into(), json!(value));
@@ -69,7 +80,6 @@ impl ApiError {
         self
     }
 
-    #[cfg(test)]
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
@@ -81,7 +91,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(Value::Object(self.body))).into_response()
+        let mut response = (self.status, Json(Value::Object(self.body))).into_response();
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
+        response
     }
 }
 

@@ -26,6 +26,7 @@ mod compiled;
 pub(crate) mod dashboard;
 mod enrol;
 mod error;
+pub(crate) mod limits;
 mod ndjson;
 mod nodes;
 mod objects;
@@ -65,6 +66,8 @@ pub(crate) struct Api {
     /// The CA, join tokens, certificates, the admin credential. None: a
     /// hub on plain HTTP on loopback, where every caller is the admin.
     pub identities: Option<Arc<crate::identity::Identities>>,
+    /// Requests, streams and Nodes each identity may take.
+    pub limits: Arc<limits::Limits>,
 }
 
 /// Who a group of routes serves.
@@ -113,12 +116,20 @@ impl Audience {
         let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.addr);
         let identified = access::identify(&api, audience, &request);
         let caller = identified.as_ref().ok().cloned();
-        let admitted = identified.and_then(|who| access::admit(audience, &who, &method, &path).map(|()| who));
+        let counted = limits::key(caller.as_ref(), peer);
+        let admitted = api
+            .limits
+            .request(&counted)
+            .and(identified)
+            .and_then(|who| access::admit(audience, &who, &method, &path).map(|()| who));
         let response = match admitted {
             Ok(who) => {
                 request.extensions_mut().insert(who);
                 next.run(request).await
             }
+            // Throttled callers are counted, not logged or audited one by
+            // one: a flood must not turn into a flood of log lines.
+            Err(e) if e.status() == axum::http::StatusCode::TOO_MANY_REQUESTS => e.into_response(),
             Err(e) => {
                 tracing::info!(?peer, path, "refused: {}", e.message());
                 e.into_response()
@@ -126,6 +137,7 @@ impl Audience {
         };
         let status = response.status().as_u16();
         let class = match status {
+            429 => "throttled",
             100..=399 => "ok",
             400..=499 => "client_error",
             _ => "server_error",
@@ -138,6 +150,7 @@ impl Audience {
         // with what outcome, from where. A node's own reports are not.
         let write = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
         if write
+            && status != 429
             && matches!(
                 audience,
                 Audience::People | Audience::Operators | Audience::Joining | Audience::Dashboard
@@ -195,6 +208,23 @@ impl Api {
         obj
     }
 
+    /// Refuses a Node that would be one more than --max-nodes (an existing
+    /// one may always be written again).
+    pub(crate) fn node_quota(&self, name: &str) -> Result<(), ApiError> {
+        if self.store.get(Kind::Node, name)?.is_some() {
+            return Ok(());
+        }
+        let max = self.limits.config.max_nodes;
+        if self.store.list(Kind::Node)?.len() >= max {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "QuotaExceeded",
+                format!("node {name}: the hub already keeps {max} nodes (--max-nodes); delete one first"),
+            ));
+        }
+        Ok(())
+    }
+
     /// 404 naming the object unless it exists.
     pub(crate) fn must_exist(&self, kind: Kind, name: &str) -> Result<(), ApiError> {
         if self.store.get(kind, name)?.is_none() {
@@ -244,6 +274,7 @@ mod tests {
             metrics,
             compiler: None,
             identities: None,
+            limits: Arc::new(limits::Limits::new(limits::ApiLimits::default())),
             timezone: "UTC".into(),
         }
     }

@@ -30,6 +30,7 @@ pub(crate) fn keepalive() -> Line {
 pub(crate) fn response<F, Fut>(
     closing: tokio::sync::watch::Receiver<bool>,
     gone: tokio_util::sync::CancellationToken,
+    slot: super::limits::StreamSlot,
     f: F,
 ) -> Response
 where
@@ -38,14 +39,19 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(f(tx));
-    let stream = futures::stream::unfold((rx, closing, gone), |(mut rx, mut closing, gone)| async move {
-        let item = tokio::select! {
-            item = rx.recv() => item,
-            _ = closing.wait_for(|c| *c) => None,
-            _ = gone.cancelled() => None,
-        };
-        item.map(|item| (item, (rx, closing, gone)))
-    });
+    // The slot is held as long as the stream is: it counts against the
+    // caller's open streams until the answer ends.
+    let stream = futures::stream::unfold(
+        (rx, closing, gone, slot),
+        |(mut rx, mut closing, gone, slot)| async move {
+            let item = tokio::select! {
+                item = rx.recv() => item,
+                _ = closing.wait_for(|c| *c) => None,
+                _ = gone.cancelled() => None,
+            };
+            item.map(|item| (item, (rx, closing, gone, slot)))
+        },
+    );
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),

@@ -43,6 +43,7 @@ async fn register(
         )));
     }
     node.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    api.node_quota(&name)?;
     api.store
         .write(Kind::Node, &name, |cur| node_update(cur, &node, true))
         .await?;
@@ -89,13 +90,14 @@ async fn assignments(
     ThisNode(name): ThisNode,
     Caller(caller): Caller,
 ) -> Result<Response, ApiError> {
+    let slot = api.limits.stream(&caller)?;
     let mut rx = api.reconciler.watch_assignments(&name);
     // Revoking or deleting the node ends the stream at once.
     let gone = api.until_gone(&caller);
     let metrics = api.metrics.clone();
     let live = api.live.clone();
     let (token, mut commands) = live.link(&name);
-    Ok(ndjson::response(api.live.closing(), gone, move |tx| async move {
+    Ok(ndjson::response(api.live.closing(), gone, slot, move |tx| async move {
         let _open = StreamGuard::new(&metrics, "assignments");
         let _link = Unlink(live, name, token);
         // An untagged NodeMessage::Assignments is the assignments' own JSON:

@@ -86,6 +86,12 @@ async fn apply_documents(
     if objects.is_empty() {
         return Err(ApiError::bad_request("the manifest holds no documents"));
     }
+    for (i, object) in objects.iter().enumerate() {
+        if let Object::Node(n) = object {
+            api.node_quota(&n.metadata.name)
+                .map_err(|e| e.at(&format!("document {}", i + 1)))?;
+        }
+    }
     // Resolve every image first: one that cannot be resolved applies nothing.
     for (i, object) in objects.iter_mut().enumerate() {
         if let Object::Plugin(p) = object
@@ -310,6 +316,7 @@ async fn watch(
     Caller(caller): Caller,
     Query(q): Query<WatchQuery>,
 ) -> Result<Response, ApiError> {
+    let slot = api.limits.stream(&caller)?;
     // Subscribe before reading the backlog so nothing falls in between.
     let mut live = api.store.subscribe();
     let backlog = api.store.events_since(q.resource_version)?;
@@ -318,6 +325,7 @@ async fn watch(
     Ok(ndjson::response(
         api.live.closing(),
         api.until_gone(&caller),
+        slot,
         move |tx| async move {
             let _open = StreamGuard::new(&metrics, "watch");
             for ev in backlog {

@@ -83,12 +83,14 @@ async fn logs(
     if let Some(p) = &filter.plugin {
         api.must_exist(Kind::Plugin, p)?;
     }
+    let slot = api.limits.stream(&caller)?;
     // Subscribe first so no line falls between the backlog and the tail.
     let mut follow = q.follow.then(|| api.live.follow_logs());
     let backlog = api.live.logs(&filter, q.tail.unwrap_or(crate::live::LOG_WINDOW));
     Ok(ndjson::response(
         api.live.closing(),
         api.until_gone(&caller),
+        slot,
         move |tx| async move {
             for line in backlog {
                 if tx.send(ndjson::line(&line)).await.is_err() {

@@ -17,8 +17,14 @@ pub const LOG_WINDOW: usize = 2000;
 /// Memory for all nodes' log windows together (`--log-memory`): with many
 /// nodes each window gets a fair share of it instead of its full length.
 pub const LOG_MEMORY: usize = 64 << 20;
-/// A node's share never drops below this (about 100 lines).
+/// A node's share never drops below this (about 100 lines) while the
+/// budget allows it; past 4,096 nodes the shares shrink so the budget holds.
 const MIN_NODE_LOG_BYTES: usize = 16 << 10;
+/// Reading series one node may have (by plugin and name); more are dropped
+/// and counted.
+const SERIES_PER_NODE: usize = 64;
+/// Reading series all nodes together may have.
+const SERIES_TOTAL: usize = 20_000;
 /// Points kept per reading series (at one per 3 s, about 15 minutes).
 const HISTORY_POINTS: usize = 300;
 const BUZZER_KEPT: usize = 20;
@@ -52,6 +58,8 @@ struct NodeLive {
     logs: VecDeque<LogLine>,
     log_bytes: usize,
     dropped_logs: u64,
+    /// Readings of series past SERIES_PER_NODE or SERIES_TOTAL.
+    dropped_readings: u64,
     series: BTreeMap<(String, String), Series>,
     leds: Option<Vec<String>>,
     buzzer: VecDeque<BuzzerActivity>,
@@ -65,6 +73,8 @@ pub struct NodeView {
     pub leds: Option<Vec<String>>,
     pub buzzer: Vec<BuzzerActivity>,
     pub dropped_logs: u64,
+    /// Readings of series past the hub's bounds (64 a node, 20,000 in all).
+    pub dropped_readings: u64,
     pub last_report: u64,
     /// With the whole history, or only the latest point per series.
     pub series: Vec<Series>,
@@ -84,6 +94,8 @@ pub struct Live {
     /// Which other node's window the next report trims, round robin, so
     /// nodes that stopped reporting shrink too.
     trim_cursor: AtomicU64,
+    /// Reading series kept, all nodes together.
+    series_total: AtomicU64,
     logs: broadcast::Sender<LogLine>,
     links: Mutex<HashMap<String, (u64, mpsc::Sender<Command>)>>,
     /// Commands sent, by id: the node each went to, and who waits.
@@ -120,6 +132,7 @@ impl Live {
             nodes: Mutex::new(BTreeMap::new()),
             log_memory,
             trim_cursor: AtomicU64::new(0),
+            series_total: AtomicU64::new(0),
             logs: broadcast::channel(4096).0,
             links: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -140,7 +153,12 @@ impl Live {
             live.logs.push_back(line.clone());
             let _ = self.logs.send(line);
         }
-        let budget = (self.log_memory / nodes.len().max(1)).max(MIN_NODE_LOG_BYTES);
+        let share = self.log_memory / nodes.len().max(1);
+        let budget = if share * nodes.len() >= MIN_NODE_LOG_BYTES * nodes.len() {
+            share.max(MIN_NODE_LOG_BYTES)
+        } else {
+            share
+        };
         if let Some(live) = nodes.get_mut(node) {
             live.trim(budget);
         }
@@ -149,10 +167,20 @@ impl Live {
             other.trim(budget);
         }
         let live = nodes.get_mut(node).expect("inserted above");
+        let mut room = SERIES_TOTAL.saturating_sub(self.series_total.load(Ordering::Relaxed) as usize);
         for r in report.readings {
+            let key = (r.plugin.clone(), r.name.clone());
+            if !live.series.contains_key(&key) {
+                if live.series.len() >= SERIES_PER_NODE || room == 0 {
+                    live.dropped_readings += 1;
+                    continue;
+                }
+                room -= 1;
+                self.series_total.fetch_add(1, Ordering::Relaxed);
+            }
             let s = live
                 .series
-                .entry((r.plugin.clone(), r.name.clone()))
+                .entry(key)
                 .or_insert_with(|| Series {
                     plugin: r.plugin.clone(),
                     name: r.name.clone(),
@@ -190,7 +218,9 @@ impl Live {
 
     /// Forgets a deleted node.
     pub fn forget(&self, node: &str) {
-        lock(&self.nodes).remove(node);
+        if let Some(gone) = lock(&self.nodes).remove(node) {
+            self.series_total.fetch_sub(gone.series.len() as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn view(&self, node: &str, history: bool) -> Option<NodeView> {
@@ -200,6 +230,7 @@ impl Live {
             leds: live.leds.clone(),
             buzzer: live.buzzer.iter().cloned().collect(),
             dropped_logs: live.dropped_logs,
+            dropped_readings: live.dropped_readings,
             last_report: live.last_report,
             series: live
                 .series
@@ -399,8 +430,7 @@ mod tests {
             node: "n0".into(),
             ..line(0, None, "x")
         });
-        // Room for 300 one-character lines in all: 3 nodes get ~100 each,
-        // never fewer than the minimum share.
+        // Room for 300 one-character lines in all: 3 nodes get ~100 each.
         let live = Live::new(300 * one_line);
         for n in 0..3 {
             let logs = (0..1000).map(|i| line(i, None, "x")).collect();
@@ -427,10 +457,11 @@ mod tests {
             )
             .len()
         };
-        let min_lines = MIN_NODE_LOG_BYTES / one_line;
+        // The budget holds for all of them together, even below the
+        // minimum share: each keeps its third.
         for n in ["n0", "n1", "n2"] {
-            assert!(kept(n) <= min_lines.max(100) + 1, "{n}: {}", kept(n));
-            assert!(kept(n) >= min_lines.min(100), "{n}: {}", kept(n));
+            assert!(kept(n) <= 101, "{n}: {}", kept(n));
+            assert!(kept(n) >= 99, "{n}: {}", kept(n));
         }
         // The newest lines are the ones kept.
         let n2 = live.logs(
@@ -441,6 +472,33 @@ mod tests {
             1,
         );
         assert_eq!(n2[0].at, 999);
+    }
+
+    #[test]
+    fn reading_series_are_bounded_per_node_and_freed_with_it() {
+        let live = Live::default();
+        let readings = (0..1000)
+            .map(|i| LiveReading {
+                plugin: "spam".into(),
+                name: format!("s{i}"),
+                unit: "u".into(),
+                value: 1.0,
+                at: 1,
+            })
+            .collect();
+        live.report(
+            "n0",
+            LiveReport {
+                readings,
+                ..LiveReport::default()
+            },
+            1,
+        );
+        let view = live.view("n0", true).unwrap();
+        assert_eq!(view.series.len(), SERIES_PER_NODE);
+        assert_eq!(view.dropped_readings, 1000 - SERIES_PER_NODE as u64);
+        live.forget("n0");
+        assert_eq!(live.series_total.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 const EVENTS_PER_OBJECT: usize = 20;
+/// The longest an event's message is kept.
+const EVENT_BYTES: usize = 1024;
 
 #[derive(Default)]
 pub(crate) struct Events {
@@ -13,7 +15,16 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    pub(crate) fn record(&self, plugin: &str, message: String) {
+    pub(crate) fn record(&self, plugin: &str, mut message: String) {
+        // Events quote what nodes report: bounded in bytes, not just in count.
+        if message.len() > EVENT_BYTES {
+            let mut cut = EVENT_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("...");
+        }
         tracing::info!(plugin, "{message}");
         let mut all = self.by_plugin.lock().unwrap_or_else(|e| e.into_inner());
         let q = all.entry(plugin.to_string()).or_default();

@@ -207,6 +207,19 @@ impl Compiler {
                 peak_memory: None,
             });
         }
+        // The download happens before the queue, into the pulled store: a
+        // slow or stalled registry holds this request only, never the
+        // compiles of others.
+        if !code_path.exists()
+            && let Source::Oci(r) = &source
+        {
+            drop(
+                registry
+                    .pull(r, &artifact, &self.pulled, &indicatif::ProgressBar::hidden())
+                    .await
+                    .map_err(pull_error)?,
+            );
+        }
         // Nodes rolling out together ask at once: the first compiles, the
         // others wait here and find the code.
         let _one = self.one_at_a_time.lock().await;
@@ -220,6 +233,7 @@ impl Compiler {
                     .map_err(io)?
                     .map(|b| b.to_vec())
                     .ok_or(CompileFailure::Unknown(artifact))?,
+                // From the pulled store now, checked against its digest.
                 Source::Oci(r) => registry
                     .pull(r, &artifact, &self.pulled, &indicatif::ProgressBar::hidden())
                     .await

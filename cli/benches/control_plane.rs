@@ -1,6 +1,8 @@
 //! Control-plane benchmarks: `cargo bench -p harvester --bench control_plane`.
 //!
-//! 1. Apply latency (p50/p99) and throughput against a real controller.
+//! 1. Apply latency (p50/p99) and throughput against a real controller;
+//!    and a well-behaved client's apply latency while another identity
+//!    floods the hub, side by side with it idle.
 //! 2. Apply-to-running: a config change until two real nodelet processes run
 //!    the new generation.
 //! 3. Scale: 1,000 simulated nodes (lightweight in-process clients of the
@@ -312,6 +314,99 @@ async fn main() {
                 done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
             ),
             "",
+        );
+    }
+
+    // 1b. Apply latency for a well-behaved client, idle and while another
+    // identity floods the hub: 800 connections that never finish their TLS
+    // handshake and 8 loops of requests as fast as they go.
+    {
+        let hub = controller(Mode::Tls, &dir.path().join("c1-abuse"), &[]).await;
+        let (http, base) = (hub.http.clone(), hub.base.clone());
+        http.put(format!("{base}/blobs/{digest}"))
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        let applies = async |round: &str| {
+            let mut lat = Vec::new();
+            for i in 0..300 {
+                let t = Instant::now();
+                let r = http
+                    .post(format!("{base}/apply"))
+                    .body(plugin_doc(&format!("{round}{i}"), &digest, 1, "none: none", 17))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                lat.push(t.elapsed());
+            }
+            lat.sort();
+            lat
+        };
+        let idle = applies("idle").await;
+        let created: harvester_api::identity::UserCreated = http
+            .post(format!("{base}/users"))
+            .json(&json!({"name": "flood", "role": "viewer"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let flood = reqwest::Client::builder()
+            .tls_backend_preconfigured(harvester_pki::tls::client_config(hub.ca.as_ref().unwrap(), None).unwrap())
+            .build()
+            .unwrap();
+        let addr = base
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut silent = Vec::new();
+        for _ in 0..800 {
+            silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        let (sent, throttled) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut loops = Vec::new();
+        for _ in 0..8 {
+            let (flood, base, token) = (flood.clone(), base.clone(), created.token.clone());
+            let (sent, throttled, stop) = (sent.clone(), throttled.clone(), stop.clone());
+            loops.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = flood.get(format!("{base}/plugins")).bearer_auth(&token).send().await {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                            throttled.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let abused = applies("abused").await;
+        let flood_rate = sent.load(Ordering::Relaxed) as f64 / (started.elapsed().as_secs_f64() + 0.5);
+        stop.store(true, Ordering::Relaxed);
+        for l in loops {
+            let _ = l.await;
+        }
+        drop(silent);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        row(
+            "apply p50 / p99, idle (one client, 300 applies)",
+            format!("{:.2} / {:.2} ms", ms(pct(&idle, 50)), ms(pct(&idle, 99))),
+            "",
+        );
+        row(
+            "apply p50 / p99, under a flood from another identity",
+            format!("{:.2} / {:.2} ms", ms(pct(&abused, 50)), ms(pct(&abused, 99))),
+            &format!(
+                "target p99 <= 2x idle; the flood: 800 silent connections + {flood_rate:.0} requests/s, {} throttled (429)",
+                throttled.load(Ordering::Relaxed)
+            ),
         );
     }
 

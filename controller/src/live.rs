@@ -178,15 +178,12 @@ impl Live {
                 room -= 1;
                 self.series_total.fetch_add(1, Ordering::Relaxed);
             }
-            let s = live
-                .series
-                .entry(key)
-                .or_insert_with(|| Series {
-                    plugin: r.plugin.clone(),
-                    name: r.name.clone(),
-                    unit: r.unit.clone(),
-                    points: VecDeque::new(),
-                });
+            let s = live.series.entry(key).or_insert_with(|| Series {
+                plugin: r.plugin.clone(),
+                name: r.name.clone(),
+                unit: r.unit.clone(),
+                points: VecDeque::new(),
+            });
             s.unit = r.unit;
             if s.points.back().is_some_and(|(at, _)| *at >= r.at) {
                 continue;

@@ -42,12 +42,36 @@ impl Fleet {
             probe,
             join_token: None,
         };
-        f.start_controller();
-        f
+        // Ports are picked free, then bound by the controller: a client
+        // socket of another test may take one in between. A first start
+        // that cannot listen starts over on other ports.
+        for _ in 0..5 {
+            if f.try_start_controller() {
+                return f;
+            }
+            let _ = std::fs::remove_dir_all(f.dir.path().join("controller"));
+            f.port = free_port();
+            f.dashboard = free_port();
+        }
+        panic!("the controller never started: {}", f.controller_log());
+    }
+
+    fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
 
     /// Starts the controller on the fleet's data and waits until it answers.
     pub fn start_controller(&mut self) {
+        assert!(
+            self.try_start_controller(),
+            "the controller exited: {}",
+            self.controller_log()
+        );
+    }
+
+    /// Whether the controller came up (false: it exited, e.g. its port
+    /// was taken).
+    fn try_start_controller(&mut self) -> bool {
         let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["controller", "--data"])
             .arg(self.dir.path().join("controller"))
@@ -64,13 +88,23 @@ impl Fleet {
             .unwrap();
         self.controller = Some(Proc(child));
         let admin = self.dir.path().join("controller/admin.yaml");
+        let mut exited = false;
         wait_until(T, "controller up", || {
-            admin.exists()
-                && self
-                    .hub()
-                    .try_raw("GET", "/healthz", &[], b"")
-                    .is_ok_and(|r| r.0 == 200)
+            exited = self
+                .controller
+                .as_mut()
+                .is_some_and(|c| c.0.try_wait().ok().flatten().is_some());
+            exited
+                || (admin.exists()
+                    && self
+                        .hub()
+                        .try_raw("GET", "/healthz", &[], b"")
+                        .is_ok_and(|r| r.0 == 200))
         });
+        if exited {
+            self.controller = None;
+        }
+        !exited
     }
 
     /// The hub's API as its admin.

@@ -56,6 +56,13 @@ pub(super) async fn pin_local_images(client: &Client, file: &Path, text: &str) -
         if value.is_null() {
             continue;
         }
+        // apply is declarative, as kubectl's: what `get -o yaml` printed
+        // applies again even after the hub wrote the object's status since.
+        // (An update that must not overwrite anyone's change is `edit` or
+        // the API's PUT, which keep the resourceVersion.)
+        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
+            meta.remove("resourceVersion");
+        }
         let is_plugin = value.get("kind").and_then(|k| k.as_str()) == Some("Plugin");
         let image = value
             .get("spec")

@@ -99,8 +99,12 @@ fn prometheus_finds_every_node_and_every_dashboard_panel_has_data() {
     }
 
     // The expositions and the shipped config pass promtool's lint.
-    let (_, node_metrics) = http("GET", fleet.node_port("pi4"), "/metrics").unwrap();
-    assert!(node_metrics.contains("harvester_sensor_value{plugin=\"dht22\",sensor=\"temperature\""));
+    // Running is not yet ticked: the first reading follows the first tick.
+    let mut node_metrics = String::new();
+    wait_until(T, "dht22's first reading in the node's metrics", || {
+        node_metrics = http("GET", fleet.node_port("pi4"), "/metrics").unwrap().1;
+        node_metrics.contains("harvester_sensor_value{plugin=\"dht22\",sensor=\"temperature\"")
+    });
     promtool(&["check", "metrics"], Some(&node_metrics));
     let hub = fleet.hub();
     let (_, hub_metrics) = hub.call("GET", "/metrics", "");

@@ -54,6 +54,9 @@ pub(super) struct Converged {
     attempts: Mutex<BTreeMap<String, Attempt>>,
     retries: Mutex<BTreeMap<String, Retry>>,
     slots: tokio::sync::Semaphore,
+    /// Loading into the runtime (compiling, when the code is not cached)
+    /// one at a time: a compile takes hundreds of MB on a small board.
+    loading: tokio::sync::Semaphore,
     /// Rung when an attempt ends.
     done: tokio::sync::Notify,
 }
@@ -66,6 +69,7 @@ impl Default for Converged {
             attempts: Mutex::default(),
             retries: Mutex::default(),
             slots: tokio::sync::Semaphore::new(PARALLEL_ATTEMPTS),
+            loading: tokio::sync::Semaphore::new(1),
             done: tokio::sync::Notify::new(),
         }
     }
@@ -309,6 +313,7 @@ impl Agent {
             generation: Some(g),
         };
         let rt = self.runtime.clone();
+        let _loading = self.converged.loading.acquire().await;
         tokio::task::spawn_blocking(move || rt.apply(spec))
             .await
             .map_err(|e| Failure::transient(g, harvester_api::Reason::LoadFailed, e))?

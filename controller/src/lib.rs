@@ -125,6 +125,11 @@ fn local_url(listen: SocketAddr) -> String {
     format!("https://{host}:{}", listen.port())
 }
 
+/// How often the hub sweeps uploaded components, and how long one nothing
+/// names is kept after its upload.
+const BLOB_SWEEP: Duration = Duration::from_secs(600);
+const BLOB_GRACE_MS: u64 = 3_600_000;
+
 /// Where the hub listens, TLS or (loopback only) plain.
 struct Listening {
     tcp: tokio::net::TcpListener,
@@ -221,6 +226,35 @@ pub async fn run(
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // Components uploaded by apply that no Plugin, retained revision or
+    // node needs any more go after an hour's grace, swept every ten minutes.
+    let collector = {
+        let (reconciler, store, panics) = (reconciler.clone(), store.clone(), metrics.task_panics.clone());
+        harvester_api::task::supervise(
+            "collect",
+            move |task| panics.with_label_values(&[task]).inc(),
+            Duration::from_secs(1),
+            move || {
+                let (reconciler, store) = (reconciler.clone(), store.clone());
+                async move {
+                    let mut every = tokio::time::interval(BLOB_SWEEP);
+                    every.tick().await;
+                    loop {
+                        every.tick().await;
+                        let swept = match reconciler.referenced_artifacts() {
+                            Ok(keep) => store.collect_blobs(&keep, harvester_api::now_ms(), BLOB_GRACE_MS).await,
+                            Err(e) => Err(e),
+                        };
+                        match swept {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!("deleted {n} uploaded components nothing needs any more"),
+                            Err(e) => tracing::warn!("collecting unneeded components: {e}"),
+                        }
+                    }
+                }
+            },
+        )
+    };
     let worker = {
         let (reconciler, panics) = (reconciler.clone(), metrics.task_panics.clone());
         harvester_api::task::supervise(
@@ -301,5 +335,6 @@ pub async fn run(
         d.await??;
     }
     worker.abort();
+    collector.abort();
     Ok(())
 }

@@ -90,6 +90,9 @@ pub struct Store {
     nodes: sled::Tree,
     events: sled::Tree,
     blobs: sled::Tree,
+    /// When each blob was last uploaded (ms since the epoch), for the grace
+    /// a blob gets before the Plugin naming it is applied.
+    blob_times: sled::Tree,
     meta: sled::Tree,
     live: broadcast::Sender<WatchEvent>,
     history: u64,
@@ -122,6 +125,7 @@ impl Store {
             nodes: db.open_tree("nodes")?,
             events: db.open_tree("events")?,
             blobs: db.open_tree("blobs")?,
+            blob_times: db.open_tree("blob-times")?,
             meta: db.open_tree("meta")?,
             db,
             live: broadcast::channel(8192).0,
@@ -322,6 +326,10 @@ impl Store {
                 "the uploaded bytes have digest {actual}, not {digest}"
             )));
         }
+        // Every upload restarts the blob's grace: apply uploads it just
+        // before the Plugin that names it.
+        self.blob_times
+            .insert(digest.hex(), &harvester_api::now_ms().to_be_bytes())?;
         if !self.blobs.contains_key(digest.hex())? {
             let _one_writer = self.writer.lock().await;
             self.blobs.insert(digest.hex(), bytes)?;
@@ -339,6 +347,52 @@ impl Store {
 
     pub fn get_blob(&self, digest: &Digest) -> Result<Option<sled::IVec>, StoreError> {
         Ok(self.blobs.get(digest.hex())?)
+    }
+
+    /// Deletes the blobs nothing in `keep` names and that were uploaded
+    /// more than `grace_ms` before `now_ms`; a blob with no upload time (kept
+    /// by an older release) starts its grace now. Returns how many went.
+    pub async fn collect_blobs(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let _one_writer = self.writer.lock().await;
+        let mut removed = 0;
+        for key in self.blobs.iter().keys() {
+            let key = key?;
+            let Some(digest) = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            if keep.contains(&digest) {
+                continue;
+            }
+            let uploaded = self
+                .blob_times
+                .get(&key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map(u64::from_be_bytes);
+            match uploaded {
+                None => {
+                    self.blob_times.insert(&key, &now_ms.to_be_bytes())?;
+                }
+                Some(at) if now_ms.saturating_sub(at) < grace_ms => {}
+                Some(_) => {
+                    self.blobs.remove(&key)?;
+                    self.blob_times.remove(&key)?;
+                    removed += 1;
+                }
+            }
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
+        Ok(removed)
     }
 }
 
@@ -400,6 +454,31 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.events_since(35).unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn blobs_nothing_names_go_after_their_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (kept, stale, fresh) = (b"kept".as_slice(), b"stale".as_slice(), b"fresh".as_slice());
+        for b in [kept, stale, fresh] {
+            store.put_blob(&Digest::of(b), b).await.unwrap();
+        }
+        let keep: std::collections::HashSet<Digest> = [Digest::of(kept)].into();
+        let now = harvester_api::now_ms();
+        // Within the grace nothing goes.
+        assert_eq!(store.collect_blobs(&keep, now, 3_600_000).await.unwrap(), 0);
+        // Past it, only what nothing names; an upload again restarts the grace.
+        store.put_blob(&Digest::of(fresh), fresh).await.unwrap();
+        let later = now + 3_600_000 + 1;
+        store
+            .blob_times
+            .insert(Digest::of(fresh).hex(), &later.to_be_bytes())
+            .unwrap();
+        assert_eq!(store.collect_blobs(&keep, later, 3_600_000).await.unwrap(), 1);
+        assert!(store.has_blob(&Digest::of(kept)).unwrap());
+        assert!(!store.has_blob(&Digest::of(stale)).unwrap());
+        assert!(store.has_blob(&Digest::of(fresh)).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -163,6 +163,21 @@ impl Reconciler {
         lock(&self.changes).insert(plugin.to_string(), (by.to_string(), why));
     }
 
+    /// Every artifact something still needs: each Plugin's current one,
+    /// each retained revision's, and what each node reports running (its
+    /// last good one, even while a rollout moves on).
+    pub(crate) fn referenced_artifacts(&self) -> Result<std::collections::HashSet<harvester_api::Digest>, StoreError> {
+        let mut out: std::collections::HashSet<harvester_api::Digest> =
+            self.revisions.all_digests()?.into_iter().collect();
+        for v in self.store.list(Kind::Plugin)? {
+            if let Ok(p) = serde_json::from_value::<harvester_api::resources::Plugin>(v) {
+                out.extend(p.spec.digest);
+                out.extend(p.status.iter().flat_map(|s| s.nodes.values().filter_map(|n| n.digest)));
+            }
+        }
+        Ok(out)
+    }
+
     /// A Plugin's revisions, oldest first.
     pub(crate) fn revisions(&self, plugin: &str) -> Result<Vec<Revision>, StoreError> {
         self.revisions.list(plugin)
@@ -701,5 +716,26 @@ mod tests {
         let pi4: Node = serde_json::from_value(store.get(Kind::Node, "pi4").unwrap().unwrap()).unwrap();
         assert_eq!(pi4.status.conditions[0].reason, harvester_api::Reason::NoHeartbeat);
         assert!(!r.events_of("good").is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_plugins_revisions_and_nodes_name_is_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut a = plugin_json("a", 1);
+        let running = harvester_api::Digest::of(b"what pi4 still runs");
+        a["status"] = json!({"observedGeneration": 1, "nodes": {"pi4": {"phase": "Running", "generation": 1, "digest": running.to_string()}}});
+        put(&store, Kind::Plugin, "a", a).await;
+        let r = Reconciler::new(
+            store.clone(),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let referenced = r.referenced_artifacts().unwrap();
+        assert!(referenced.contains(&harvester_api::Digest::of(b"a")), "the current one");
+        assert!(referenced.contains(&running), "the one a node runs");
+        assert!(!referenced.contains(&harvester_api::Digest::of(b"b")));
     }
 }

@@ -68,6 +68,17 @@ impl Revisions {
         })
     }
 
+    /// The artifact of every retained revision of every Plugin.
+    pub(crate) fn all_digests(&self) -> Result<Vec<harvester_api::Digest>, StoreError> {
+        let mut out = Vec::new();
+        for v in self.tree.iter().values() {
+            if let Ok(r) = serde_json::from_slice::<Revision>(&v?) {
+                out.push(r.digest);
+            }
+        }
+        Ok(out)
+    }
+
     /// A Plugin's revisions, oldest first. One that does not read is
     /// skipped: a damaged entry must not hide the others.
     pub(crate) fn list(&self, plugin: &str) -> Result<Vec<Revision>, StoreError> {

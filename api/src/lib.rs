@@ -62,6 +62,31 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Full jitter: a random wait between nothing and `ceiling`, so many
+/// clients retrying one server (nodes after a hub restart, a registry back
+/// up) spread out instead of arriving together.
+pub fn jitter(ceiling: std::time::Duration) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is seeded from the OS: no generator to carry around.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(ceiling.as_nanos());
+    ceiling.mul_f64((h.finish() % 10_000) as f64 / 10_000.0)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` added
+/// when something was cut: what a peer sent, kept within a bound.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 /// `s` percent-encoded for one path segment or query value of an API URL:
 /// every byte but the unreserved ones of RFC 3986, so a name can never
 /// reach another path or add a parameter.
@@ -78,6 +103,23 @@ pub fn path_segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn jitter_spreads_within_its_ceiling() {
+        let ceiling = std::time::Duration::from_millis(800);
+        let waits: Vec<_> = (0..50).map(|_| super::jitter(ceiling)).collect();
+        assert!(waits.iter().all(|w| *w < ceiling));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 10, "{waits:?}");
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(super::truncate("short".into(), 10), "short");
+        assert_eq!(super::truncate("abcdef".into(), 3), "abc…");
+        // "é" is two bytes: a cut inside it moves before it.
+        assert_eq!(super::truncate("aé".into(), 2), "a…");
+    }
+
     #[test]
     fn a_path_segment_cannot_leave_its_segment() {
         assert_eq!(super::path_segment("pi4"), "pi4");

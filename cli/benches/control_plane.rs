@@ -111,6 +111,31 @@ struct Hub {
     token: Option<harvester_pki::JoinToken>,
 }
 
+/// `n` applies of new plugins named `prefix0...`, one after another: each
+/// one's latency, sorted.
+async fn sequential_applies(
+    http: &reqwest::Client,
+    base: &str,
+    digest: &Digest,
+    prefix: &str,
+    n: usize,
+) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let r = http
+            .post(format!("{base}/apply"))
+            .body(plugin_doc(&format!("{prefix}{i}"), digest, 1, "none: none", 17))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
 /// Starts a controller process on a free port.
 async fn controller(mode: Mode, data: &Path, extra: &[&str]) -> Hub {
     let port = free_port();
@@ -257,21 +282,9 @@ async fn main() {
             .await
             .unwrap();
         let n = 400;
-        let mut lat = Vec::new();
         let started = Instant::now();
-        for i in 0..n {
-            let t = Instant::now();
-            let r = http
-                .post(format!("{base}/apply"))
-                .body(plugin_doc(&format!("p{i}"), &digest, 1, "none: none", 17))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-            lat.push(t.elapsed());
-        }
+        let lat = sequential_applies(&http, &base, &digest, "p", n).await;
         let serial = n as f64 / started.elapsed().as_secs_f64();
-        lat.sort();
         row(
             &format!("apply latency, sequential (p50 / p99), {m}"),
             format!(
@@ -328,23 +341,7 @@ async fn main() {
             .send()
             .await
             .unwrap();
-        let applies = async |round: &str| {
-            let mut lat = Vec::new();
-            for i in 0..300 {
-                let t = Instant::now();
-                let r = http
-                    .post(format!("{base}/apply"))
-                    .body(plugin_doc(&format!("{round}{i}"), &digest, 1, "none: none", 17))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success());
-                lat.push(t.elapsed());
-            }
-            lat.sort();
-            lat
-        };
-        let idle = applies("idle").await;
+        let idle = sequential_applies(&http, &base, &digest, "idle", 300).await;
         let created: harvester_api::identity::UserCreated = http
             .post(format!("{base}/users"))
             .json(&json!({"name": "flood", "role": "viewer"}))
@@ -387,7 +384,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        let abused = applies("abused").await;
+        let abused = sequential_applies(&http, &base, &digest, "abused", 300).await;
         let flood_rate = sent.load(Ordering::Relaxed) as f64 / (started.elapsed().as_secs_f64() + 0.5);
         stop.store(true, Ordering::Relaxed);
         for l in loops {

@@ -359,7 +359,7 @@ impl Store {
         grace_ms: u64,
     ) -> Result<usize, StoreError> {
         let _one_writer = self.writer.lock().await;
-        let mut removed = 0;
+        let (mut removed, mut changed) = (0, false);
         for key in self.blobs.iter().keys() {
             let key = key?;
             let Some(digest) = std::str::from_utf8(&key)
@@ -379,14 +379,19 @@ impl Store {
             match uploaded {
                 None => {
                     self.blob_times.insert(&key, &now_ms.to_be_bytes())?;
+                    changed = true;
                 }
                 Some(at) if now_ms.saturating_sub(at) < grace_ms => {}
                 Some(_) => {
                     self.blobs.remove(&key)?;
                     self.blob_times.remove(&key)?;
                     removed += 1;
+                    changed = true;
                 }
             }
+        }
+        if !changed {
+            return Ok(0);
         }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())

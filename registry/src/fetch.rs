@@ -303,20 +303,10 @@ fn transient(what: &str, e: &reqwest::Error) -> FetchError {
     FetchError::Transient(format!("{what}: {why}"))
 }
 
-/// Full jitter: a random wait up to 200 ms x 2^attempt (at most 5 s), so
-/// many nodes retrying one registry spread out.
+/// The wait before retry `attempt`: full jitter under 200 ms x 2^attempt
+/// (at most 5 s).
 fn jitter(attempt: u32) -> Duration {
-    let ceiling = (200u64 << attempt.min(5)).min(5_000);
-    Duration::from_millis(random_below(ceiling))
-}
-
-/// A number below `n` from the system's randomness.
-fn random_below(n: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS once per process and per instance.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(n);
-    h.finish() % n.max(1)
+    harvester_api::jitter(Duration::from_millis((200u64 << attempt.min(5)).min(5_000)))
 }
 
 /// The body of `resp`, refused as soon as it would pass `cap`: a length the
@@ -422,5 +412,11 @@ mod tests {
         assert!(waits.iter().all(|w| *w < Duration::from_millis(800)));
         let distinct: std::collections::HashSet<_> = waits.iter().collect();
         assert!(distinct.len() > 10, "{waits:?}");
+    }
+
+    #[test]
+    fn retries_wait_longer_each_time_up_to_five_seconds() {
+        assert!((0..20).all(|_| jitter(0) < Duration::from_millis(200)));
+        assert!((0..20).all(|_| jitter(9) < Duration::from_secs(5)));
     }
 }

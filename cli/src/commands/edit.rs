@@ -73,16 +73,14 @@ pub async fn label(
     overwrite: bool,
 ) -> anyhow::Result<()> {
     // `label plugin/dht22 app=x` or `label plugin dht22 app=x`.
-    let (kind, name, changes) = match Kind::target(kind, None) {
-        Ok((k, Some(n))) => {
-            let all: Vec<&str> = name.into_iter().chain(changes.iter().map(String::as_str)).collect();
-            (k, n, all)
-        }
-        _ => {
-            let (k, _) = Kind::target(kind, None)?;
-            let n = name.context("give TYPE NAME KEY=VALUE... (label plugin dht22 app=climate)")?;
-            (k, n.to_string(), changes.iter().map(String::as_str).collect())
-        }
+    let (kind, named) = Kind::target(kind, None)?;
+    let (name, changes): (String, Vec<&str>) = match named {
+        Some(n) => (n, name.into_iter().chain(changes.iter().map(String::as_str)).collect()),
+        None => (
+            name.context("give TYPE NAME KEY=VALUE... (label plugin dht22 app=climate)")?
+                .to_string(),
+            changes.iter().map(String::as_str).collect(),
+        ),
     };
     if changes.is_empty() {
         bail!("give at least one KEY=VALUE or KEY-");

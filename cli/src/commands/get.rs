@@ -394,7 +394,7 @@ impl Watch<'_> {
                 }
             }
             // Full jitter: many watchers of a restarted hub come back spread out.
-            let wait = backoff.mul_f64(rand_fraction());
+            let wait = harvester_api::jitter(backoff);
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(RECONNECT_MAX);
         }
@@ -431,12 +431,3 @@ impl Watch<'_> {
 
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
-
-/// A fraction in [0.5, 1) from the clock's low bits: enough to spread
-/// reconnections, no generator to seed.
-fn rand_fraction() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    0.5 + f64::from(nanos % 1000) / 2000.0
-}

@@ -15,16 +15,9 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    pub(crate) fn record(&self, plugin: &str, mut message: String) {
+    pub(crate) fn record(&self, plugin: &str, message: String) {
         // Events quote what nodes report: bounded in bytes, not just in count.
-        if message.len() > EVENT_BYTES {
-            let mut cut = EVENT_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("...");
-        }
+        let message = harvester_api::truncate(message, EVENT_BYTES);
         tracing::info!(plugin, "{message}");
         let mut all = self.by_plugin.lock().unwrap_or_else(|e| e.into_inner());
         let q = all.entry(plugin.to_string()).or_default();

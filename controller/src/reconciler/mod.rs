@@ -654,6 +654,16 @@ mod tests {
         })
     }
 
+    fn reconciler(store: &Arc<Store>) -> Reconciler {
+        Reconciler::new(
+            store.clone(),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
     async fn put(store: &Store, kind: Kind, name: &str, value: serde_json::Value) {
         store
             .write(kind, name, |_| Ok(Write::Put(value.clone())))
@@ -678,13 +688,7 @@ mod tests {
         let node = json!({"apiVersion": "harvester.dev/v1alpha1", "kind": "Node",
                           "metadata": {"name": "pi4"}, "status": {"devices": ["leds"]}});
         put(&store, Kind::Node, "pi4", node).await;
-        let r = Reconciler::new(
-            store.clone(),
-            Arc::new(Metrics::new()),
-            Duration::from_secs(15),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let r = reconciler(&store);
         let mut rx = r.watch_assignments("pi4");
         let errors = r.reconcile().await.unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
@@ -726,13 +730,7 @@ mod tests {
         let running = harvester_api::Digest::of(b"what pi4 still runs");
         a["status"] = json!({"observedGeneration": 1, "nodes": {"pi4": {"phase": "Running", "generation": 1, "digest": running.to_string()}}});
         put(&store, Kind::Plugin, "a", a).await;
-        let r = Reconciler::new(
-            store.clone(),
-            Arc::new(Metrics::new()),
-            Duration::from_secs(15),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let r = reconciler(&store);
         let referenced = r.referenced_artifacts().unwrap();
         assert!(referenced.contains(&harvester_api::Digest::of(b"a")), "the current one");
         assert!(referenced.contains(&running), "the one a node runs");

@@ -73,15 +73,7 @@ fn refuses(reason: &Reason) -> bool {
 /// What a node said, cut to a length a Plugin's status can hold for every
 /// node of a large fleet.
 fn bounded(said: &str) -> String {
-    const MAX: usize = 512;
-    if said.len() <= MAX {
-        return said.to_string();
-    }
-    let mut end = MAX;
-    while !said.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &said[..end])
+    harvester_api::truncate(said.to_string(), 512)
 }
 
 /// How the target revision fares on a node assigned it: `Err(why)` when it

@@ -103,15 +103,6 @@ pub(super) async fn run(agent: Arc<Agent>) {
     }
 }
 
-/// Full jitter: a random share of `step`, so nodes retrying one registry
-/// spread out.
-fn jittered(step: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(step.as_nanos());
-    step.mul_f64((h.finish() % 1000) as f64 / 1000.0)
-}
-
 impl Agent {
     /// Starts an attempt for every assignment that does not run as asked
     /// and is neither on its way nor waiting for a retry, and removes what
@@ -226,7 +217,7 @@ impl Agent {
                 // The same bytes and config fail to load the same way: such
                 // an assignment waits for a new one.
                 let wait = if f.worth_retrying() {
-                    jittered(step)
+                    harvester_api::jitter(step)
                 } else {
                     Duration::from_secs(86_400 * 365)
                 };

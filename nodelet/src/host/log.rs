@@ -9,16 +9,8 @@ const MAX_MESSAGE: usize = 4096;
 
 host_capability!(Log, Log, log);
 
-fn cut(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push('…');
-    }
-    message
+fn cut(message: String) -> String {
+    harvester_api::truncate(message, MAX_MESSAGE)
 }
 
 impl Host for HostState {

@@ -4,6 +4,7 @@
 //!   results, events, command answers, errors).
 //! - [`compiled`]: code a hub compiles for its nodes, and what it vouches for.
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
+//! - [`files`]: sweeping folders of content-named files nothing needs any more.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
 //! - [`identity`]: enrolment, certificates, join tokens, the CLI's client configuration.
 //! - [`live`]: what nodes push to the hub (logs, readings, LEDs) and commands sent down.
@@ -27,6 +28,7 @@
 pub mod answers;
 pub mod compiled;
 pub mod digest;
+pub mod files;
 pub mod grants;
 pub mod identity;
 pub mod live;

@@ -113,6 +113,11 @@ pub struct NodeletArgs {
     /// when the hub cannot help and the board has 1 GiB of memory or more.
     #[arg(long, value_enum, default_value_t = CompileChoice::Auto)]
     pub compile: CompileChoice,
+    /// Every this long, delete the manifests, components, signature records
+    /// and compiled code that no assignment (nor a guarded one's fallback)
+    /// needs and that were written more than this long ago.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub collect_every: harvester_api::DurationSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -181,6 +186,7 @@ impl NodeletArgs {
                     CompileChoice::Hub => CompileMode::Hub,
                     CompileChoice::Local => CompileMode::Local,
                 },
+                collect_every: self.collect_every.as_duration(),
             },
             (None, None) => {
                 bail!("give --controller URL to follow a controller, or --standalone FILE to run a local manifest")

@@ -226,29 +226,60 @@ pub async fn run(
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let compiler = match &options.compile_key {
+        Some(key) => {
+            let c = compile::Compiler::new(&options.data.join("compiled"), key, options.compile_program.clone())?;
+            tracing::info!(
+                key = c.fingerprint(),
+                "compiling components for nodes; nodes trust this hub's code with --trust-compiler {}",
+                c.public_key().display()
+            );
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
     // Components uploaded by apply that no Plugin, retained revision or
     // node needs any more go after an hour's grace, swept every ten minutes.
     let collector = {
-        let (reconciler, store, panics) = (reconciler.clone(), store.clone(), metrics.task_panics.clone());
+        let (reconciler, store, compiler, panics) = (
+            reconciler.clone(),
+            store.clone(),
+            compiler.clone(),
+            metrics.task_panics.clone(),
+        );
         harvester_api::task::supervise(
             "collect",
             move |task| panics.with_label_values(&[task]).inc(),
             Duration::from_secs(1),
             move || {
-                let (reconciler, store) = (reconciler.clone(), store.clone());
+                let (reconciler, store, compiler) = (reconciler.clone(), store.clone(), compiler.clone());
                 async move {
                     let mut every = tokio::time::interval(BLOB_SWEEP);
                     every.tick().await;
                     loop {
                         every.tick().await;
-                        let swept = match reconciler.referenced_artifacts() {
-                            Ok(keep) => store.collect_blobs(&keep, harvester_api::now_ms(), BLOB_GRACE_MS).await,
-                            Err(e) => Err(e),
+                        let keep = match reconciler.referenced_artifacts() {
+                            Ok(keep) => keep,
+                            Err(e) => {
+                                tracing::warn!("collecting unneeded components: {e}");
+                                continue;
+                            }
                         };
-                        match swept {
+                        match store.collect_blobs(&keep, harvester_api::now_ms(), BLOB_GRACE_MS).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!("deleted {n} uploaded components nothing needs any more"),
                             Err(e) => tracing::warn!("collecting unneeded components: {e}"),
+                        }
+                        let Some(compiler) = &compiler else { continue };
+                        let before = std::time::SystemTime::now() - Duration::from_millis(BLOB_GRACE_MS);
+                        match compiler.collect(&keep, before).await {
+                            Ok(s) if s.entries == 0 => {}
+                            Ok(s) => tracing::info!(
+                                entries = s.entries,
+                                mb = s.bytes >> 20,
+                                "deleted compiled code and pulled components nothing needs any more"
+                            ),
+                            Err(e) => tracing::warn!("collecting compiled code: {e}"),
                         }
                     }
                 }
@@ -277,18 +308,6 @@ pub async fn run(
             options.data.join("admin.yaml").display()
         );
     }
-    let compiler = match &options.compile_key {
-        Some(key) => {
-            let c = compile::Compiler::new(&options.data.join("compiled"), key, options.compile_program.clone())?;
-            tracing::info!(
-                key = c.fingerprint(),
-                "compiling components for nodes; nodes trust this hub's code with --trust-compiler {}",
-                c.public_key().display()
-            );
-            Some(Arc::new(c))
-        }
-        None => None,
-    };
     let api = http::Api {
         compiler,
         store,

@@ -163,6 +163,26 @@ impl CompileCache {
     }
 }
 
+impl CompileCache {
+    /// Removes code for components `keep` does not name, code for any
+    /// other engine (a previous version's), and scratch files, when written
+    /// before `written_before`. Running plugins keep their mapped code: the
+    /// kernel frees an unlinked file only when its last mapping goes.
+    pub fn collect(
+        &self,
+        engine: &PluginEngine,
+        keep: &std::collections::HashSet<Digest>,
+        written_before: std::time::SystemTime,
+    ) -> std::io::Result<harvester_api::files::Swept> {
+        let names: std::collections::HashSet<String> = keep
+            .iter()
+            .flat_map(|d| [self.path_for(engine, d), self.portable_path(engine, d)])
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .collect();
+        harvester_api::files::remove_unneeded(&self.dir, |name| names.contains(name), written_before)
+    }
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path)?;
@@ -264,6 +284,33 @@ fn describe_non_component(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collect_keeps_code_for_kept_components_and_this_engine_only() {
+        let dir = std::env::temp_dir().join(format!("harvester-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = CompileCache::new(&dir).unwrap();
+        let engine = PluginEngine::new().unwrap();
+        let (kept, dropped) = (Digest::of(b"kept"), Digest::of(b"dropped"));
+        let files = [
+            cache.path_for(&engine, &kept),
+            cache.portable_path(&engine, &kept),
+            cache.path_for(&engine, &dropped),
+            dir.join(format!("{}-0123456789abcdef.cwasm", kept.hex())),
+            cache.scratch_path(&cache.path_for(&engine, &kept)),
+        ];
+        for f in &files {
+            std::fs::write(f, b"code").unwrap();
+        }
+        let keep = std::collections::HashSet::from([kept]);
+        let recent = std::time::SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(cache.collect(&engine, &keep, recent).unwrap().entries, 0);
+        let later = std::time::SystemTime::now() + Duration::from_secs(1);
+        assert_eq!(cache.collect(&engine, &keep, later).unwrap().entries, 3);
+        assert!(files[0].exists() && files[1].exists());
+        assert!(files[2..].iter().all(|f| !f.exists()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_unwritable_compiled_code_and_this_programs_code_are_paged_out() {

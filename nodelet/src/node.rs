@@ -55,6 +55,8 @@ pub enum Mode {
         heartbeat: Duration,
         trust: TrustPolicy,
         compile: CompileMode,
+        /// How often what no assignment needs is swept off the disk.
+        collect_every: Duration,
     },
 }
 
@@ -204,6 +206,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
             heartbeat,
             trust,
             compile,
+            collect_every,
         } => {
             agent::run(
                 runtime,
@@ -220,6 +223,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
                     registry: config.registry,
                     logs: Some(crate::uplink::enable_log_tap()),
                     compile,
+                    collect_every,
                 },
                 shutdown,
             )

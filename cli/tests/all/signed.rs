@@ -151,7 +151,9 @@ fn setup() -> Setup {
     }
     let registry = TestRegistry::start(&fleet.dir.path().join("registry"));
     let (key, public) = keygen(&fleet, "cosign");
-    let trust = ["--trust-key", public.to_str().unwrap()];
+    // Swept every second: what runs, what is assigned and what an attempt
+    // fetches right now must survive it.
+    let trust = ["--trust-key", public.to_str().unwrap(), "--collect-every", "1s"];
     let a = fleet.start_node_with("a", "role=sensor", "leds", &trust);
     let b = fleet.start_node_with("b", "role=sensor", "leds", &trust);
     Setup {
@@ -287,6 +289,36 @@ fn signed_images_run_everywhere_and_unsigned_wrongly_signed_moved_or_tampered_on
     harvester_ok(f, &["verify", &other, "--key", second_pub.to_str().unwrap()]);
     let mallory_pub = mallory.with_extension("pub");
     harvester_ok(f, &["verify", &other, "--key", mallory_pub.to_str().unwrap()]);
+
+    // Deleted, with the plugin whose copied image has the same digest: the
+    // manifest, component, signature record and compiled code leave the
+    // board's disk; a plugin still assigned keeps its manifest.
+    let data = f.dir.path().join("a");
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let v1_layer = harvester_api::Digest::of(&variant(&probe, "v1")).hex();
+    let tampered_manifest = data
+        .join("blobs/sha256")
+        .join(hex(f.plugin("tampered")["spec"]["digest"].as_str().unwrap()));
+    let files_of_v1 = || {
+        let compiled = std::fs::read_dir(data.join("compiled"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&v1_layer))
+            .count();
+        [
+            data.join("blobs/sha256").join(hex(&d1)).exists(),
+            data.join("blobs/sha256").join(&v1_layer).exists(),
+            data.join("verified").join(format!("{}.json", hex(&d1))).exists(),
+            compiled > 0,
+        ]
+    };
+    assert_eq!(files_of_v1(), [true; 4], "what runs is kept");
+    assert!(tampered_manifest.exists());
+    f.cli_ok(&["delete", "plugin", "good"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(files_of_v1(), [true; 4], "what another assignment names is kept");
+    f.cli_ok(&["delete", "plugin", "copied"]);
+    wait_until(T, "the deleted plugins' files swept", || files_of_v1() == [false; 4]);
+    assert!(tampered_manifest.exists(), "an assigned artifact's manifest is kept");
 }
 
 /// Copies a manifest and its cosign signature manifest into another

@@ -248,7 +248,7 @@ impl Compiler {
                 output: code_path.clone(),
                 target: target.to_string(),
                 engine: hash.clone(),
-                functions: self.dir.join("functions"),
+                functions: self.dir.join("functions").join(format!("{target}-{hash}")),
             };
             let outcome = job::run(&self.program, &job).await;
             let _ = std::fs::remove_file(&input);
@@ -317,8 +317,162 @@ impl Compiler {
     }
 }
 
+impl Compiler {
+    /// Removes what no artifact in `artifacts` needs, once written before
+    /// `written_before`: signed records of other artifacts or of an engine
+    /// this hub no longer runs (a previous version's), code no remaining
+    /// record names, pulled manifests and components, inputs a crashed
+    /// compile left, and function caches of other engines.
+    pub async fn collect(
+        &self,
+        artifacts: &std::collections::HashSet<Digest>,
+        written_before: std::time::SystemTime,
+    ) -> Result<harvester_api::files::Swept, CompileFailure> {
+        use harvester_api::files::remove_unneeded;
+        // Never between a compile's code and its record.
+        let _one = self.one_at_a_time.lock().await;
+        let keep: std::collections::HashSet<String> = artifacts.iter().map(Digest::hex).collect();
+        let mut records = std::collections::HashSet::new();
+        let mut code = std::collections::HashSet::new();
+        let mut engines = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((artifact, _)) = name.strip_suffix(".json").and_then(|n| n.split_once('-')) else {
+                continue;
+            };
+            let statement = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SignedRecord>(&b).ok())
+                .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r.statement).ok())
+                .and_then(|json| serde_json::from_slice::<CompiledStatement>(&json).ok());
+            let Some(st) = statement else { continue };
+            let current = self.engine(&st.target).is_ok_and(|e| e == st.engine);
+            if current && keep.contains(artifact) {
+                records.insert(name);
+                code.insert(format!("{}-{}.cwasm", st.component.hex(), st.engine));
+                engines.insert(format!("{}-{}", st.target, st.engine));
+            }
+        }
+        let mut swept = remove_unneeded(
+            &self.dir,
+            |name| records.contains(name) || code.contains(name) || matches!(name, "pulled" | "jobs" | "functions"),
+            written_before,
+        )
+        .map_err(io)?;
+        swept += remove_unneeded(&self.dir.join("jobs"), |_| false, written_before).map_err(io)?;
+        // A function cache serves one engine; the one of this version stays
+        // while anything may be compiled with it.
+        let current = self.engines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        swept += remove_unneeded(
+            &self.dir.join("functions"),
+            |name| {
+                engines.contains(name)
+                    || name
+                        .rsplit_once('-')
+                        .is_some_and(|(target, hash)| current.get(target).is_some_and(|h| h == hash))
+            },
+            written_before,
+        )
+        .map_err(io)?;
+        swept += self
+            .pulled
+            .collect(&self.pulled.needed(artifacts.iter().copied()), written_before)
+            .map_err(io)?;
+        Ok(swept)
+    }
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<Digest> {
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(Digest::from_sha256(hasher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::time::{Duration, SystemTime};
+
+    fn record(compiler: &Compiler, artifact: Digest, component: Digest, target: &str, engine: &str) {
+        let statement = CompiledStatement {
+            artifact,
+            component,
+            target: target.to_string(),
+            engine: engine.to_string(),
+            code: Digest::of(b"code"),
+            size: 4,
+        };
+        let json = serde_json::to_vec(&statement).unwrap();
+        let r = SignedRecord {
+            signature: compiler.key.sign_bytes(&json).unwrap(),
+            statement: base64::engine::general_purpose::STANDARD.encode(&json),
+        };
+        let dir = &compiler.dir;
+        std::fs::write(
+            dir.join(format!("{}-{engine}.json", artifact.hex())),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.join(format!("{}-{engine}.cwasm", component.hex())), b"code").unwrap();
+    }
+
+    #[tokio::test]
+    async fn collect_keeps_only_what_kept_artifacts_need_with_this_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let compiled = dir.path().join("compiled");
+        let compiler = Compiler::new(&compiled, &dir.path().join("compile.key"), "/bin/false".into()).unwrap();
+        let target = harvester_engine::config::host_target();
+        let engine = compiler.engine(&target).unwrap();
+        // Kept: an OCI artifact pulled here (manifest and layer), and its code.
+        let component = b"\0asm\x0d\0\x01\0kept".to_vec();
+        let built = harvester_registry::artifact::build(&component, "kept", "2026-11-30T00:00:00Z");
+        let kept = Digest::of(&built.manifest);
+        compiler.pulled.put(&kept, &built.manifest).unwrap();
+        compiler.pulled.put(&built.layer_digest, &component).unwrap();
+        record(&compiler, kept, built.layer_digest, &target, &engine);
+        // Gone: another artifact, the kept one's code from an older engine,
+        // a stale pulled blob, a crashed compile's input, old function caches.
+        let (other, other_component) = (Digest::of(b"other"), Digest::of(b"other component"));
+        record(&compiler, other, other_component, &target, &engine);
+        record(&compiler, kept, built.layer_digest, &target, "00000000deadbeef");
+        compiler.pulled.put(&other, b"other").unwrap();
+        std::fs::create_dir_all(compiled.join("jobs")).unwrap();
+        std::fs::write(compiled.join("jobs").join("x.wasm"), b"input").unwrap();
+        let functions = compiled.join("functions");
+        for f in [format!("{target}-{engine}"), format!("{target}-00000000deadbeef")] {
+            std::fs::create_dir_all(functions.join(f)).unwrap();
+        }
+        std::fs::write(functions.join("conf"), b"a function cache of the old layout").unwrap();
+
+        let keep = HashSet::from([kept]);
+        let recent = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(compiler.collect(&keep, recent).await.unwrap().entries, 0);
+        let swept = compiler
+            .collect(&keep, SystemTime::now() + Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(swept.entries, 8, "{swept:?}");
+        let mut left: Vec<String> = std::fs::read_dir(&compiled)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut expected = vec![
+            format!("{}-{engine}.cwasm", built.layer_digest.hex()),
+            format!("{}-{engine}.json", kept.hex()),
+            "functions".to_string(),
+            "jobs".to_string(),
+            "pulled".to_string(),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+        let functions_left: Vec<_> = std::fs::read_dir(&functions)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(functions_left, [std::ffi::OsString::from(format!("{target}-{engine}"))]);
+        assert!(compiler.pulled.contains(&kept) && compiler.pulled.contains(&built.layer_digest));
+        assert!(!compiler.pulled.contains(&other));
+    }
 }

@@ -10,7 +10,9 @@
 //! - [`converge`]: making the runtime match the assignments.
 //! - [`status`]: the Node object and each plugin's state, as reported.
 //! - [`failure`]: why an assignment does not run, final or worth retrying.
+//! - [`collect`]: sweeping what no assignment needs off the board's storage.
 
+mod collect;
 mod converge;
 mod failure;
 mod fetch;
@@ -52,6 +54,9 @@ pub(crate) struct AgentOptions {
     /// This process's log lines, sent to the hub with the live report.
     pub logs: Option<Arc<LogBuffer>>,
     pub compile: CompileMode,
+    /// How often what no assignment needs is swept off the disk (and how
+    /// long ago it must have been written).
+    pub collect_every: Duration,
 }
 
 /// Where this node's runnable code comes from.
@@ -264,6 +269,10 @@ pub(crate) async fn run(
         })
     });
     let reporter = supervised("report", |a| Box::pin(status::run(a)));
+    let collector = supervised("collect", |a| {
+        let every = a.opts.collect_every.max(Duration::from_secs(1));
+        Box::pin(collect::run(a, every))
+    });
     let renewer = me.map(|me| {
         let (agent, panics) = (agent.clone(), agent.metrics.task_panics.clone());
         harvester_api::task::supervise(
@@ -312,6 +321,7 @@ pub(crate) async fn run(
     watcher.abort();
     uplink.abort();
     reporter.abort();
+    collector.abort();
     judge.abort();
     converger.abort();
     let rt = agent.runtime.clone();

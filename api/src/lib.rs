@@ -47,7 +47,7 @@ pub mod validation;
 
 pub use digest::Digest;
 pub use grants::{Capability, Grants};
-pub use quantity::{DurationSpec, MemorySize};
+pub use quantity::{CpuShare, DurationSpec, MemorySize};
 pub use run_spec::{Limits, RunSpec};
 pub use status::{ConditionType, Phase, Reason};
 pub use validation::{FieldError, ValidationErrors};

@@ -1,4 +1,4 @@
-//! Durations and memory sizes written the way Kubernetes users write them.
+//! Durations, memory sizes and CPU shares written the way Kubernetes users write them.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -161,9 +161,86 @@ impl<'de> Deserialize<'de> for MemorySize {
     }
 }
 
+/// A share of one CPU core in thousandths, written as Kubernetes writes
+/// CPU: `250m`, `0.5`, `1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuShare(pub u32);
+
+impl CpuShare {
+    pub const fn millicores(n: u32) -> Self {
+        CpuShare(n)
+    }
+
+    /// CPU seconds per second of wall time.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+impl FromStr for CpuShare {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid CPU share {s:?}: expected millicores like 250m, or cores like 0.5");
+        let s = s.trim();
+        if let Some(m) = s.strip_suffix('m') {
+            return m.parse::<u32>().map(CpuShare).map_err(|_| bad());
+        }
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(bad());
+        }
+        let cores: f64 = s.parse().map_err(|_| bad())?;
+        let m = (cores * 1000.0).round();
+        if !(0.0..=f64::from(u32::MAX)).contains(&m) {
+            return Err(bad());
+        }
+        Ok(CpuShare(m as u32))
+    }
+}
+
+impl fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}m", self.0)
+    }
+}
+
+impl Serialize for CpuShare {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuShare {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_shares_parse_like_kubernetes() {
+        assert_eq!("250m".parse::<CpuShare>(), Ok(CpuShare(250)));
+        assert_eq!("0.5".parse::<CpuShare>(), Ok(CpuShare(500)));
+        assert_eq!("1".parse::<CpuShare>(), Ok(CpuShare(1000)));
+        assert_eq!(CpuShare(250).to_string(), "250m");
+        assert_eq!(serde_yaml::from_str::<CpuShare>("0.25").unwrap(), CpuShare(250));
+        assert_eq!(serde_yaml::from_str::<CpuShare>("100m").unwrap(), CpuShare(100));
+        for bad in ["", "m", "-1", "1e3", "half", "99999999999", "0.5m"] {
+            assert!(bad.parse::<CpuShare>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_parse_like_kubernetes() {

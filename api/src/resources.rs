@@ -186,10 +186,24 @@ pub struct NodeStatusV1 {
     #[serde(default, deserialize_with = "crate::time::ms")]
     #[schemars(schema_with = "crate::schema::timestamp")]
     pub last_heartbeat: u64,
+    /// The node's memory (absent from older nodes: no memory check there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<NodeMemory>,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginOnNode>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// A node's memory, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeMemory {
+    /// The board's memory.
+    pub total: crate::MemorySize,
+    /// What the `limits.memory` of the plugins placed on it may add up to:
+    /// the board's memory less what the system and the node keep.
+    pub allocatable: crate::MemorySize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

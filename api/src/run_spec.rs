@@ -10,7 +10,7 @@
 //! instead: a private wire struct with the four fields listed once, here.
 
 use crate::grants::Grants;
-use crate::quantity::{DurationSpec, MemorySize};
+use crate::quantity::{CpuShare, DurationSpec, MemorySize};
 use crate::validation::ValidationErrors;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +37,10 @@ pub struct Limits {
     /// Longest a single call into the plugin (init, tick, command) may run.
     #[serde(default = "default_call_timeout")]
     pub call_timeout: DurationSpec,
+    /// The share of one CPU core the plugin's ticks and commands may use,
+    /// averaged over a second; over it, its next ticks wait.
+    #[serde(default = "default_cpu")]
+    pub cpu: CpuShare,
 }
 
 impl Default for Limits {
@@ -44,6 +48,7 @@ impl Default for Limits {
         Limits {
             memory: default_memory(),
             call_timeout: default_call_timeout(),
+            cpu: default_cpu(),
         }
     }
 }
@@ -63,6 +68,12 @@ impl Default for RunSpec {
 
 fn default_memory() -> MemorySize {
     MemorySize::mebibytes(64)
+}
+
+/// Half a core: a Pi Zero 2W's four cores hold eight plugins at their
+/// limit and the node itself.
+fn default_cpu() -> CpuShare {
+    CpuShare::millicores(500)
 }
 
 fn default_call_timeout() -> DurationSpec {
@@ -106,6 +117,13 @@ fn validate_timing(tick: DurationSpec, limits: &Limits, at: &str, errors: &mut V
         errors.push(
             format!("{at}.limits.callTimeout"),
             format!("{} is out of range (10ms-60s)", limits.call_timeout),
+        );
+    }
+    // A plugin runs on one thread: more than one core is not a budget.
+    if limits.cpu.0 < 10 || limits.cpu.0 > 1000 {
+        errors.push(
+            format!("{at}.limits.cpu"),
+            format!("{} is out of range (10m-1, a share of one core)", limits.cpu),
         );
     }
 }
@@ -265,10 +283,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_with_their_place() {
-        let err = serde_yaml::from_str::<Carrier>("name: a\nlimits: {memory: 8Mi, cpu: 2}\n")
+        let err = serde_yaml::from_str::<Carrier>("name: a\nlimits: {memory: 8Mi, cpus: 2}\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("limits: unknown field `cpu`"), "{err}");
+        assert!(err.contains("limits: unknown field `cpus`"), "{err}");
         let err = serde_yaml::from_str::<Carrier>("name: a\ntickIntervall: 1s\n")
             .unwrap_err()
             .to_string();
@@ -287,5 +305,14 @@ mod tests {
             errors.to_string().contains("spec.tickInterval: 1ms is too short"),
             "{errors}"
         );
+        for (cpu, ok) in [("5m", false), ("10m", true), ("1", true), ("1.5", false)] {
+            let c: Carrier = serde_yaml::from_str(&format!("name: a\nlimits: {{cpu: {cpu}}}\n")).unwrap();
+            let mut errors = ValidationErrors::default();
+            c.run.validate("spec", &mut errors);
+            assert_eq!(errors.is_empty(), ok, "{cpu}: {errors}");
+            if !ok {
+                assert!(errors.to_string().contains("spec.limits.cpu:"), "{errors}");
+            }
+        }
     }
 }

@@ -74,6 +74,13 @@ text_schema!(crate::MemorySize, "MemorySize", {
         {"type": "string", "pattern": "^[0-9]+(Ki|Mi|Gi)?$"}
     ]
 });
+text_schema!(crate::quantity::CpuShare, "CpuShare", {
+    "description": "A share of one CPU core: millicores (250m) or cores (0.5).",
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": "^([0-9]+m|[0-9]+(\\.[0-9]+)?)$"}
+    ]
+});
 text_schema!(crate::rollout::Amount, "Amount", {
     "description": "A number of nodes, or a percentage of them (25%).",
     "anyOf": [

@@ -120,12 +120,17 @@ vocabulary! {
         LoadFailed,
         /// Runs without a valid signature because the node allows it (development).
         Unsigned,
+        /// Runs, but over its CPU budget (`limits.cpu`): its ticks wait.
+        CpuLimit,
         // A Node's Ready condition.
         HeartbeatReceived,
         HeartbeatTimeout,
         NoHeartbeat,
         // A Plugin's conditions.
         NoMatchingNodes,
+        /// A node the plugin's selector matches has too little memory left
+        /// for plugins for its `limits.memory`.
+        InsufficientMemory,
         AllNodesRunning,
         RollingOut,
         Complete,

@@ -43,6 +43,7 @@ fn spec(name: &str, path: &Path, grants: &str) -> PluginSpec {
             limits: Limits {
                 memory: MemorySize::mebibytes(64),
                 call_timeout: DurationSpec(Duration::from_secs(10)),
+                ..Limits::default()
             },
         },
         generation: None,
@@ -217,6 +218,47 @@ fn main() {
         fmt(py_on),
         &overhead(py_on, py_off),
     );
+    // CPU accounting as the plugin's thread does it after every tick: within
+    // its share (the default, 500m) it adds to the call's wall time; at its
+    // limit it reads the thread's CPU clock every tick.
+    let accounted = |n: usize, inst: &mut harvester_nodelet::runtime::instance::Instance, share: Option<u32>| {
+        let mut budget = share.map(|m| harvester_nodelet::sandbox::cpu::CpuBudget::new(harvester_api::CpuShare(m)));
+        if let Some(b) = budget.as_mut() {
+            b.begin();
+        }
+        measure(n, || {
+            let started = std::time::Instant::now();
+            inst.tick(Duration::from_secs(10)).unwrap().unwrap();
+            let ended = std::time::Instant::now();
+            let took = ended.saturating_duration_since(started);
+            if let Some(b) = budget.as_mut() {
+                std::hint::black_box(b.charge(ended, took));
+            } else {
+                std::hint::black_box(took);
+            }
+        })
+        .median
+    };
+    let mut cpu = [[Duration::MAX; 3]; 2];
+    for _ in 0..5 {
+        for (i, share) in [None, Some(500), Some(10)].into_iter().enumerate() {
+            cpu[0][i] = cpu[0][i].min(accounted(5_000, &mut inst, share));
+            cpu[1][i] = cpu[1][i].min(accounted(500, &mut py_inst, share));
+        }
+    }
+    for (row, what) in cpu.iter().zip(["Rust probe", "Python dht22"]) {
+        let pct = |d: Duration| (d.as_secs_f64() / row[0].as_secs_f64() - 1.0) * 100.0;
+        report.row(
+            &format!("tick with CPU accounting: {what}"),
+            format!("{} ({} without)", fmt(row[1]), fmt(row[0])),
+            &format!(
+                "{:+.1}% within its share, target <= 5%; {:+.1}% ({}) at its limit",
+                pct(row[1]),
+                pct(row[2]),
+                fmt(row[2])
+            ),
+        );
+    }
     // What handing cold code back costs: the next tick reads the code it
     // runs back from the compiled file.
     let cold = measure(5, || {

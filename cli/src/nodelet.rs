@@ -118,6 +118,11 @@ pub struct NodeletArgs {
     /// needs and that were written more than this long ago.
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub collect_every: harvester_api::DurationSpec,
+    /// What the `limits.memory` of the plugins placed on this board may add
+    /// up to (default: three quarters of its memory; the rest is the
+    /// system's and the node's). Reported to the hub, which places no more.
+    #[arg(long, value_name = "SIZE")]
+    pub plugin_memory: Option<harvester_api::MemorySize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -187,6 +192,7 @@ impl NodeletArgs {
                     CompileChoice::Local => CompileMode::Local,
                 },
                 collect_every: self.collect_every.as_duration(),
+                plugin_memory: self.plugin_memory,
             },
             (None, None) => {
                 bail!("give --controller URL to follow a controller, or --standalone FILE to run a local manifest")

@@ -25,6 +25,9 @@ pub enum TrapKind {
     Timeout,
     /// The plugin asked for more memory than its cap.
     MemoryLimit,
+    /// The plugin held too many WASI resources, or asked the host for a
+    /// buffer over its cap.
+    ResourceLimit,
     /// Any other trap: `unreachable`, an uncaught Python exception, a panic.
     Trap,
 }
@@ -111,6 +114,11 @@ pub struct PluginStatus {
     /// Ticks that returned an error (the plugin stayed up).
     pub tick_errors: u64,
     pub missed_ticks: u64,
+    /// Ticks that waited because the plugin was over its CPU budget.
+    pub throttled_ticks: u64,
+    /// While the plugin is over its CPU budget: since when, and what it is.
+    #[serde(skip)]
+    pub throttled: Option<(std::time::Instant, harvester_api::CpuShare)>,
     pub denied_calls: u64,
     pub memory_bytes: u64,
     pub last_error: Option<String>,
@@ -136,7 +144,22 @@ pub struct VersionRecord {
     pub running: u64,
 }
 
+/// How long after its last delayed tick a plugin still counts as over
+/// its CPU budget.
+pub const THROTTLED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl PluginStatus {
+    /// Why the plugin's ticks wait, while it is over its CPU budget.
+    pub fn cpu_limited(&self) -> Option<String> {
+        let (at, share) = self.throttled?;
+        (at.elapsed() < THROTTLED_FOR).then(|| {
+            format!(
+                "over its CPU budget of {share} (limits.cpu): {} ticks delayed so far",
+                self.throttled_ticks
+            )
+        })
+    }
+
     pub fn new(name: &str, source: &str) -> PluginStatus {
         PluginStatus {
             name: name.to_string(),
@@ -148,6 +171,8 @@ impl PluginStatus {
             ticks: 0,
             tick_errors: 0,
             missed_ticks: 0,
+            throttled_ticks: 0,
+            throttled: None,
             denied_calls: 0,
             memory_bytes: 0,
             last_error: None,

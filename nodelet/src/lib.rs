@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod node;
 mod report;
 pub mod runtime;
-mod sandbox;
+pub mod sandbox;
 mod server;
 mod standalone;
 pub mod uplink;

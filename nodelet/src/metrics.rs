@@ -19,6 +19,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub ticks: IntCounterVec,
     pub missed_ticks: IntCounterVec,
+    pub throttled: IntCounterVec,
+    pub log_lines_dropped: IntCounterVec,
     pub tick_errors: IntCounterVec,
     pub call_seconds: HistogramVec,
     pub denied: IntCounterVec,
@@ -186,6 +188,18 @@ impl Metrics {
                 "Ticks skipped because the previous one ran late",
                 &["plugin"],
             ),
+            throttled: counter(
+                &registry,
+                "harvester_plugin_throttled_total",
+                "Ticks delayed because the plugin was over its CPU budget (limits.cpu)",
+                &["plugin"],
+            ),
+            log_lines_dropped: counter(
+                &registry,
+                "harvester_plugin_log_lines_dropped_total",
+                "Lines a plugin wrote over its budget of lines per second, dropped",
+                &["plugin"],
+            ),
             tick_errors: counter(
                 &registry,
                 "harvester_plugin_tick_errors_total",
@@ -266,6 +280,8 @@ impl Metrics {
         for v in [
             &self.ticks,
             &self.missed_ticks,
+            &self.throttled,
+            &self.log_lines_dropped,
             &self.tick_errors,
             &self.restarts,
             &self.load_failures,
@@ -275,7 +291,7 @@ impl Metrics {
         for cap in harvester_api::Capability::ALL {
             self.denied.with_label_values(&[plugin, cap.name()]);
         }
-        for kind in ["timeout", "memory-limit", "trap"] {
+        for kind in ["timeout", "memory-limit", "resource-limit", "trap"] {
             self.traps.with_label_values(&[plugin, kind]);
         }
     }
@@ -315,6 +331,8 @@ impl Metrics {
         for v in [
             &self.ticks,
             &self.missed_ticks,
+            &self.throttled,
+            &self.log_lines_dropped,
             &self.tick_errors,
             &self.restarts,
             &self.load_failures,
@@ -329,7 +347,7 @@ impl Metrics {
         for cap in harvester_api::Capability::ALL {
             let _ = self.denied.remove_label_values(&[plugin, cap.name()]);
         }
-        for kind in ["timeout", "memory-limit", "trap"] {
+        for kind in ["timeout", "memory-limit", "resource-limit", "trap"] {
             let _ = self.traps.remove_label_values(&[plugin, kind]);
         }
         for call in ["init", "tick", "on-command"] {

@@ -57,6 +57,8 @@ pub enum Mode {
         compile: CompileMode,
         /// How often what no assignment needs is swept off the disk.
         collect_every: Duration,
+        /// What plugins' `limits.memory` may add up to on this board.
+        plugin_memory: Option<harvester_api::MemorySize>,
     },
 }
 
@@ -207,6 +209,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
             trust,
             compile,
             collect_every,
+            plugin_memory,
         } => {
             agent::run(
                 runtime,
@@ -224,6 +227,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
                     logs: Some(crate::uplink::enable_log_tap()),
                     compile,
                     collect_every,
+                    plugin_memory,
                 },
                 shutdown,
             )

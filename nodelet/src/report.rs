@@ -105,6 +105,26 @@ impl Reporter {
         }
     }
 
+    /// A tick that waits `wait` because the plugin is over its CPU budget:
+    /// counted each time, logged when it starts being over.
+    pub fn throttled(&self, plugin: &str, share: harvester_api::CpuShare, wait: std::time::Duration) {
+        self.metrics.throttled.with_label_values(&[plugin]).inc();
+        let mut all = lock(&self.status);
+        let Some(s) = all.get_mut(plugin) else { return };
+        let newly = s.cpu_limited().is_none();
+        s.throttled_ticks += 1;
+        s.throttled = Some((std::time::Instant::now(), share));
+        drop(all);
+        if newly {
+            tracing::warn!(
+                plugin,
+                cpu = %share,
+                wait_ms = wait.as_millis() as u64,
+                "over its CPU budget: its ticks wait until it is back within it"
+            );
+        }
+    }
+
     /// Records an event: log line, metrics, status, then broadcast.
     pub fn emit(&self, plugin: &str, kind: EventKind) {
         let at = SystemTime::now();
@@ -204,6 +224,7 @@ impl Reporter {
                 let k = match kind {
                     TrapKind::Timeout => "timeout",
                     TrapKind::MemoryLimit => "memory-limit",
+                    TrapKind::ResourceLimit => "resource-limit",
                     TrapKind::Trap => "trap",
                 };
                 self.metrics.traps.with_label_values(&[plugin, k]).inc();

@@ -94,6 +94,12 @@ async fn command(
         Ok(Err(e @ CommandError::Plugin(_))) => {
             (StatusCode::UNPROCESSABLE_ENTITY, e.to_string() + "\n").into_response()
         }
+        Ok(Err(e @ CommandError::Busy(_))) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            e.to_string() + "\n",
+        )
+            .into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string() + "\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

@@ -259,7 +259,12 @@ pub fn runs(port: u16, plugin: &str, generation: u64) -> bool {
 fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
     let mut fleet = Fleet::new();
     let pi4 = fleet.start_node("pi4", "role=sensor,board=pi4", "dht22,bme680,leds,buzzer");
-    let hub = fleet.start_node("hub", "node-role.harvester.dev/hub=", "leds");
+    let hub = fleet.start_node_with(
+        "hub",
+        "node-role.harvester.dev/hub=",
+        "leds",
+        &["--plugin-memory", "100Mi"],
+    );
     wait_until(T, "both nodes ready", || {
         fleet.cli_ok(&["get", "nodes"]).matches(" Ready ").count() == 2
     });
@@ -335,6 +340,28 @@ fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
         .map(|n| n["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["hub"]);
+
+    // Memory: a board gets no more plugin memory than it reports having.
+    let hub_node: Value = serde_json::from_str(&fleet.cli_ok(&["get", "node", "hub", "-o", "json"])).unwrap();
+    assert_eq!(hub_node["status"]["memory"]["allocatable"], "100Mi", "{hub_node}");
+    let big = fleet.plugin_yaml("big", "", "{gpio: {pins: [5]}}", "1") + "  limits: {memory: 128Mi}\n";
+    fleet.apply(&big);
+    wait_until(T, "big on pi4", || runs(pi4, "big", 1));
+    let plugin = fleet.plugin("big");
+    let degraded = plugin["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["reason"], "InsufficientMemory", "{degraded}");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("node hub has 100Mi for plugins") && message.contains("asks for 128Mi"),
+        "{message}"
+    );
+    assert_eq!(on_node(hub, "big"), None, "never placed where it does not fit");
+    fleet.cli_ok(&["delete", "plugin", "big"]);
 
     // Delete: it stops on the node.
     let out = fleet.cli_ok(&["delete", "plugin", "probe"]);

@@ -223,3 +223,119 @@ fn an_error_returned_by_tick_is_reported_without_a_restart() {
         Some("hostile plugin returned an error on purpose")
     );
 }
+
+fn sensor_series(node: &Node, plugin: &str) -> usize {
+    let text = node.runtime.metrics().render();
+    let prefix = format!("harvester_sensor_value{{plugin=\"{plugin}\"");
+    text.lines().filter(|l| l.starts_with(&prefix)).count()
+}
+
+#[test]
+fn a_plugin_is_held_to_its_cpu_share_tables_buffers_series_lines_and_commands_by_name() {
+    let node = node();
+    // CPU: 30 ms of work every 50 ms is 600m; the budget is 100m.
+    let mut hog = with_tick(spec("hog", "probe", "gpio: {pins: [17]}", &[("BURN_MS", "30")]), 50);
+    hog.run.limits.cpu = harvester_api::CpuShare(100);
+    node.runtime.apply(hog).unwrap();
+    let neighbour = with_tick(spec("neighbour", "probe", "gpio: {pins: [18]}", &[]), 100);
+    node.runtime.apply(neighbour).unwrap();
+    wait_until(T, "the hog throttled", || {
+        node.runtime.plugin_status("hog").unwrap().throttled_ticks >= 10
+    });
+    let hog = node.runtime.plugin_status("hog").unwrap();
+    let why = hog.cpu_limited().expect("reported as over its CPU budget");
+    assert!(why.contains("CPU budget of 100m"), "{why}");
+    let metrics = node.runtime.metrics().render();
+    assert!(
+        !metrics.contains(r#"harvester_plugin_throttled_total{plugin="hog"} 0"#)
+            && metrics.contains(r#"harvester_plugin_throttled_total{plugin="hog"}"#),
+        "{metrics}"
+    );
+    let n = node.runtime.plugin_status("neighbour").unwrap();
+    assert!(n.ticks >= 10, "{n:?}");
+    assert_eq!(
+        (n.missed_ticks, n.throttled_ticks),
+        (0, 0),
+        "the neighbour keeps its rate"
+    );
+    assert!(n.cpu_limited().is_none());
+
+    // Resources and host buffers: stopped, by name.
+    node.runtime
+        .apply(spec("greedy", "probe", "gpio: {pins: [27]}", &[]))
+        .unwrap();
+    let err = node
+        .runtime
+        .command("greedy", "resources", vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds 4096 WASI resources"), "{err}");
+    node.wait_event(T, "restart", |e| {
+        e.plugin == "greedy" && matches!(e.kind, EventKind::Restarted { .. })
+    });
+    let err = node
+        .runtime
+        .command("greedy", "random", vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("asked the host for a buffer over its limit"), "{err}");
+    let metrics = node.runtime.metrics().render();
+    assert!(
+        metrics.contains(r#"harvester_plugin_traps_total{kind="resource-limit",plugin="greedy"} 2"#),
+        "{metrics}"
+    );
+    node.wait_event(T, "restart", |e| {
+        e.plugin == "greedy" && matches!(e.kind, EventKind::Restarted { attempt: 2 })
+    });
+
+    // Series: 10,000 names and units leave at most 64 (the probe's own two
+    // among them), and they go with the plugin.
+    let answer = node
+        .runtime
+        .command("greedy", "telemetry", vec![("n".into(), "10000".into())])
+        .unwrap();
+    assert_eq!(answer, "10000");
+    assert_eq!(sensor_series(&node, "greedy"), 64);
+
+    // A log flood: cut, said once, counted; lines flow again later.
+    let events_before = node.events().len();
+    node.runtime
+        .command("greedy", "log", vec![("n".into(), "10000".into())])
+        .unwrap();
+    let metrics = node.runtime.metrics().render();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"harvester_plugin_log_lines_dropped_total{plugin="greedy"} "#))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(dropped >= 9000, "{dropped}");
+    let said: Vec<_> = node.events()[events_before..]
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Log { source: LogSource::Node, message, .. } if message.contains("further lines are dropped")))
+        .cloned()
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+
+    // Commands: a bounded queue, with a clear "busy".
+    let busy: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| node.runtime.command("greedy", "spin", vec![])))
+            .collect();
+        calls
+            .into_iter()
+            .filter_map(|c| match c.join().unwrap() {
+                Err(e @ CommandError::Busy(_)) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect()
+    });
+    assert!(busy.len() >= 4, "{busy:?}");
+    assert!(
+        busy[0].contains("is busy: 8 commands already wait for it"),
+        "{}",
+        busy[0]
+    );
+
+    assert!(node.runtime.remove("greedy"));
+    assert_eq!(sensor_series(&node, "greedy"), 0, "a removed plugin's series go");
+}

@@ -187,6 +187,7 @@ pub fn spec(name: &str, plugin: &str, grants_yaml: &str, config: &[(&str, &str)]
             limits: Limits {
                 memory: MemorySize::mebibytes(64),
                 call_timeout: DurationSpec(Duration::from_millis(1000)),
+                ..Limits::default()
             },
         },
         generation: None,
@@ -202,6 +203,7 @@ pub fn with_limits(mut s: PluginSpec, memory_mib: u64, timeout_ms: u64) -> Plugi
     s.run.limits = Limits {
         memory: MemorySize::mebibytes(memory_mib),
         call_timeout: DurationSpec(Duration::from_millis(timeout_ms)),
+        ..Limits::default()
     };
     s
 }

@@ -511,6 +511,7 @@ impl Reconciler {
             &on_nodes,
             |n| ready.get(n).copied().unwrap_or(false),
             placement.clashes.get(name).map(Vec::as_slice),
+            placement.short_of_memory.get(name).map(Vec::as_slice),
         );
         for c in &conditions {
             for s in [

@@ -1,6 +1,8 @@
 //! Which plugins run on which nodes: a node's labels must include the
-//! plugin's selector, the node must have every device the grants need, and
-//! no two plugins on a node may hold the same output pin or LED.
+//! plugin's selector, the node must have every device the grants need, no
+//! two plugins on a node may hold the same output pin or LED, and the
+//! `limits.memory` of a node's plugins may not add up to more than the
+//! memory it has for plugins.
 //!
 //! The one implementation of those rules: the reconciler places the whole
 //! desired state with it, and apply's admission check asks it whether a
@@ -27,6 +29,8 @@ pub(crate) struct Placement<'a> {
     pub nodes_of: BTreeMap<&'a str, Vec<&'a Node>>,
     /// Per plugin, why it is kept off nodes it otherwise belongs on.
     pub clashes: BTreeMap<&'a str, Vec<String>>,
+    /// Per plugin, the nodes too short of memory for it, and the numbers.
+    pub short_of_memory: BTreeMap<&'a str, Vec<String>>,
 }
 
 /// Oldest first (creation time, then name): the order placement honours,
@@ -44,11 +48,23 @@ pub(crate) fn oldest_first(plugins: &[Plugin]) -> Vec<&Plugin> {
 pub(crate) fn place<'a>(plugins: impl IntoIterator<Item = &'a Plugin>, nodes: &'a [Node]) -> Placement<'a> {
     let mut out = Placement::default();
     let mut held: BTreeMap<&str, Holdings> = BTreeMap::new();
+    let mut memory: BTreeMap<&str, u64> = BTreeMap::new();
     for plugin in plugins {
         let name = plugin.metadata.name.as_str();
         let grants = &plugin.spec.run.grants;
+        let asks = plugin.spec.run.limits.memory;
         for node in nodes.iter().filter(|n| places(plugin, n)) {
             let node_name = node.metadata.name.as_str();
+            let placed = memory.get(node_name).copied().unwrap_or(0);
+            if let Some(has) = node.status.memory.map(|m| m.allocatable)
+                && placed.saturating_add(asks.bytes()) > has.bytes()
+            {
+                out.short_of_memory.entry(name).or_default().push(format!(
+                    "node {node_name} has {has} for plugins, {} of it placed; this plugin asks for {asks} (limits.memory)",
+                    harvester_api::MemorySize(placed)
+                ));
+                continue;
+            }
             if let Err(clashes) = held.entry(node_name).or_default().claim(name, grants) {
                 let c = &clashes[0];
                 out.clashes.entry(name).or_default().push(format!(
@@ -57,6 +73,7 @@ pub(crate) fn place<'a>(plugins: impl IntoIterator<Item = &'a Plugin>, nodes: &'
                 ));
                 continue;
             }
+            *memory.entry(node_name).or_default() += asks.bytes();
             out.on_node.entry(node_name).or_default().push(plugin);
             out.nodes_of.entry(name).or_default().push(node);
         }
@@ -141,6 +158,46 @@ pub(crate) mod tests {
         assert!(!places(&buzz, &sensor) && places(&buzz, &hub));
         let anywhere = plugin("p", 1, "  grants: {system: {}, net: {hosts: [127.0.0.1]}}\n");
         assert!(places(&anywhere, &sensor) && places(&anywhere, &hub));
+    }
+
+    #[test]
+    fn a_board_gets_no_more_plugin_memory_than_it_has_and_the_plugin_kept_off_says_why() {
+        let mut zero = node("zero", &[], &[]);
+        zero.status.memory = Some(harvester_api::resources::NodeMemory {
+            total: harvester_api::MemorySize::mebibytes(512),
+            allocatable: harvester_api::MemorySize::mebibytes(384),
+        });
+        // An older node that does not say: no check there.
+        let old = node("old", &[], &[]);
+        let nodes = [zero, old];
+        let plugins = [
+            plugin(
+                "first",
+                10,
+                "  limits: {memory: 256Mi}
+",
+            ),
+            plugin(
+                "second",
+                20,
+                "  limits: {memory: 128Mi}
+",
+            ),
+            plugin(
+                "third",
+                30,
+                "  limits: {memory: 1Mi}
+",
+            ),
+        ];
+        let placement = place(oldest_first(&plugins), &nodes);
+        assert_eq!(names(placement.on_node.get("zero")), ["first", "second"]);
+        assert_eq!(names(placement.on_node.get("old")), ["first", "second", "third"]);
+        assert_eq!(
+            placement.short_of_memory["third"],
+            ["node zero has 384Mi for plugins, 384Mi of it placed; this plugin asks for 1Mi (limits.memory)"]
+        );
+        assert!(!placement.short_of_memory.contains_key("first"));
     }
 
     #[test]

@@ -124,12 +124,13 @@ pub(crate) fn rollout_conditions(
 
 /// A plugin's conditions at `generation`, from what each node it is
 /// placed on reports, which of them are ready, and why it is kept off
-/// others (`clashes`).
+/// others (`clashes`, `short_of_memory`).
 pub(crate) fn plugin_conditions(
     generation: u64,
     on_nodes: &BTreeMap<String, PluginOnNode>,
     node_ready: impl Fn(&str) -> bool,
     clashes: Option<&[String]>,
+    short_of_memory: Option<&[String]>,
 ) -> (Vec<Condition>, Progress) {
     let unsigned = |p: &PluginOnNode| p.reason == Some(Reason::Unsigned);
     let current = |p: &PluginOnNode| p.generation == generation && p.phase == Phase::Running;
@@ -171,6 +172,8 @@ pub(crate) fn plugin_conditions(
     };
     let degraded = if let Some(c) = clashes.filter(|c| !c.is_empty()) {
         condition(ConditionType::Degraded, true, Reason::GrantConflict, c.join("; "))
+    } else if let Some(m) = short_of_memory.filter(|m| !m.is_empty()) {
+        condition(ConditionType::Degraded, true, Reason::InsufficientMemory, m.join("; "))
     } else if !failing.is_empty() {
         // A node's own reason (SignatureInvalid, PullFailed...) says more.
         let reason = on_nodes
@@ -273,7 +276,7 @@ mod tests {
         use ConditionStatus::{False, True};
         for phase in Phase::KNOWN.iter().cloned().chain([Phase::Other("Throttled".into())]) {
             let states = nodes(&[("pi4", on(phase.clone(), 3, None, ""))]);
-            let (cs, progress) = plugin_conditions(3, &states, |_| true, None);
+            let (cs, progress) = plugin_conditions(3, &states, |_| true, None, None);
             let (ready, degraded) = (get(&cs, ConditionType::Ready), get(&cs, ConditionType::Degraded));
             match &phase {
                 Phase::Running => {
@@ -322,7 +325,7 @@ mod tests {
                 ("pi4", on(Phase::Running, 1, Some(reason.clone()), "refused: no")),
                 ("zero", on(Phase::Running, 2, None, "")),
             ]);
-            let (cs, _) = plugin_conditions(2, &states, |_| true, None);
+            let (cs, _) = plugin_conditions(2, &states, |_| true, None, None);
             let degraded = get(&cs, ConditionType::Degraded);
             assert_eq!(degraded.status, ConditionStatus::True, "{reason}");
             assert_eq!(degraded.reason, reason);
@@ -330,7 +333,7 @@ mod tests {
             assert_eq!(get(&cs, ConditionType::Progressing).reason, Reason::Stalled);
         }
         let states = nodes(&[("pi4", on(Phase::Running, 2, Some(Reason::Unsigned), "no signature"))]);
-        let (cs, _) = plugin_conditions(2, &states, |_| true, None);
+        let (cs, _) = plugin_conditions(2, &states, |_| true, None, None);
         assert_eq!(
             summary(&cs),
             [
@@ -345,14 +348,14 @@ mod tests {
 
     #[test]
     fn no_nodes_a_conflict_and_an_unready_node_each_say_so() {
-        let (cs, progress) = plugin_conditions(1, &BTreeMap::new(), |_| true, None);
+        let (cs, progress) = plugin_conditions(1, &BTreeMap::new(), |_| true, None, None);
         assert_eq!(get(&cs, ConditionType::Ready).reason, Reason::NoMatchingNodes);
         assert_eq!(progress.placed, 0);
         assert!(cs.iter().all(|c| c.kind != ConditionType::Verified));
 
         let states = nodes(&[("pi4", on(Phase::Running, 1, None, ""))]);
         let clash = ["LED 5 is already granted to plugin older on node lab".to_string()];
-        let (cs, _) = plugin_conditions(1, &states, |_| true, Some(&clash));
+        let (cs, _) = plugin_conditions(1, &states, |_| true, Some(&clash), None);
         let degraded = get(&cs, ConditionType::Degraded);
         assert_eq!(
             (degraded.status, &degraded.reason),
@@ -361,7 +364,7 @@ mod tests {
         assert_eq!(degraded.message, clash[0]);
 
         let states = nodes(&[("pi4", on(Phase::Running, 1, None, "")), ("zero", not_reported())]);
-        let (cs, _) = plugin_conditions(1, &states, |n| n != "zero", None);
+        let (cs, _) = plugin_conditions(1, &states, |n| n != "zero", None, None);
         let degraded = get(&cs, ConditionType::Degraded);
         assert_eq!(
             (degraded.reason.clone(), degraded.message.as_str()),

@@ -57,6 +57,9 @@ pub(crate) struct AgentOptions {
     /// How often what no assignment needs is swept off the disk (and how
     /// long ago it must have been written).
     pub collect_every: Duration,
+    /// What plugins' `limits.memory` may add up to here (`None`: three
+    /// quarters of the board's memory).
+    pub plugin_memory: Option<harvester_api::MemorySize>,
 }
 
 /// Where this node's runnable code comes from.
@@ -85,6 +88,18 @@ impl CompileMode {
 /// Below this much memory a board does not compile a component itself
 /// (Cranelift needs ~350 MB for a Python one); a Pi Zero 2W has 512 MB.
 pub(crate) const LOCAL_COMPILE_MIN_MEMORY: u64 = 1 << 30;
+
+/// The board's memory and what plugins may have of it: `plugin_memory`,
+/// or three quarters of the board's (the rest is the system's and the node's).
+pub(crate) fn node_memory(
+    plugin_memory: Option<harvester_api::MemorySize>,
+) -> Option<harvester_api::resources::NodeMemory> {
+    let total = total_memory().map(harvester_api::MemorySize).or(plugin_memory)?;
+    Some(harvester_api::resources::NodeMemory {
+        total,
+        allocatable: plugin_memory.unwrap_or(harvester_api::MemorySize(total.bytes() / 4 * 3)),
+    })
+}
 
 /// The machine's memory, from /proc/meminfo.
 pub(crate) fn total_memory() -> Option<u64> {

@@ -35,6 +35,7 @@ impl Agent {
                 trusted_keys: self.opts.trust.keys.iter().map(|k| k.fingerprint.clone()).collect(),
                 allow_unsigned: self.opts.trust.allow_unsigned,
                 last_heartbeat: harvester_api::now_ms(),
+                memory: super::node_memory(self.opts.plugin_memory),
                 plugins: self.plugin_states(),
                 conditions: Vec::new(),
             },
@@ -52,6 +53,7 @@ impl Agent {
                 (Phase::Failed | Phase::CrashLoopBackOff | Phase::Restarting, _) => {
                     (None, s.last_error.clone().unwrap_or_default())
                 }
+                (Phase::Running, _) if let Some(why) = s.cpu_limited() => (Some(Reason::CpuLimit), why),
                 _ if ours.is_some_and(|a| a.unsigned) => (
                     Some(Reason::Unsigned),
                     "running a component without a valid signature: this node was started with --allow-unsigned".into(),

@@ -111,7 +111,21 @@ pub struct PluginContext {
     pub(crate) hardware: Hardware,
     pub(crate) leds: Arc<LedFrame>,
     pub(crate) report: Arc<Reporter>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What a plugin keeps across its versions: its telemetry series and its
+/// log budget; removing the plugin removes its series.
+#[derive(Default)]
+pub(crate) struct Shared {
     pub(crate) telemetry: telemetry::Series,
+    log: log::LogBudget,
+}
+
+impl Shared {
+    pub(crate) fn forget(&self, plugin: &str, metrics: &crate::metrics::Metrics) {
+        self.telemetry.forget(plugin, metrics);
+    }
 }
 
 impl PluginContext {
@@ -122,6 +136,7 @@ impl PluginContext {
         hardware: Hardware,
         leds: Arc<LedFrame>,
         report: Arc<Reporter>,
+        shared: Arc<Shared>,
     ) -> PluginContext {
         PluginContext {
             plugin,
@@ -130,13 +145,51 @@ impl PluginContext {
             hardware,
             leds,
             report,
-            telemetry: telemetry::Series::default(),
+            shared,
         }
     }
 
+    /// A line the plugin wrote, within its budget of lines per second; the
+    /// node says once that lines are dropped, and how many when they flow again.
     pub(crate) fn log(&self, level: LogLevel, source: LogSource, message: String) {
-        self.report
-            .emit(&self.plugin, EventKind::Log { level, source, message });
+        let node = |message: String| EventKind::Log {
+            level: LogLevel::Warn,
+            source: LogSource::Node,
+            message,
+        };
+        match self.shared.log.admit(std::time::Instant::now()) {
+            log::Admit::Write { dropped } => {
+                if dropped > 0 {
+                    self.report.emit(
+                        &self.plugin,
+                        node(format!("{dropped} log lines of this plugin were dropped")),
+                    );
+                }
+                self.report
+                    .emit(&self.plugin, EventKind::Log { level, source, message });
+            }
+            log::Admit::FirstDropped => {
+                self.report
+                    .metrics
+                    .log_lines_dropped
+                    .with_label_values(&[&self.plugin])
+                    .inc();
+                self.report.emit(
+                    &self.plugin,
+                    node(format!(
+                        "this plugin writes more than {} log lines a second: further lines are dropped and counted",
+                        log::LINES_PER_SECOND
+                    )),
+                );
+            }
+            log::Admit::Dropped => {
+                self.report
+                    .metrics
+                    .log_lines_dropped
+                    .with_label_values(&[&self.plugin])
+                    .inc();
+            }
+        }
     }
 }
 
@@ -159,8 +212,8 @@ impl HostState {
             Arc::new(move |line: &str| ctx.log(LogLevel::Warn, LogSource::Stderr, line.to_string()))
         };
         HostState {
-            wasi: crate::sandbox::wasi(out, err),
-            table: ResourceTable::new(),
+            wasi: crate::sandbox::wasi(out, err, memory_limit),
+            table: crate::sandbox::table(),
             limits: MemoryCap::new(memory_limit),
             ctx,
         }

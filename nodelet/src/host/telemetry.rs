@@ -1,6 +1,6 @@
 //! `telemetry`: named readings, each a Prometheus series of the node and a
-//! reading the hub receives. Names are capped per plugin, so a plugin cannot
-//! grow the node's metrics without bound.
+//! reading the hub receives. Series (name and unit) are capped per plugin,
+//! so a plugin cannot grow the node's metrics without bound, and go with it.
 
 use super::HostState;
 use crate::bindings::telemetry::Host;
@@ -8,16 +8,26 @@ use crate::events::{EventKind, LogLevel, LogSource};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// Distinct reading names per plugin: each becomes a metric series.
-pub const MAX_NAMES: usize = 64;
+/// Distinct series (name and unit) per plugin: each is a metric series.
+pub const MAX_SERIES: usize = 64;
 
 host_capability!(Telemetry, Telemetry, telemetry);
 
-/// The names a plugin version emitted, each with its first unit and its
+/// The series a plugin emitted, over all its versions, each with its
 /// gauge: looking a series up by labels on every call would cost more than
-/// the rest of the call.
+/// the rest of the call. Removing the plugin removes them all.
 #[derive(Default)]
-pub(crate) struct Series(Mutex<BTreeMap<String, (String, prometheus::Gauge)>>);
+pub(crate) struct Series(Mutex<BTreeMap<(String, String), prometheus::Gauge>>);
+
+impl Series {
+    /// Drops every series of `plugin` from the node's metrics.
+    pub(crate) fn forget(&self, plugin: &str, metrics: &crate::metrics::Metrics) {
+        let all = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for (name, unit) in all.keys() {
+            let _ = metrics.sensor.remove_label_values(&[plugin, name, unit]);
+        }
+    }
+}
 
 fn valid(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -37,29 +47,24 @@ fn check(name: &str, value: f64, unit: &str) -> Result<(), String> {
 }
 
 impl HostState {
-    /// Sets the reading's gauge; refuses a name past the cap.
+    /// Sets the reading's gauge; refuses a series past the cap.
     fn record(&self, name: &str, value: f64, unit: &str) -> Result<(), String> {
         let metrics = &self.ctx.report.metrics;
-        let mut names = self.ctx.telemetry.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !names.contains_key(name) && names.len() >= MAX_NAMES {
-            return Err(format!(
-                "telemetry {name:?} ignored: a plugin may emit at most {MAX_NAMES} distinct names"
-            ));
-        }
-        let (known_unit, gauge) = names.entry(name.to_string()).or_insert_with(|| {
-            let g = metrics.sensor.with_label_values(&[&self.ctx.plugin, name, unit]);
-            (unit.to_string(), g)
-        });
-        if metrics.enabled() {
-            if known_unit == unit {
-                gauge.set(value);
-            } else {
-                // Same name, another unit: another series, looked up.
-                metrics
-                    .sensor
-                    .with_label_values(&[&self.ctx.plugin, name, unit])
-                    .set(value);
+        let mut series = self.ctx.shared.telemetry.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_string(), unit.to_string());
+        let gauge = match series.get(&key) {
+            Some(g) => g,
+            None if series.len() >= MAX_SERIES => {
+                return Err(format!(
+                    "telemetry {name:?} ({unit:?}) ignored: a plugin may emit at most {MAX_SERIES} distinct names and units"
+                ));
             }
+            None => series
+                .entry(key)
+                .or_insert_with(|| metrics.sensor.with_label_values(&[&self.ctx.plugin, name, unit])),
+        };
+        if metrics.enabled() {
+            gauge.set(value);
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ pub struct Version {
     pub tick_interval: Duration,
     pub call_timeout: Duration,
     pub memory_limit: MemorySize,
+    pub cpu_limit: harvester_api::CpuShare,
 }
 
 /// A live instance of a version.
@@ -140,6 +141,8 @@ fn call<R>(
                 timeout.as_millis()
             ),
         )
+    } else if let Some(limit) = resource_limit(&err) {
+        (TrapKind::ResourceLimit, format!("{what} was stopped: {limit}"))
     } else if memory_refused {
         (
             TrapKind::MemoryLimit,
@@ -152,6 +155,25 @@ fn call<R>(
         (TrapKind::Trap, format!("{what} trapped: {}", root_cause(&err)))
     };
     Err(CallFailure { kind, message })
+}
+
+/// Which of the host's own bounds a failed call ran into, named.
+fn resource_limit(e: &wasmtime::Error) -> Option<String> {
+    use wasmtime::component::ResourceTableError;
+    if e.chain()
+        .any(|c| matches!(c.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)))
+    {
+        return Some(format!(
+            "the plugin holds {} WASI resources (streams, pollables...), its limit",
+            crate::sandbox::MAX_TABLE_ENTRIES
+        ));
+    }
+    // wasmtime-wasi's words for a `get-random-bytes` over `max_random_size`.
+    let text = e.root_cause().to_string();
+    if text.starts_with("requested len") && text.contains("exceeds limit") {
+        return Some(format!("it asked the host for a buffer over its limit ({text})"));
+    }
+    None
 }
 
 fn root_cause(e: &wasmtime::Error) -> String {

@@ -131,6 +131,8 @@ pub enum CommandError {
     NoSuchPlugin(String),
     #[error("plugin {0} stopped before answering")]
     Stopped(String),
+    #[error("plugin {0} is busy: {MAX_PENDING_COMMANDS} commands already wait for it; try again later")]
+    Busy(String),
     #[error("{0}")]
     Plugin(String),
 }
@@ -142,8 +144,14 @@ pub struct RuntimeOptions {
     pub restart: RestartPolicy,
 }
 
+/// Commands that may wait for one plugin at once: each holds a thread of
+/// the node until the plugin answers.
+pub const MAX_PENDING_COMMANDS: usize = 8;
+
 struct Running {
     tx: Sender<worker::Msg>,
+    /// Commands sent and not yet answered.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<JoinHandle<()>>,
     /// The spec without its component bytes (the digest stands for them):
     /// a Python component is ~18 MB the node must not keep twice.
@@ -165,6 +173,8 @@ pub struct Runtime {
     generations: Mutex<BTreeMap<String, u64>>,
     /// Loads are rare and heavy; one at a time keeps peak memory bounded.
     loading: Mutex<()>,
+    /// What each plugin keeps across its versions (telemetry series, log budget).
+    shared: Mutex<BTreeMap<String, Arc<crate::host::Shared>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,6 +203,7 @@ impl Runtime {
             plugins: Mutex::new(BTreeMap::new()),
             generations: Mutex::new(BTreeMap::new()),
             loading: Mutex::new(()),
+            shared: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -363,6 +374,7 @@ impl Runtime {
             self.hardware.clone(),
             self.leds.clone(),
             self.report.clone(),
+            lock(&self.shared).entry(plugin.clone()).or_default().clone(),
         ));
         let version = Arc::new(Version {
             pre: crate::bindings::FullPre::new(pre).map_err(link)?,
@@ -373,6 +385,7 @@ impl Runtime {
             tick_interval: spec.run.tick_interval.as_duration(),
             call_timeout: spec.run.limits.call_timeout.as_duration(),
             memory_limit: spec.run.limits.memory,
+            cpu_limit: spec.run.limits.cpu,
         });
         let instance = version.start().map_err(|f| LoadError::Init {
             plugin: plugin.clone(),
@@ -438,6 +451,7 @@ impl Runtime {
             spec.name.clone(),
             Running {
                 tx,
+                pending: Arc::default(),
                 thread: Some(thread),
                 spec: spec.without_component(),
                 digest,
@@ -458,15 +472,34 @@ impl Runtime {
             let _ = t.join();
         }
         self.report.remove(name);
+        if let Some(shared) = lock(&self.shared).remove(name) {
+            shared.forget(name, &self.report.metrics);
+        }
         true
     }
 
     /// Sends a command to a plugin and waits for its answer.
     pub fn command(&self, plugin: &str, name: &str, args: Vec<(String, String)>) -> Result<String, CommandError> {
-        let tx = lock(&self.plugins)
+        use std::sync::atomic::Ordering;
+        let (tx, pending) = lock(&self.plugins)
             .get(plugin)
-            .map(|r| r.tx.clone())
+            .map(|r| (r.tx.clone(), r.pending.clone()))
             .ok_or_else(|| CommandError::NoSuchPlugin(plugin.to_string()))?;
+        if pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_PENDING_COMMANDS).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(CommandError::Busy(plugin.to_string()));
+        }
+        struct Done(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        let _done = Done(pending);
         let (reply, answer) = mpsc::channel();
         tx.send(worker::Msg::Command {
             name: name.to_string(),

@@ -7,6 +7,7 @@
 use super::instance::{CallFailure, Instance, Version};
 use crate::events::EventKind;
 use crate::report::Reporter;
+use crate::sandbox::cpu::CpuBudget;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -68,6 +69,7 @@ pub(crate) struct Worker {
     healthy_ticks: u32,
     last_error: String,
     tick_metrics: crate::metrics::TickMetrics,
+    cpu: CpuBudget,
 }
 
 impl Worker {
@@ -93,6 +95,7 @@ impl Worker {
         let worker = Worker {
             plugin: plugin.clone(),
             tick_metrics: report.metrics.tick_metrics(&plugin),
+            cpu: CpuBudget::new(version.cpu_limit),
             report,
             policy,
             next_tick: Instant::now() + version.tick_interval,
@@ -109,6 +112,7 @@ impl Worker {
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
+        self.cpu.begin();
         loop {
             let wake = match self.restart_at {
                 Some(r) => r.min(self.next_tick),
@@ -122,6 +126,7 @@ impl Worker {
                 }) => {
                     let replaced = self.version.generation;
                     self.next_tick = self.next_tick.min(Instant::now() + version.tick_interval);
+                    self.cpu.set_share(version.cpu_limit);
                     self.version = version;
                     // The old instance is dropped here, between two ticks.
                     self.instance = Some(instance);
@@ -174,14 +179,19 @@ impl Worker {
 
     fn tick(&mut self) {
         let interval = self.version.tick_interval;
+        let mut wait = None;
         if let Some(instance) = self.instance.as_mut() {
             let started = Instant::now();
-            match instance.tick(self.version.call_timeout) {
+            let outcome = instance.tick(self.version.call_timeout);
+            let ended = Instant::now();
+            let took = ended.saturating_duration_since(started);
+            wait = self.cpu.charge(ended, took);
+            match outcome {
                 Ok(result) => {
                     self.report.tick_done(
                         &self.plugin,
                         &self.tick_metrics,
-                        started.elapsed().as_secs_f64(),
+                        took.as_secs_f64(),
                         instance.memory_bytes(),
                     );
                     if let Err(message) = result {
@@ -198,6 +208,7 @@ impl Worker {
         // Fixed-rate schedule; ticks that could not run on time are skipped
         // and counted rather than bunched up.
         self.next_tick += interval;
+        self.throttle(wait);
         let now = Instant::now();
         if self.next_tick <= now {
             let behind = now.duration_since(self.next_tick);
@@ -218,11 +229,15 @@ impl Worker {
         };
         let started = Instant::now();
         let result = instance.command(self.version.call_timeout, name, args);
+        let ended = Instant::now();
+        let took = ended.saturating_duration_since(started);
         self.report
             .metrics
             .call_seconds
             .with_label_values(&[&self.plugin, "on-command"])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        let wait = self.cpu.charge(ended, took);
+        self.throttle(wait);
         match result {
             Ok(answer) => answer,
             Err(failure) => {
@@ -230,6 +245,17 @@ impl Worker {
                 self.trapped("on-command", failure);
                 Err(message)
             }
+        }
+    }
+
+    /// Over its CPU budget, the plugin's next tick waits until it is back
+    /// within it: delayed and counted, never skipped in a burst later.
+    fn throttle(&mut self, wait: Option<Duration>) {
+        let Some(wait) = wait else { return };
+        let earliest = Instant::now() + wait;
+        if self.next_tick < earliest {
+            self.next_tick = earliest;
+            self.report.throttled(&self.plugin, self.version.cpu_limit, wait);
         }
     }
 

@@ -103,7 +103,11 @@ fn print_node(n: &Node) {
         super::say!("Compile:       {how} ({}, engine {})", e.target, e.hash);
     }
     if let Some(m) = &s.memory {
-        super::say!("Memory:        {} for plugins' limits.memory, of {}", m.allocatable, m.total);
+        super::say!(
+            "Memory:        {} for plugins' limits.memory, of {}",
+            m.allocatable,
+            m.total
+        );
     }
     super::say!("Heartbeat:     {} ago", age(s.last_heartbeat));
     super::say!("Plugins:");

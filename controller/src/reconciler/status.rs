@@ -344,6 +344,17 @@ mod tests {
             ]
         );
         assert!(get(&cs, ConditionType::Verified).message.contains("on pi4"));
+        // Running, but over its CPU budget: rolled out, and degraded for it.
+        let why = "over its CPU budget of 100m (limits.cpu): 12 ticks delayed so far";
+        let states = nodes(&[("pi4", on(Phase::Running, 2, Some(Reason::CpuLimit), why))]);
+        let (cs, _) = plugin_conditions(2, &states, |_| true, None, None);
+        assert_eq!(get(&cs, ConditionType::Ready).status, ConditionStatus::True);
+        let degraded = get(&cs, ConditionType::Degraded);
+        assert_eq!(
+            (&degraded.status, &degraded.reason),
+            (&ConditionStatus::True, &Reason::CpuLimit)
+        );
+        assert!(degraded.message.contains(why), "{}", degraded.message);
     }
 
     #[test]

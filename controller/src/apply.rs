@@ -235,11 +235,12 @@ pub(crate) fn node_update(
     next.metadata.labels = incoming.metadata.labels.clone();
     if with_status {
         let conditions = next.status.conditions.clone();
-        let heartbeat = next.status.last_heartbeat;
         next.status = incoming.status.clone();
-        // Readiness and heartbeats are the controller's to judge.
+        // Readiness and heartbeats are the controller's to judge, by its own
+        // clock on receipt: a Raspberry Pi has no real-time clock and steps
+        // its time after boot.
         next.status.conditions = conditions;
-        next.status.last_heartbeat = heartbeat.max(incoming.status.last_heartbeat);
+        next.status.last_heartbeat = now_ms();
     }
     if next == current {
         return Ok(Write::Keep);

@@ -168,7 +168,13 @@ impl Live {
         }
         let live = nodes.get_mut(node).expect("inserted above");
         let mut room = SERIES_TOTAL.saturating_sub(self.series_total.load(Ordering::Relaxed) as usize);
-        for r in report.readings {
+        // Readings are ordered by the hub's clock: the newest of a report is
+        // taken as received now and the others keep their spacing to it, so
+        // a board whose clock steps (a Pi has no real-time clock) neither
+        // loses readings nor writes them into the past or the future.
+        let newest = report.readings.iter().map(|r| r.at).max().unwrap_or(0);
+        for mut r in report.readings {
+            r.at = now_ms.saturating_sub(newest - r.at);
             let key = (r.plugin.clone(), r.name.clone());
             if !live.series.contains_key(&key) {
                 if live.series.len() >= SERIES_PER_NODE || room == 0 {
@@ -514,12 +520,28 @@ mod tests {
                 readings: vec![reading(1, 20.0), reading(2, 21.0), reading(2, 21.0), reading(1, 5.0)],
                 ..LiveReport::default()
             },
-            1,
+            2,
         );
         let v = live.view("pi4", true).unwrap();
         assert_eq!(v.series[0].points, VecDeque::from(vec![(1, 20.0), (2, 21.0)]));
         let latest = live.view("pi4", false).unwrap();
         assert_eq!(latest.series[0].points, VecDeque::from(vec![(2, 21.0)]));
+        // The board's clock stepped back behind what it sent before: its
+        // readings still count, at the hub's time of receipt, as far apart
+        // as sent.
+        live.report(
+            "pi4",
+            LiveReport {
+                readings: vec![reading(0, 22.0), reading(1, 23.0)],
+                ..LiveReport::default()
+            },
+            3_600_000,
+        );
+        let v = live.view("pi4", true).unwrap();
+        assert_eq!(
+            v.series[0].points,
+            VecDeque::from(vec![(1, 20.0), (2, 21.0), (3_599_999, 22.0), (3_600_000, 23.0)])
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use harvester_api::Digest;
 use harvester_api::files::{Swept, remove_unneeded};
 use std::collections::HashSet;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 #[derive(Debug, Clone)]
@@ -95,16 +95,8 @@ impl BlobStore {
 /// The largest manifest a registry read accepts (see `fetch::FetchLimits`).
 const MANIFEST_MAX: u64 = 4 << 20;
 
-/// Writes via a temporary file and rename, so a crash never leaves half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
+/// Writes a file whole or not at all, on disk when it returns.
+pub use harvester_api::files::write_durable as write_atomic;
 
 #[cfg(test)]
 mod tests {

@@ -51,10 +51,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Guards {
     /// Guards kept in `path`, as a restarted node left them.
     pub(super) fn load(path: PathBuf) -> Guards {
-        let failed = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let failed = super::read_state(&path, "the revisions this node went back from").unwrap_or_default();
         Guards {
             path,
             failed: Mutex::new(failed),
@@ -66,7 +63,7 @@ impl Guards {
     fn save(&self, failed: &BTreeMap<String, Failed>) {
         let written = serde_json::to_vec(failed)
             .map_err(std::io::Error::other)
-            .and_then(|b| harvester_registry::store::write_atomic(&self.path, &b));
+            .and_then(|b| harvester_api::files::write_state(&self.path, &b));
         if let Err(e) = written {
             tracing::warn!(path = %self.path.display(), "cannot keep the revisions this node went back from: {e}");
         }

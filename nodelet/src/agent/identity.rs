@@ -167,8 +167,9 @@ pub(crate) async fn establish(
         match probed {
             Ok(ca) => break ca,
             Err(e @ harvester_pki::tls::ProbeError::Unreachable(..)) => {
-                tracing::warn!("enrolling: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                let wait = harvester_api::jitter(backoff);
+                tracing::warn!("enrolling: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
             Err(e) => anyhow::bail!("refusing to enrol: {e}"),

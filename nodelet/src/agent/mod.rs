@@ -140,6 +140,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// State this node keeps as JSON at `path`: the newest copy, or the one
+/// before it when a power cut or a worn card damaged the newest (said in
+/// the log), or nothing.
+pub(super) fn read_state<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Option<T> {
+    let Some((value, copy)) = harvester_api::files::read_state(path, |b| serde_json::from_slice::<T>(b)) else {
+        if path.exists() {
+            tracing::warn!(path = %path.display(), "{what}: neither copy is usable; starting without");
+        }
+        return None;
+    };
+    if let harvester_api::files::StateCopy::Previous(why) = copy {
+        tracing::warn!(path = %path.display(), "{what}: the newest copy is unusable ({why}); using the one before it");
+    }
+    Some(value)
+}
+
 fn assignments_path(data: &Path) -> PathBuf {
     data.join("assignments.json")
 }
@@ -199,8 +215,7 @@ impl Agent {
                 NodeMessage::Assignments(assignments) => {
                     let path = assignments_path(&self.opts.data_dir);
                     let json = serde_json::to_vec_pretty(&assignments)?;
-                    tokio::task::spawn_blocking(move || harvester_registry::store::write_atomic(&path, &json))
-                        .await??;
+                    tokio::task::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await??;
                     self.desired.send_replace(Some(assignments));
                 }
             }
@@ -247,14 +262,9 @@ pub(crate) async fn run(
     });
 
     // Edge autonomy: whatever ran before the restart runs again, from disk.
-    if let Ok(text) = std::fs::read(assignments_path(&agent.opts.data_dir)) {
-        match serde_json::from_slice::<Assignments>(&text) {
-            Ok(last) => {
-                tracing::info!(plugins = last.plugins.len(), "running the last known assignments");
-                agent.desired.send_replace(Some(last));
-            }
-            Err(e) => tracing::warn!("ignoring unreadable last assignments: {e}"),
-        }
+    if let Some(last) = read_state::<Assignments>(&assignments_path(&agent.opts.data_dir), "the last assignments") {
+        tracing::info!(plugins = last.plugins.len(), "running the last known assignments");
+        agent.desired.send_replace(Some(last));
     }
 
     // Each runs under a supervisor: a panic is logged, counted and the task
@@ -313,17 +323,21 @@ pub(crate) async fn run(
             let mut backoff = Duration::from_millis(250);
             loop {
                 let started = std::time::Instant::now();
-                if let Err(e) = agent.watch_once().await {
-                    if started.elapsed() > Duration::from_secs(10) {
-                        backoff = Duration::from_millis(250);
-                    }
+                // Full jitter: after a hub restart a whole fleet reconnects
+                // spread over the wait, not all at once.
+                let outcome = agent.watch_once().await;
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(250);
+                }
+                let wait = harvester_api::jitter(backoff);
+                if let Err(e) = outcome {
                     tracing::warn!(
                         controller = agent.opts.controller,
-                        "watch ended: {e:#}{}; retrying in {backoff:?}",
+                        "watch ended: {e:#}{}; retrying in {wait:?}",
                         link::tls_hint(&e)
                     );
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         })
@@ -381,7 +395,7 @@ async fn renew(agent: Arc<Agent>, mut me: identity::NodeIdentity) {
             },
             Err(e) => {
                 tracing::warn!("renewing this board's certificate: {e:#}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(harvester_api::jitter(backoff)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }

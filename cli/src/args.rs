@@ -31,14 +31,19 @@ pub struct Cli {
 // Parsed once per process: boxing the controller's many flags would only add noise.
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
-    /// Run the controller (the hub): API, store, reconciler.
+    /// Run the controller (the hub): API, store, reconciler; or back it up
+    /// and restore it.
     #[command(
-        after_help = "Examples:\n  harvester controller --data /var/lib/harvester\n  harvester controller --data ./hub --listen 0.0.0.0:7000 --tls-san hub.local\n  harvester controller --data ./hub --insecure-plain-http   # loopback only, no identities"
+        after_help = "Examples:\n  harvester controller --data /var/lib/harvester\n  harvester controller --data ./hub --listen 0.0.0.0:7000 --tls-san hub.local\n  harvester controller --data ./hub --insecure-plain-http   # loopback only, no identities\n  harvester controller backup hub.tar\n  harvester controller restore hub.tar --data ./hub-restored",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
     )]
     Controller {
+        #[command(subcommand)]
+        action: Option<ControllerAction>,
         /// Where the store lives.
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        #[arg(long, value_name = "DIR", required = true)]
+        data: Option<PathBuf>,
         /// Serve the API here (nodes and people).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
@@ -517,6 +522,29 @@ pub enum ConfigCommand {
     /// List the contexts; * marks the current one.
     #[command(after_help = "Examples:\n  harvester config get-contexts")]
     GetContexts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControllerAction {
+    /// Take a backup of the running hub through its API (admin role): its
+    /// store (objects, revisions, uploaded components, users, tokens, the
+    /// audit trail), read while no write can happen, with its CA and keys.
+    /// Written with mode 0600: it holds the hub's secrets.
+    #[command(after_help = "Examples:\n  harvester controller backup /srv/backups/hub-$(date +%F).tar")]
+    Backup {
+        /// Where to write the backup (a tar archive).
+        file: PathBuf,
+    },
+    /// Unpack a backup into a new data folder; a controller started with
+    /// --data on it is the hub that was backed up.
+    #[command(after_help = "Examples:\n  harvester controller restore hub.tar --data /var/lib/harvester")]
+    Restore {
+        /// The backup to restore.
+        file: PathBuf,
+        /// The data folder to create (it must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

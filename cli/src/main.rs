@@ -71,6 +71,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registry_limits,
         } => oci::verify(&target, &keys, &insecure_registry, registry_limits.limits()).await,
         Command::Controller {
+            action: Some(action), ..
+        } => commands::backup::run(action, client).await,
+        Command::Controller {
+            action: None,
             data,
             listen,
             node_timeout,
@@ -95,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_nodes,
             insecure_plain_http,
         } => {
+            let data = data.expect("clap requires --data without a subcommand");
             let transport = if insecure_plain_http {
                 harvester_controller::Transport::PlainLoopback
             } else {

@@ -16,11 +16,14 @@
 //! - `compile`: code compiled for the nodes' targets, signed by the hub.
 //! - `live`: logs, readings and LED frames the nodes push; commands to nodes.
 //! - `metrics`: the hub's Prometheus metrics.
+//! - `backup`: a consistent snapshot of the store and the hub's own files,
+//!   and restoring one into a new data folder.
 
 pub use http::limits::ApiLimits;
 pub use identity::listener::ConnectionLimits;
 
 mod apply;
+pub mod backup;
 mod commands;
 pub mod compile;
 mod http;
@@ -318,6 +321,7 @@ pub async fn run(
         identities,
         timezone: options.timezone.as_str().into(),
         limits: Arc::new(http::limits::Limits::new(options.api_limits)),
+        data: options.data.as_path().into(),
     };
     let live = api.live.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -73,6 +73,8 @@ pub enum StoreError {
     Flush(String),
     #[error("stored object is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("writing the snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// What a write function decides.
@@ -132,6 +134,31 @@ impl Store {
             history: history.max(1),
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Every tree's name and entries, while no write can happen: what a
+    /// backup holds. `each` gets (tree, key, value) in order; the revision
+    /// it stands at is returned.
+    pub async fn snapshot(
+        &self,
+        mut each: impl FnMut(&[u8], &[u8], &[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        let _no_writes = self.writer.lock().await;
+        let mut walk = || -> Result<u64, StoreError> {
+            for name in self.db.tree_names() {
+                let tree = self.db.open_tree(&name)?;
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    each(&name, &k, &v).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+                }
+            }
+            Ok(self.resource_version())
+        };
+        // A large store takes a while to read: other tasks move on meanwhile.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(walk),
+            _ => walk(),
+        }
     }
 
     /// Another tree in the same database (identities keep theirs here).

@@ -14,6 +14,7 @@
 //! are the one way every command shows them.
 
 pub mod apply;
+pub mod backup;
 pub mod delete;
 pub mod describe;
 pub mod diff;

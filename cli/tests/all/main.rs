@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod dashboard;
 mod deploy;
+mod faults;
 mod first_run;
 mod fleet;
 mod hostile;

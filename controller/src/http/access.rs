@@ -54,9 +54,14 @@ pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// The role a person needs for `method` on `path` of `audience`; None
 /// when the route is not for people at all (the node protocol).
 pub(super) fn required_role(audience: Audience, method: &Method, path: &str) -> Option<Role> {
-    let admin_only = ["/api/v1alpha1/tokens", "/api/v1alpha1/users", "/api/v1alpha1/audit"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    let admin_only = [
+        "/api/v1alpha1/tokens",
+        "/api/v1alpha1/users",
+        "/api/v1alpha1/audit",
+        "/api/v1alpha1/backup",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
         || (path.starts_with("/api/v1alpha1/nodes/") && path.ends_with("/revoke"));
     if admin_only {
         return Some(Role::Admin);
@@ -235,6 +240,10 @@ mod tests {
         );
         assert_eq!(
             r(Audience::People, Method::GET, "/api/v1alpha1/audit"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            r(Audience::People, Method::GET, "/api/v1alpha1/backup"),
             Some(Role::Admin)
         );
         assert_eq!(

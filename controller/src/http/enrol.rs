@@ -33,6 +33,7 @@ pub(super) fn people() -> Router<Api> {
         .route("/api/v1alpha1/users", get(list_users).post(create_user))
         .route("/api/v1alpha1/users/{name}", delete(delete_user))
         .route("/api/v1alpha1/audit", get(audit))
+        .route("/api/v1alpha1/backup", get(backup))
         .route("/api/v1alpha1/whoami", get(whoami))
 }
 
@@ -206,6 +207,40 @@ struct AuditQuery {
 
 /// The most an audit answer holds, newest last.
 const AUDIT_PAGE: usize = 1000;
+
+/// A backup of the hub (its store, CA and keys): a tar archive, streamed
+/// from a file written while no write could happen.
+async fn backup(State(api): State<Api>) -> Result<Response, ApiError> {
+    let internal = |e: anyhow::Error| ApiError::internal("BackupFailed", format!("{e:#}"));
+    let file = tempfile::tempfile_in(&*api.data)
+        .map_err(|e| internal(anyhow::anyhow!("a file for the backup in the data folder: {e}")))?;
+    let reading = file.try_clone().map_err(|e| internal(e.into()))?;
+    let summary = crate::backup::write(&api.store, &api.data, file)
+        .await
+        .map_err(internal)?;
+    tracing::info!(
+        resource_version = summary.resource_version,
+        records = summary.records,
+        "backup taken"
+    );
+    let mut reading = tokio::fs::File::from_std(reading);
+    tokio::io::AsyncSeekExt::rewind(&mut reading)
+        .await
+        .map_err(|e| internal(e.into()))?;
+    let length = reading.metadata().await.map_err(|e| internal(e.into()))?.len();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (axum::http::header::CONTENT_LENGTH, length.to_string()),
+            (
+                axum::http::HeaderName::from_static("x-harvester-resource-version"),
+                summary.resource_version.to_string(),
+            ),
+        ],
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reading)),
+    )
+        .into_response())
+}
 
 async fn audit(
     State(api): State<Api>,

@@ -109,7 +109,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(message),
             StoreError::Gone { .. } => ApiError::new(StatusCode::GONE, "Expired", message),
             StoreError::Invalid(_) => ApiError::invalid(message),
-            StoreError::Sled(_) | StoreError::Corrupt(_) | StoreError::Flush(_) => {
+            StoreError::Sled(_) | StoreError::Corrupt(_) | StoreError::Flush(_) | StoreError::Snapshot(_) => {
                 ApiError::internal("InternalError", message)
             }
         }

@@ -68,6 +68,8 @@ pub(crate) struct Api {
     pub identities: Option<Arc<crate::identity::Identities>>,
     /// Requests, streams and Nodes each identity may take.
     pub limits: Arc<limits::Limits>,
+    /// The hub's data folder, for backups.
+    pub data: Arc<std::path::Path>,
 }
 
 /// Who a group of routes serves.

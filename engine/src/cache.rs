@@ -3,6 +3,7 @@
 
 use crate::config::PluginEngine;
 use harvester_api::Digest;
+use sha2::Digest as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -92,11 +93,52 @@ impl CompileCache {
         self.path_for(engine, digest).exists() || self.portable_path(engine, digest).exists()
     }
 
-    /// The cached code for `digest`, if usable. An entry that does not load
-    /// is removed so that it gets replaced.
+    /// Where the SHA-256 of the code at `path`, recorded when it was
+    /// written, is kept.
+    fn seal_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".sha256");
+        PathBuf::from(name)
+    }
+
+    /// Records that the code at `path` has digest `code` (its SHA-256), for
+    /// the check on every load. Call it once the file is complete.
+    pub fn seal(&self, path: &Path, code: &Digest) -> std::io::Result<()> {
+        harvester_api::files::write_durable(&Self::seal_path(path), code.to_string().as_bytes())
+    }
+
+    /// Whether the code at `path` is what was recorded when it was written:
+    /// a flipped bit on an SD card, a truncated file or an entry without a
+    /// record (an older cache) is not run. Why not, if it is not.
+    fn check_seal(path: &Path) -> Result<(), String> {
+        let recorded =
+            std::fs::read_to_string(Self::seal_path(path)).map_err(|e| format!("no record of its digest ({e})"))?;
+        let recorded: Digest = recorded
+            .trim()
+            .parse()
+            .map_err(|e| format!("its record is damaged: {e}"))?;
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(path).map_err(|e| e.to_string())?, &mut hasher)
+            .map_err(|e| e.to_string())?;
+        let actual = Digest::from_sha256(hasher);
+        if actual != recorded {
+            return Err(format!("its digest is {actual}, {recorded} when it was written"));
+        }
+        Ok(())
+    }
+
+    /// The cached code for `digest`, if intact and usable. An entry that is
+    /// damaged or does not load is removed so that it gets replaced
+    /// (compiled again, or fetched again from the hub).
     fn cached(&self, engine: &PluginEngine, digest: &Digest) -> Option<Component> {
         for path in [self.path_for(engine, digest), self.portable_path(engine, digest)] {
             if !path.exists() {
+                continue;
+            }
+            if let Err(why) = Self::check_seal(&path) {
+                tracing::warn!(path = %path.display(), "discarding damaged compiled code: {why}");
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(Self::seal_path(&path));
                 continue;
             }
             match deserialize(engine, &path) {
@@ -157,6 +199,7 @@ impl CompileCache {
         // can drop (see `release_cold_code`).
         write_synced(&tmp, &compiled).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
+        self.seal(&path, &Digest::of(&compiled)).map_err(io)?;
         drop(compiled);
         let component = deserialize(engine, &path).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         Ok((component, CacheOutcome::Compiled, started.elapsed()))
@@ -177,6 +220,7 @@ impl CompileCache {
         let names: std::collections::HashSet<String> = keep
             .iter()
             .flat_map(|d| [self.path_for(engine, d), self.portable_path(engine, d)])
+            .flat_map(|p| [Self::seal_path(&p), p])
             .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
             .collect();
         harvester_api::files::remove_unneeded(&self.dir, |name| names.contains(name), written_before)

@@ -37,11 +37,18 @@ fn a_restart_loads_from_the_compile_cache_without_compiling() {
             .contains("harvester_component_cache_hits_total 1")
     );
 
-    // A damaged cache entry is detected and replaced, not trusted. (The
-    // node is stopped first: it maps its entries.)
+    // A damaged cache entry is detected and replaced, not trusted: one
+    // flipped bit in the middle of the code, where wasmtime's own header
+    // check never looks. (The node is stopped first: it maps its entries.)
     drop(node);
     for entry in std::fs::read_dir(dir.path().join("compiled")).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let mut code = std::fs::read(&path).unwrap();
+            let mid = code.len() / 2;
+            code[mid] ^= 0x01;
+            std::fs::write(&path, code).unwrap();
+        }
     }
     let node = node_with(dir.path(), SimProfile::default());
     node.runtime.apply(spec("dht22", "dht22", grants, &[])).unwrap();
@@ -69,7 +76,9 @@ fn code_a_hub_compiled_for_this_architecture_runs_without_compiling_here() {
     );
     let code = hub.precompile_component(&bytes).unwrap();
     let cache = node.runtime.cache();
-    std::fs::write(cache.portable_path(node.runtime.engine(), &digest), code).unwrap();
+    let path = cache.portable_path(node.runtime.engine(), &digest);
+    std::fs::write(&path, &code).unwrap();
+    cache.seal(&path, &Digest::of(&code)).unwrap();
 
     let mut s = spec("dht22", "dht22", "{dht22: {pin: 4}, leds: {indices: [1]}}", &[]);
     s.component = ComponentSource::Precompiled(digest);

@@ -71,13 +71,20 @@ fn a_hub_restored_from_its_backup_is_the_same_hub_to_its_nodes_and_people() {
     // whose certificate the same CA signed, reports to it again.
     let after: Value = serde_json::from_str(&fleet.cli_ok(&["get", "plugin", "probe", "-o", "json"])).unwrap();
     let rv = |v: &Value| v["metadata"]["resourceVersion"].as_u64().unwrap();
-    assert!(rv(&after) >= rv(&before), "the revision counter goes on from the backup's");
+    assert!(
+        rv(&after) >= rv(&before),
+        "the revision counter goes on from the backup's"
+    );
     let meta = |v: &Value| {
         let mut m = v["metadata"].clone();
         m.as_object_mut().unwrap().remove("resourceVersion");
         m
     };
-    assert_eq!(meta(&after), meta(&before), "the same object: uid, generation, creation time");
+    assert_eq!(
+        meta(&after),
+        meta(&before),
+        "the same object: uid, generation, creation time"
+    );
     assert_eq!(after["spec"], before["spec"]);
     let users = fleet.cli_ok(&["user", "list"]);
     assert!(users.contains("alice"), "{users}");

@@ -726,6 +726,41 @@ fn small_boards_run_python_plugins_from_code_the_hub_compiled_and_refuse_code_th
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("no Plugin on this hub runs artifact"), "{body}");
 
+    // The hub's cached code damaged on disk: never served, compiled again
+    // (its function cache makes that quick) and what it serves is what it
+    // signed.
+    let target = engine["target"].as_str().unwrap().to_string();
+    for entry in std::fs::read_dir(f.dir.path().join("controller/compiled")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "cwasm") {
+            let mut code = std::fs::read(&p).unwrap();
+            let mid = code.len() / 2;
+            code[mid] ^= 0x01;
+            std::fs::write(&p, code).unwrap();
+        }
+    }
+    f.restart_controller();
+    let (code, headers, body) = f.hub().raw("GET", &path(&target, &ours, &digest), &[], b"");
+    assert_eq!(code, 200, "{headers}");
+    let statement = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("harvester-compiled-statement: "))
+        .unwrap_or_else(|| panic!("{headers}"));
+    let statement: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, statement.trim()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        statement["code"],
+        harvester_api::Digest::of(&body).to_string(),
+        "the code served is the code signed"
+    );
+    assert_eq!(
+        hub_metric(&f.hub(), "harvester_hub_compile_requests_total{result=\"compiled\"}"),
+        1.0,
+        "compiled again after the restart"
+    );
+
     // Without the hub, a restarted board runs the same code from its cache.
     f.kill_controller();
     f.kill_node("zero");

@@ -90,6 +90,12 @@ pub struct Compiler {
     engines: Mutex<BTreeMap<String, String>>,
     /// One compile at a time: a Python component takes hundreds of MB.
     one_at_a_time: tokio::sync::Mutex<()>,
+    /// Code files checked against their signed records by this process.
+    intact: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn io(e: impl std::fmt::Display) -> CompileFailure {
@@ -110,6 +116,7 @@ impl Compiler {
             pulled: BlobStore::new(dir.join("pulled")),
             engines: Mutex::new(BTreeMap::new()),
             one_at_a_time: tokio::sync::Mutex::new(()),
+            intact: Mutex::default(),
         })
     }
 
@@ -120,6 +127,27 @@ impl Compiler {
 
     pub fn fingerprint(&self) -> &str {
         &self.key.fingerprint
+    }
+
+    /// Whether the code at `path` is what `record` signed (its size and
+    /// SHA-256); checked once per process, and removed with its record
+    /// when it is not.
+    fn intact(&self, path: &Path, record: &SignedRecord, size: u64) -> bool {
+        if lock(&self.intact).contains(path) {
+            return true;
+        }
+        let statement = base64::engine::general_purpose::STANDARD
+            .decode(&record.statement)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<CompiledStatement>(&json).ok());
+        let good = statement.is_some_and(|st| st.size == size && sha256_file(path).is_ok_and(|d| d == st.code));
+        if good {
+            lock(&self.intact).insert(path.to_path_buf());
+        } else {
+            tracing::warn!(path = %path.display(), "compiled code is not what was signed (damaged on disk): compiling it again");
+            let _ = std::fs::remove_file(path);
+        }
+        good
     }
 
     /// The engine hash of `target`'s code.
@@ -196,8 +224,11 @@ impl Compiler {
                 .and_then(|b| serde_json::from_slice::<SignedRecord>(&b).ok())
         };
         // Code compiled before is served without waiting for a compile of
-        // something else.
-        if let (Ok(meta), Some(r)) = (std::fs::metadata(&code_path), signed()) {
+        // something else, once it is checked to be what was signed: a
+        // damaged entry is dropped and compiled again, never served.
+        if let (Ok(meta), Some(r)) = (std::fs::metadata(&code_path), signed())
+            && self.intact(&code_path, &r, meta.len())
+        {
             return Ok(Compiled {
                 path: code_path,
                 size: meta.len(),
@@ -331,6 +362,7 @@ impl Compiler {
         use harvester_api::files::remove_unneeded;
         // Never between a compile's code and its record.
         let _one = self.one_at_a_time.lock().await;
+        lock(&self.intact).clear();
         let keep: std::collections::HashSet<String> = artifacts.iter().map(Digest::hex).collect();
         let mut records = std::collections::HashSet::new();
         let mut code = std::collections::HashSet::new();

@@ -93,6 +93,11 @@ impl Agent {
         let cache = self.runtime.cache();
         let path = cache.portable_path(engine, &component);
         let size = store(offer.body, &cache.scratch_path(&path), &path, &st, g).await?;
+        // Checked against the statement as it arrived; sealed for the check
+        // on every later load.
+        cache
+            .seal(&path, &st.code)
+            .map_err(|e| Failure::transient(g, Reason::CompileUnavailable, format!("{}: {e}", path.display())))?;
         self.metrics
             .fetch_seconds
             .with_label_values(&["hub-code"])

@@ -237,10 +237,15 @@ pub(crate) fn node_update(
         let conditions = next.status.conditions.clone();
         next.status = incoming.status.clone();
         // Readiness and heartbeats are the controller's to judge, by its own
-        // clock on receipt: a Raspberry Pi has no real-time clock and steps
-        // its time after boot.
+        // clock on receipt (a Raspberry Pi has no real-time clock and steps
+        // its time after boot). A heartbeat is a lease the reconciler keeps
+        // in memory, as Kubernetes keeps Lease objects apart from Nodes: the
+        // stored Node changes only when something about the node does.
         next.status.conditions = conditions;
-        next.status.last_heartbeat = now_ms();
+        next.status.last_heartbeat = current.status.last_heartbeat;
+        if next != current {
+            next.status.last_heartbeat = now_ms();
+        }
     }
     if next == current {
         return Ok(Write::Keep);

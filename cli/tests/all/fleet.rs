@@ -269,6 +269,27 @@ fn plugins_follow_selectors_and_hardware_and_roll_out_changes_and_deletes() {
         fleet.cli_ok(&["get", "nodes"]).matches(" Ready ").count() == 2
     });
 
+    // Heartbeats (every 500 ms here) renew a lease: the stored Node, and
+    // its watchers, hear only of changes.
+    let node_now = || -> (u64, u64) {
+        let n: Value = serde_json::from_str(&fleet.cli_ok(&["get", "node", "pi4", "-o", "json"])).unwrap();
+        let at = &n["status"]["lastHeartbeat"];
+        let ms = at
+            .as_u64()
+            .unwrap_or_else(|| harvester_api::time::parse_rfc3339(at.as_str().unwrap()).unwrap());
+        (n["metadata"]["resourceVersion"].as_u64().unwrap(), ms)
+    };
+    let mut steady = None;
+    wait_until(T, "a steady node's object unchanged over 2 s of heartbeats", || {
+        let (rv, beat) = node_now();
+        std::thread::sleep(Duration::from_secs(2));
+        let (rv2, beat2) = node_now();
+        steady = Some((beat, beat2));
+        rv == rv2
+    });
+    let (beat, beat2) = steady.unwrap();
+    assert!(beat2 > beat, "the heartbeat moved on: {beat} then {beat2}");
+
     // Selected by label: only the sensor node.
     let out = fleet.apply(&fleet.plugin_yaml("probe", "role: sensor", "{gpio: {pins: [17]}}", "1"));
     assert!(out.contains("plugin/probe created (generation 1, sha256:"), "{out}");

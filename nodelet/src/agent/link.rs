@@ -133,6 +133,16 @@ impl HubLink {
         ensure_success(resp, "registering").await.map(drop)
     }
 
+    /// Renews the node's lease without a status (nothing changed).
+    pub async fn heartbeat(&self) -> anyhow::Result<Reported> {
+        let resp = self.http().post(self.node_url("heartbeat")).send().await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Reported::Unknown);
+        }
+        ensure_success(resp, "heartbeat").await?;
+        Ok(Reported::Accepted)
+    }
+
     pub async fn report(&self, status: &NodeStatusV1) -> anyhow::Result<Reported> {
         let resp = self.http().put(self.node_url("status")).json(status).send().await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {

@@ -133,8 +133,14 @@ struct Agent {
     guards: health::Guards,
     /// The latest assignments; one task converges on them.
     desired: tokio::sync::watch::Sender<Option<Assignments>>,
+    /// The status last sent, and when: an unchanged one is not sent again.
+    last_report: Mutex<Option<(std::time::Instant, harvester_api::resources::NodeStatusV1)>>,
     report_now: tokio::sync::Notify,
 }
+
+/// An unchanged status is sent again this often all the same, so a hub
+/// that lost it (restored from a backup) has it soon.
+const STATUS_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -162,14 +168,38 @@ fn assignments_path(data: &Path) -> PathBuf {
 
 impl Agent {
     async fn register(&self) -> anyhow::Result<()> {
+        // What the hub has now is what registering sends: the next report
+        // sends the status whole.
+        *lock(&self.last_report) = None;
         self.link.register(&self.node_object()).await
     }
 
+    /// Sends the node's status when it changed (or a minute went by), else
+    /// a bare heartbeat: the hub's lease on the node is renewed either way.
     async fn report(&self) -> anyhow::Result<()> {
-        match self.link.report(&self.node_object().status).await? {
+        let mut status = self.node_object().status;
+        status.last_heartbeat = 0;
+        let unchanged = {
+            let last = lock(&self.last_report);
+            last.as_ref()
+                .is_some_and(|(at, sent)| *sent == status && at.elapsed() < STATUS_AT_LEAST_EVERY)
+        };
+        let reported = if unchanged {
+            self.link.heartbeat().await?
+        } else {
+            status.last_heartbeat = harvester_api::now_ms();
+            let r = self.link.report(&status).await?;
+            status.last_heartbeat = 0;
+            *lock(&self.last_report) = Some((std::time::Instant::now(), status));
+            r
+        };
+        match reported {
             Reported::Accepted => Ok(()),
             // The controller lost us (a new store): register again.
-            Reported::Unknown => self.register().await,
+            Reported::Unknown => {
+                *lock(&self.last_report) = None;
+                self.register().await
+            }
         }
     }
 
@@ -258,6 +288,7 @@ pub(crate) async fn run(
         opts,
         converged: Converged::default(),
         desired: tokio::sync::watch::channel(None).0,
+        last_report: Mutex::new(None),
         report_now: tokio::sync::Notify::new(),
     });
 

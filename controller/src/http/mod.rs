@@ -278,6 +278,7 @@ mod tests {
             identities: None,
             limits: Arc::new(limits::Limits::new(limits::ApiLimits::default())),
             timezone: "UTC".into(),
+            data: dir.into(),
         }
     }
 

@@ -14,6 +14,9 @@ const BURST: f64 = 500.0;
 
 host_capability!(Log, Log, log);
 
+/// How often, at most, the node says a plugin's lines are being dropped.
+const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A plugin's line budget, a token bucket kept across its versions.
 #[derive(Debug)]
 pub(crate) struct LogBudget(std::sync::Mutex<Bucket>);
@@ -22,8 +25,10 @@ pub(crate) struct LogBudget(std::sync::Mutex<Bucket>);
 struct Bucket {
     tokens: f64,
     at: std::time::Instant,
-    /// Lines dropped since the last one that passed.
+    /// Lines dropped and not yet said.
     dropped: u64,
+    /// When the node last said something about dropped lines.
+    said: Option<std::time::Instant>,
 }
 
 impl Default for LogBudget {
@@ -32,6 +37,7 @@ impl Default for LogBudget {
             tokens: BURST,
             at: std::time::Instant::now(),
             dropped: 0,
+            said: None,
         }))
     }
 }
@@ -39,29 +45,38 @@ impl Default for LogBudget {
 /// What the budget says of one line.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admit {
-    /// Write it; `dropped` lines went before it since the last one written.
+    /// Write it; first say that `dropped` lines went before it (0: nothing
+    /// to say, or said recently).
     Write {
         dropped: u64,
     },
-    /// The first line dropped in a run: say so once.
+    /// Dropped, and time to say that lines are being dropped.
     FirstDropped,
     Dropped,
 }
 
 impl LogBudget {
+    /// At most one line about dropped lines every [`SAY_EVERY`], however
+    /// the plugin writes: the node's own lines are not a flood either.
     pub(crate) fn admit(&self, now: std::time::Instant) -> Admit {
         let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.at = now;
         b.tokens = (b.tokens + elapsed * LINES_PER_SECOND).min(BURST);
+        let may_say = b.said.is_none_or(|t| now.saturating_duration_since(t) >= SAY_EVERY);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            return Admit::Write {
-                dropped: std::mem::take(&mut b.dropped),
-            };
+            if b.dropped > 0 && may_say {
+                b.said = Some(now);
+                return Admit::Write {
+                    dropped: std::mem::take(&mut b.dropped),
+                };
+            }
+            return Admit::Write { dropped: 0 };
         }
         b.dropped += 1;
-        if b.dropped == 1 {
+        if may_say {
+            b.said = Some(now);
             Admit::FirstDropped
         } else {
             Admit::Dropped
@@ -90,7 +105,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_is_cut_said_once_and_counted_when_lines_flow_again() {
+    fn a_flood_is_cut_and_said_at_most_once_every_ten_seconds() {
         let budget = LogBudget::default();
         let t = std::time::Instant::now();
         for _ in 0..BURST as usize {
@@ -100,8 +115,17 @@ mod tests {
         for _ in 0..99 {
             assert_eq!(budget.admit(t), Admit::Dropped);
         }
-        let later = t + std::time::Duration::from_secs(1);
-        assert_eq!(budget.admit(later), Admit::Write { dropped: 100 });
+        // A trickle gets through; still over the budget on and off, and
+        // nothing more is said for ten seconds.
+        let secs = |s: u64| t + std::time::Duration::from_secs(s);
+        assert_eq!(budget.admit(secs(1)), Admit::Write { dropped: 0 });
+        for _ in 0..49 {
+            assert_eq!(budget.admit(secs(1)), Admit::Write { dropped: 0 });
+        }
+        assert_eq!(budget.admit(secs(1)), Admit::Dropped);
+        // Then how many went, once.
+        assert_eq!(budget.admit(secs(11)), Admit::Write { dropped: 101 });
+        assert_eq!(budget.admit(secs(11)), Admit::Write { dropped: 0 });
     }
 
     #[test]

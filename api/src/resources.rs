@@ -189,6 +189,10 @@ pub struct NodeStatusV1 {
     /// The node's memory (absent from older nodes: no memory check there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<NodeMemory>,
+    /// The filesystem of the node's data folder is almost full (under 5% or
+    /// 64 MiB free): the hub reports it as the DiskPressure condition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_pressure: bool,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginOnNode>,
     #[serde(default)]

@@ -122,7 +122,11 @@ vocabulary! {
         Unsigned,
         /// Runs, but over its CPU budget (`limits.cpu`): its ticks wait.
         CpuLimit,
-        // A Node's Ready condition.
+        // A Node's conditions.
+        /// The node's data folder is almost full: it runs what it runs,
+        /// applies removals and config changes, and takes in nothing new.
+        LowOnDisk,
+        EnoughDisk,
         HeartbeatReceived,
         HeartbeatTimeout,
         NoHeartbeat,
@@ -170,6 +174,8 @@ vocabulary! {
     /// and of a Node (Ready).
     ConditionType {
         Ready,
+        /// A node's data folder is almost full.
+        DiskPressure,
         Progressing,
         Degraded,
         Verified,

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub load_seconds: HistogramVec,
     pub refusals: IntCounterVec,
     pub task_panics: IntCounterVec,
+    /// 1 while the data folder's filesystem is almost full.
+    pub disk_pressure: prometheus::IntGauge,
     pub fetch_seconds: HistogramVec,
     pub instantiate_seconds: HistogramVec,
     pub phase: IntGaugeVec,
@@ -241,6 +243,14 @@ impl Metrics {
                 "harvester_node_task_panics_total",
                 "Panics in the node's own tasks (each logged; the task was started again)",
                 &["task"],
+            ),
+            disk_pressure: register(
+                &registry,
+                prometheus::IntGauge::new(
+                    "harvester_node_disk_pressure",
+                    "1 while the filesystem of the node's data folder is almost full (under 5% or 64 MiB free)",
+                )
+                .expect("valid metric"),
             ),
             registry,
             fetch_seconds,

@@ -1,6 +1,6 @@
 //! Faults a fleet lives through: a hub lost and restored from a backup.
 
-use crate::fleet::{Fleet, T, runs};
+use crate::fleet::{Fleet, T, on_node, runs};
 use crate::support::*;
 use serde_json::Value;
 
@@ -94,4 +94,112 @@ fn a_hub_restored_from_its_backup_is_the_same_hub_to_its_nodes_and_people() {
         fleet.plugin("probe")["status"]["nodes"]["pi4"]["phase"] == "Running"
     });
     assert!(runs(pi4, "probe", 1));
+}
+
+/// A small tmpfs for a test (it runs as root), unmounted when the test ends.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn disk_pressure(fleet: &Fleet, node: &str) -> Option<(String, String)> {
+    let n: Value = serde_json::from_str(&fleet.cli_ok(&["get", "node", node, "-o", "json"])).unwrap();
+    n["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "DiskPressure")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+#[test]
+fn a_node_on_a_full_disk_keeps_running_applies_removals_and_config_changes_and_recovers() {
+    let mut fleet = Fleet::new();
+    let data = fleet.dir.path().join("pi4");
+    let disk = Tmpfs::mount(&data, "8m");
+    let pi4 = fleet.start_node("pi4", "", "leds");
+    let two = fleet.plugin_yaml("a", "", "{gpio: {pins: [17]}}", "1")
+        + "---\n"
+        + &fleet.plugin_yaml("b", "", "{gpio: {pins: [18]}}", "1");
+    fleet.apply(&two);
+    wait_until(T, "a and b running", || runs(pi4, "a", 1) && runs(pi4, "b", 1));
+    assert_eq!(
+        disk_pressure(&fleet, "pi4"),
+        Some(("False".into(), "EnoughDisk".into()))
+    );
+
+    // The card fills up.
+    let fill = disk.0.join("fill");
+    let out = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", fill.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left"),
+        "the disk is full"
+    );
+    wait_until(T, "DiskPressure reported", || {
+        disk_pressure(&fleet, "pi4") == Some(("True".into(), "LowOnDisk".into()))
+    });
+    let (_, metrics) = http("GET", pi4, "/metrics").unwrap();
+    assert!(metrics.contains("harvester_node_disk_pressure 1"), "{metrics}");
+
+    // A removal and a config change are applied all the same; a new
+    // component cannot come in, and says why.
+    fleet.cli_ok(&["delete", "plugin", "b"]);
+    fleet.apply(&fleet.plugin_yaml("a", "", "{gpio: {pins: [17]}}", "2"));
+    wait_until(T, "b removed, a at generation 2", || {
+        on_node(pi4, "b").is_none() && runs(pi4, "a", 2)
+    });
+    let c = fleet.dir.path().join("c.wasm");
+    std::fs::write(&c, variant(&component("probe"), "c")).unwrap();
+    let probe = fleet.dir.path().join("probe.wasm");
+    let yaml = fleet
+        .plugin_yaml("c", "", "{gpio: {pins: [19]}}", "1")
+        .replace(probe.to_str().unwrap(), c.to_str().unwrap());
+    fleet.apply(&yaml);
+    wait_until(T, "c refused for want of space", || {
+        fleet.plugin("c")["status"]["nodes"]["pi4"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("No space left"))
+    });
+    assert!(runs(pi4, "a", 2), "what runs keeps running");
+
+    // Space comes back: so does everything, by itself.
+    std::fs::remove_file(&fill).unwrap();
+    wait_until(T, "DiskPressure over", || {
+        disk_pressure(&fleet, "pi4") == Some(("False".into(), "EnoughDisk".into()))
+    });
+    wait_until(T, "c running once there is room", || runs(pi4, "c", 1));
+    // The assignments it could not keep are on disk now.
+    let kept: Value = serde_json::from_slice(&std::fs::read(data.join("assignments.json")).unwrap()).unwrap();
+    let names: Vec<&str> = kept["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    fleet.kill_node("pi4");
 }

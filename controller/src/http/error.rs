@@ -109,6 +109,13 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(message),
             StoreError::Gone { .. } => ApiError::new(StatusCode::GONE, "Expired", message),
             StoreError::Invalid(_) => ApiError::invalid(message),
+            // Nothing was written: a full disk is said as such, not as a
+            // mystery 500.
+            StoreError::Sled(sled::Error::Io(ref io)) if io.kind() == std::io::ErrorKind::StorageFull => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "InsufficientStorage",
+                format!("the hub's disk is full; nothing was written: free space on it, then try again ({io})"),
+            ),
             StoreError::Sled(_) | StoreError::Corrupt(_) | StoreError::Flush(_) | StoreError::Snapshot(_) => {
                 ApiError::internal("InternalError", message)
             }
@@ -145,6 +152,11 @@ mod tests {
                 StoreError::Flush("the flush task panicked".into()),
                 500,
                 "InternalError",
+            ),
+            (
+                StoreError::Sled(sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull))),
+                507,
+                "InsufficientStorage",
             ),
         ];
         for (e, code, reason) in cases {

@@ -340,7 +340,10 @@ impl Reconciler {
         for node in nodes {
             let name = &node.metadata.name;
             let lease = lock(&self.leases).get(name).map(|at| at.elapsed());
-            let mut conditions = vec![status::node_ready(lease, self.node_timeout)];
+            let mut conditions = vec![
+                status::node_ready(lease, self.node_timeout),
+                status::node_disk(node.status.disk_pressure),
+            ];
             let ok = conditions[0].status == harvester_api::resources::ConditionStatus::True;
             ready.insert(name.clone(), ok);
             status::merge_times(&mut conditions, &node.status.conditions, now);

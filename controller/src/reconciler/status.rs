@@ -53,6 +53,20 @@ pub(crate) fn node_ready(since_heartbeat: Option<Duration>, timeout: Duration) -
     }
 }
 
+/// A node's DiskPressure condition, from what it reports.
+pub(crate) fn node_disk(pressure: bool) -> Condition {
+    if pressure {
+        condition(
+            ConditionType::DiskPressure,
+            true,
+            Reason::LowOnDisk,
+            "its data folder is almost full: it keeps running what it runs and applies removals and config changes, but takes in no new component until space is freed".into(),
+        )
+    } else {
+        condition(ConditionType::DiskPressure, false, Reason::EnoughDisk, String::new())
+    }
+}
+
 /// What a node the plugin was just assigned to counts as until it reports.
 pub(crate) fn not_reported() -> PluginOnNode {
     PluginOnNode {

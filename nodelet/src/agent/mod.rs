@@ -101,6 +101,19 @@ pub(crate) fn node_memory(
     })
 }
 
+/// Whether the filesystem of `data` is almost full: under 5% of it, or
+/// under 64 MiB, free for this process.
+pub(crate) fn disk_pressure(data: &Path) -> bool {
+    match rustix::fs::statvfs(data) {
+        Ok(s) => {
+            let free = s.f_bavail.saturating_mul(s.f_frsize);
+            let total = s.f_blocks.saturating_mul(s.f_frsize);
+            free < (total / 20).min(64 << 20)
+        }
+        Err(_) => false,
+    }
+}
+
 /// The machine's memory, from /proc/meminfo.
 pub(crate) fn total_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -133,6 +146,8 @@ struct Agent {
     guards: health::Guards,
     /// The latest assignments; one task converges on them.
     desired: tokio::sync::watch::Sender<Option<Assignments>>,
+    /// The newest assignments could not be written (a full disk).
+    unsaved: std::sync::atomic::AtomicBool,
     /// The status last sent, and when: an unchanged one is not sent again.
     last_report: Mutex<Option<(std::time::Instant, harvester_api::resources::NodeStatusV1)>>,
     report_now: tokio::sync::Notify,
@@ -177,6 +192,9 @@ impl Agent {
     /// Sends the node's status when it changed (or a minute went by), else
     /// a bare heartbeat: the hub's lease on the node is renewed either way.
     async fn report(&self) -> anyhow::Result<()> {
+        if self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
+            self.keep_assignments().await;
+        }
         let mut status = self.node_object().status;
         status.last_heartbeat = 0;
         let unchanged = {
@@ -200,6 +218,22 @@ impl Agent {
                 *lock(&self.last_report) = None;
                 self.register().await
             }
+        }
+    }
+
+    /// Writes the assignments that run now, which a full disk kept off it.
+    async fn keep_assignments(&self) {
+        let Some(assignments) = self.desired.borrow().clone() else {
+            return;
+        };
+        let path = assignments_path(&self.opts.data_dir);
+        let Ok(json) = serde_json::to_vec_pretty(&assignments) else {
+            return;
+        };
+        let kept = tokio::task::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await;
+        if matches!(kept, Ok(Ok(()))) {
+            tracing::info!("the assignments are kept on disk again");
+            self.unsaved.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -245,7 +279,17 @@ impl Agent {
                 NodeMessage::Assignments(assignments) => {
                     let path = assignments_path(&self.opts.data_dir);
                     let json = serde_json::to_vec_pretty(&assignments)?;
-                    tokio::task::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await??;
+                    let kept =
+                        tokio::task::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await?;
+                    // A full disk must not stop removals and config changes:
+                    // they are applied all the same, and kept once it can
+                    // (each report tries again).
+                    if let Err(e) = &kept {
+                        tracing::warn!(
+                            "cannot keep the new assignments on disk ({e}); applying them all the same (a restart before space is freed runs the previous ones)"
+                        );
+                    }
+                    self.unsaved.store(kept.is_err(), std::sync::atomic::Ordering::Relaxed);
                     self.desired.send_replace(Some(assignments));
                 }
             }
@@ -289,6 +333,7 @@ pub(crate) async fn run(
         converged: Converged::default(),
         desired: tokio::sync::watch::channel(None).0,
         last_report: Mutex::new(None),
+        unsaved: std::sync::atomic::AtomicBool::new(false),
         report_now: tokio::sync::Notify::new(),
     });
 

@@ -36,6 +36,11 @@ impl Agent {
                 allow_unsigned: self.opts.trust.allow_unsigned,
                 last_heartbeat: harvester_api::now_ms(),
                 memory: super::node_memory(self.opts.plugin_memory),
+                disk_pressure: {
+                    let pressure = super::disk_pressure(&self.opts.data_dir);
+                    self.metrics.disk_pressure.set(i64::from(pressure));
+                    pressure
+                },
                 plugins: self.plugin_states(),
                 conditions: Vec::new(),
             },

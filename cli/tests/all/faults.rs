@@ -3,6 +3,7 @@
 use crate::fleet::{Fleet, T, on_node, runs};
 use crate::support::*;
 use serde_json::Value;
+use std::time::Duration;
 
 #[test]
 fn a_hub_restored_from_its_backup_is_the_same_hub_to_its_nodes_and_people() {
@@ -202,4 +203,214 @@ fn a_node_on_a_full_disk_keeps_running_applies_removals_and_config_changes_and_r
         .collect();
     assert_eq!(names, ["a", "c"]);
     fleet.kill_node("pi4");
+}
+
+/// Two network namespaces joined by a veth pair, made for one test and
+/// deleted when it ends: a hub at 10.231.0.1, a board at 10.231.0.2.
+struct Link {
+    hub: String,
+    board: String,
+    board_end: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Link {
+    fn new() -> Link {
+        let id = std::process::id() % 100_000;
+        let l = Link {
+            hub: format!("hvh{id}"),
+            board: format!("hvb{id}"),
+            board_end: format!("hvb{id}e"),
+        };
+        let hub_end = format!("hvh{id}e");
+        ip(&["netns", "add", &l.hub]);
+        ip(&["netns", "add", &l.board]);
+        ip(&["link", "add", &hub_end, "type", "veth", "peer", "name", &l.board_end]);
+        ip(&["link", "set", &hub_end, "netns", &l.hub]);
+        ip(&["link", "set", &l.board_end, "netns", &l.board]);
+        for (ns, dev, addr) in [
+            (&l.hub, &hub_end, "10.231.0.1/24"),
+            (&l.board, &l.board_end, "10.231.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        l
+    }
+
+    fn set_board_link(&self, up: bool) {
+        ip(&[
+            "-n",
+            &self.board,
+            "link",
+            "set",
+            &self.board_end,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// `harvester ARGS` inside namespace `ns`.
+    fn harvester(ns: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_harvester")]);
+        c
+    }
+
+    /// A GET of `url` from inside `ns`: the body, if it answered 2xx.
+    fn get(ns: &str, url: &str) -> Option<String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "2", url])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in [&self.hub, &self.board] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn a_partitioned_board_keeps_running_is_marked_not_ready_and_catches_up_when_the_link_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::new();
+    let hub_data = dir.path().join("hub");
+    let config = hub_data.join("admin.yaml");
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let _hub = Proc(
+        Link::harvester(&link.hub)
+            .args(["controller", "--data", hub_data.to_str().unwrap()])
+            .args([
+                "--listen",
+                "10.231.0.1:7000",
+                "--tls-san",
+                "10.231.0.1",
+                "--no-dashboard",
+            ])
+            .args(["--node-timeout", "2s"])
+            .env("XDG_CONFIG_HOME", dir.path().join("config-home"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log("hub.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |args: &[&str]| {
+        let out = Link::harvester(&link.hub)
+            .args(args)
+            .env("HARVESTER_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "harvester {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_until(T, "hub up", || {
+        config.exists()
+            && std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &link.hub,
+                    "curl",
+                    "-skf",
+                    "https://10.231.0.1:7000/healthz",
+                ])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    let token = dir.path().join("join-token");
+    std::fs::write(&token, cli(&["token", "create", "--uses", "1", "--ttl", "1h"]).trim()).unwrap();
+    let _board = Proc(
+        Link::harvester(&link.board)
+            .args(["nodelet", "--name", "edge", "--sim-devices", "leds", "--allow-unsigned"])
+            .args([
+                "--controller",
+                "https://10.231.0.1:7000",
+                "--join-token-file",
+                token.to_str().unwrap(),
+            ])
+            .args(["--data", dir.path().join("edge").to_str().unwrap()])
+            .args([
+                "--listen",
+                "127.0.0.1:9101",
+                "--command-listen",
+                "127.0.0.1:0",
+                "--heartbeat",
+                "500ms",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log("edge.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let probe = dir.path().join("probe.wasm");
+    std::fs::write(&probe, component("probe").as_slice()).unwrap();
+    let manifest = |version: &str| {
+        let file = dir.path().join(format!("v{version}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: probe}}\nspec:\n  image: {}\n  grants: {{gpio: {{pins: [17]}}}}\n  config: {{VERSION: \"{version}\"}}\n  tickInterval: 100ms\n",
+                probe.display()
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let on_board = || -> Option<(u64, u64)> {
+        let s: Value = serde_json::from_str(&Link::get(&link.board, "http://127.0.0.1:9101/status")?).ok()?;
+        let p = s["plugins"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "probe" && p["phase"] == "Running")?;
+        Some((p["generation"].as_u64()?, p["ticks"].as_u64()?))
+    };
+    let ready = || cli(&["get", "node", "edge"]).contains(" Ready ");
+    cli(&["apply", "-f", manifest("1").to_str().unwrap()]);
+    wait_until(T, "probe running on the board", || {
+        on_board().is_some_and(|(g, _)| g == 1)
+    });
+    wait_until(T, "the board ready", ready);
+
+    // The link is cut: the board keeps ticking, the hub marks it NotReady.
+    link.set_board_link(false);
+    wait_until(T, "NotReady within the lease", || {
+        cli(&["get", "node", "edge"]).contains("NotReady")
+    });
+    let (_, before) = on_board().unwrap();
+    wait_until(T, "ticking on while cut off", || {
+        on_board().is_some_and(|(_, t)| t >= before + 10)
+    });
+    // A change made during the cut.
+    cli(&["apply", "-f", manifest("2").to_str().unwrap()]);
+    assert!(
+        on_board().is_some_and(|(g, _)| g == 1),
+        "nothing reaches a cut-off board"
+    );
+
+    // Healed: it reconnects and runs the change.
+    link.set_board_link(true);
+    wait_until(Duration::from_secs(90), "the change reaches the board", || {
+        on_board().is_some_and(|(g, _)| g == 2)
+    });
+    wait_until(T, "the board ready again", ready);
 }

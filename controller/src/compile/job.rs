@@ -128,7 +128,18 @@ fn compile(job: &Job) -> Outcome {
     let failed = |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
     let (functions, mut cache_unavailable) = match open_functions(&job.functions) {
         Ok(f) => (Some(Arc::new(f)), None),
-        Err(e) => (None, Some(format!("{}: {e}", job.functions.display()))),
+        // A damaged cache is rebuilt, empty: this compile fills it again.
+        Err(e) => {
+            let path = &job.functions;
+            let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
+            match open_functions(path) {
+                Ok(f) => (
+                    Some(Arc::new(f)),
+                    Some(format!("{}: damaged ({e}); rebuilt empty", path.display())),
+                ),
+                Err(again) => (None, Some(format!("{}: {again}", path.display()))),
+            }
+        }
     };
     let engine = match harvester_engine::config::compiler_with_cache(
         &job.target,
@@ -244,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn what_one_job_compiles_is_kept_for_the_next_and_a_damaged_cache_only_slows_it() {
+    fn what_one_job_compiles_is_kept_for_the_next_and_a_damaged_cache_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let first = job(dir.path(), "a.cwasm");
         let Outcome::Compiled {
@@ -269,10 +280,12 @@ mod tests {
             Outcome::Compiled {
                 cache_unavailable: Some(why),
                 ..
-            } => assert!(why.contains("functions"), "{why}"),
-            other => panic!("compiled without the cache, saying why: {other:?}"),
+            } => assert!(why.contains("functions") && why.contains("rebuilt"), "{why}"),
+            other => panic!("compiled, the cache rebuilt, saying so: {other:?}"),
         }
         assert!(second.output.exists());
+        let rebuilt = open_functions(&second.functions).unwrap().0.len();
+        assert!(rebuilt > 0, "the rebuilt cache holds this compile's functions");
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl Compiler {
                     cache_unavailable,
                 } => {
                     if let Some(why) = cache_unavailable {
-                        tracing::warn!("compiled without the function cache (every function again): {why}");
+                        tracing::warn!("the function cache of compiles: {why}");
                     }
                     (code, peak_memory)
                 }

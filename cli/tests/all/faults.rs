@@ -414,3 +414,118 @@ fn a_partitioned_board_keeps_running_is_marked_not_ready_and_catches_up_when_the
     });
     wait_until(T, "the board ready again", ready);
 }
+
+/// The hub's open assignment streams: one per connected node.
+fn connected(fleet: &Fleet) -> Option<u64> {
+    let (code, body) = fleet
+        .hub()
+        .try_raw("GET", "/metrics", &[], b"")
+        .ok()
+        .map(|r| (r.0, r.2))?;
+    (code == 200).then_some(())?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("harvester_watch_connections{kind=\"assignments\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within_two_leases() {
+    use harvester_nodelet::agent::{CompileMode, TrustPolicy};
+    use harvester_nodelet::node::{self, HardwareChoice, HardwareConfig, Mode, NodeConfig};
+    const NODES: usize = 100;
+    // The fleet's hub runs with --node-timeout 3s.
+    let node_timeout = Duration::from_secs(3);
+    let mut fleet = Fleet::new();
+    let token = fleet.dir.path().join("herd-token");
+    std::fs::write(&token, fleet.token(&["--uses", "100", "--ttl", "1h"])).unwrap();
+    // The boards: real node agents, many in this one process (each its
+    // own identity, data folder and connection), on simulated hardware.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for i in 0..NODES {
+        let config = NodeConfig {
+            name: format!("herd-{i:03}"),
+            data: fleet.dir.path().join(format!("herd-{i:03}")),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            command_listen: "127.0.0.1:0".parse().unwrap(),
+            hardware: HardwareConfig {
+                choice: HardwareChoice::Sim,
+                rpi: Default::default(),
+                sim_devices: Vec::new(),
+                sim_values: Vec::new(),
+            },
+            restart_backoff: Duration::from_secs(1),
+            registry: Default::default(),
+            mode: Mode::Hub {
+                controller: format!("https://127.0.0.1:{}", fleet.port),
+                join_token: Some(node::JoinTokenSource::File(token.clone())),
+                labels: Default::default(),
+                heartbeat: Duration::from_secs(1),
+                trust: TrustPolicy {
+                    allow_unsigned: true,
+                    ..Default::default()
+                },
+                compile: CompileMode::Local,
+                collect_every: Duration::from_secs(600),
+                plugin_memory: None,
+            },
+        };
+        let mut stopped = stopped.clone();
+        runtime.spawn(async move {
+            let _ = node::run(config, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        });
+    }
+    let ready = |fleet: &Fleet| fleet.cli_ok(&["get", "nodes"]).matches(" Ready ").count();
+    wait_until(Duration::from_secs(120), "all boards ready", || ready(&fleet) == NODES);
+    wait_until(T, "all boards connected", || connected(&fleet) == Some(NODES as u64));
+
+    // The hub dies and stays down long enough for every board's backoff to
+    // reach its longest; then it comes back.
+    fleet.kill_controller();
+    std::thread::sleep(Duration::from_secs(8));
+    fleet.start_controller();
+    let started = std::time::Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Some(n) = connected(&fleet) {
+            samples.push((started.elapsed(), n));
+            if n == NODES as u64 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        samples.last().map(|s| s.1),
+        Some(NODES as u64),
+        "every board reconnected: {samples:?}"
+    );
+    // The most that came back within any one second.
+    let peak = samples
+        .iter()
+        .map(|(t, n)| {
+            let before = samples
+                .iter()
+                .rev()
+                .find(|(u, _)| *u + Duration::from_secs(1) <= *t)
+                .map_or(0, |s| s.1);
+            n - before
+        })
+        .max()
+        .unwrap();
+    let all_back = samples.last().unwrap().0;
+    eprintln!("herd: {NODES} boards reconnected over {all_back:?}, at most {peak} in one second");
+    assert!(
+        peak <= NODES as u64 / 2,
+        "reconnections spread out: {peak} in one second; {samples:?}"
+    );
+    wait_until(2 * node_timeout, "all boards ready within two leases", || {
+        ready(&fleet) == NODES
+    });
+    let _ = stop.send(true);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}

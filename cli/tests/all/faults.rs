@@ -529,3 +529,216 @@ fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within
     let _ = stop.send(true);
     runtime.shutdown_timeout(Duration::from_secs(5));
 }
+
+/// Text with its terminal colours taken out.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next().map(|v| v.trim_matches('"'))
+}
+
+#[test]
+fn chaos_kills_restarts_and_an_apply_storm_lose_nothing_and_run_only_verified_code() {
+    use crate::signed::{keygen, push};
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("chaos seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        // xorshift: enough to pick actions.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut fleet = Fleet::new();
+    let mut registry = TestRegistry::start(&fleet.dir.path().join("registry"));
+    let (key, public) = keygen(&fleet, "cosign");
+    let probe = component("probe");
+    let image = format!("{}/chaos/probe", registry.host());
+    // Four signed versions; the layer each runs is its component's digest.
+    let versions: Vec<(String, String)> = (0..4)
+        .map(|v| {
+            let bytes = variant(&probe, &format!("chaos{v}"));
+            let digest = push(&fleet, &bytes, &format!("{image}:v{v}"), Some(&key));
+            (digest, harvester_api::Digest::of(&bytes).to_string())
+        })
+        .collect();
+    let trust = ["--trust-key", public.to_str().unwrap()];
+    let nodes = ["c1", "c2", "c3"];
+    let mut logs: std::collections::BTreeMap<&str, String> = Default::default();
+    for n in nodes {
+        fleet.start_node_with(n, "role=chaos", "leds", &trust);
+    }
+    let plugins = ["alpha", "beta", "gamma"];
+    let manifest = |name: &str, v: usize| {
+        let pin = 20 + plugins.iter().position(|p| *p == name).unwrap();
+        format!(
+            "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  image: {image}:v{v}\n  digest: {}\n  nodeSelector: {{role: chaos}}\n  grants: {{gpio: {{pins: [{pin}]}}}}\n  tickInterval: 100ms\n",
+            versions[v].0
+        )
+    };
+    // Per plugin: the last version acknowledged, and versions tried after it
+    // whose outcome the client never heard.
+    let mut acknowledged: std::collections::BTreeMap<&str, (usize, Vec<usize>)> = Default::default();
+    let mut hub_up = true;
+    let started = std::time::Instant::now();
+    let mut actions = Vec::new();
+    while started.elapsed() < Duration::from_secs(40) {
+        match next(20) {
+            0..=9 => {
+                let name = plugins[next(3) as usize];
+                let v = next(4) as usize;
+                let file = fleet.dir.path().join("chaos.yaml");
+                std::fs::write(&file, manifest(name, v)).unwrap();
+                let ok = hub_up && fleet.cli(&["apply", "-f", file.to_str().unwrap()]).status.success();
+                let entry = acknowledged.entry(name).or_insert((usize::MAX, Vec::new()));
+                if ok {
+                    *entry = (v, Vec::new());
+                } else if hub_up {
+                    entry.1.push(v);
+                }
+                actions.push(format!("apply {name} v{v}: {ok}"));
+            }
+            10..=12 => {
+                if hub_up {
+                    fleet.kill_controller();
+                } else {
+                    fleet.start_controller();
+                }
+                hub_up = !hub_up;
+                actions.push(format!("hub up: {hub_up}"));
+            }
+            13..=16 => {
+                let n = nodes[next(3) as usize];
+                logs.entry(n)
+                    .or_default()
+                    .push_str(&std::fs::read_to_string(fleet.dir.path().join(format!("{n}.log"))).unwrap_or_default());
+                fleet.kill_node(n);
+                if hub_up {
+                    fleet.start_node_with(n, "role=chaos", "leds", &trust);
+                    actions.push(format!("node {n} killed and started"));
+                } else {
+                    actions.push(format!("node {n} killed"));
+                }
+            }
+            _ => {
+                registry.stop();
+                std::thread::sleep(Duration::from_millis(300 + next(1000)));
+                registry.resume();
+                actions.push("registry down for a while".into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100 + next(500)));
+    }
+    // Healed: everything up again.
+    if !hub_up {
+        fleet.start_controller();
+    }
+    for n in nodes {
+        if fleet.node_port_opt(n).is_none() {
+            fleet.start_node_with(n, "role=chaos", "leds", &trust);
+        }
+    }
+    eprintln!("chaos: {} actions: {actions:?}", actions.len());
+
+    // Every acknowledged write is there (or one tried after it, whose
+    // answer was lost with the hub), and every node runs exactly it.
+    let mut expected = std::collections::BTreeMap::new();
+    for (name, (last, tried)) in &acknowledged {
+        let p = fleet.plugin(name);
+        let digest = p["spec"]["digest"].as_str().unwrap().to_string();
+        let v = versions.iter().position(|(d, _)| *d == digest).unwrap();
+        assert!(
+            v == *last || tried.contains(&v) || (*last == usize::MAX && tried.contains(&v)),
+            "{name}: the hub has v{v}; acknowledged v{last}, tried after {tried:?}"
+        );
+        expected.insert(name.to_string(), v);
+    }
+    wait_until(Duration::from_secs(120), "every node runs what the hub says", || {
+        expected.iter().all(|(name, v)| {
+            let p = fleet.plugin(name);
+            let generation = p["metadata"]["generation"].as_u64().unwrap();
+            nodes.iter().all(|n| {
+                let port = fleet.node_port(n);
+                let on = status(port).and_then(|s| {
+                    s["plugins"]
+                        .as_array()?
+                        .iter()
+                        .find(|x| x["name"] == name.as_str())
+                        .cloned()
+                });
+                on.is_some_and(|x| {
+                    x["phase"] == "Running"
+                        && x["generation"].as_u64() == Some(generation)
+                        && x["componentDigest"] == versions[*v].1.as_str()
+                })
+            })
+        })
+    });
+
+    // Every instantiation on every node was of an artifact whose signature
+    // that node verified with the trusted key.
+    for n in nodes {
+        let mut text = logs.remove(n).unwrap_or_default();
+        text.push_str(&std::fs::read_to_string(fleet.dir.path().join(format!("{n}.log"))).unwrap_or_default());
+        let text = plain(&text);
+        let verified: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.contains("signature verified"))
+            .filter_map(|l| field(l, "artifact"))
+            .collect();
+        let mut started = 0;
+        for line in text
+            .lines()
+            .filter(|l| l.contains(" started ") || l.contains("swapped in"))
+        {
+            let Some(component) = field(line, "component") else {
+                continue;
+            };
+            started += 1;
+            let (artifact, _) = versions
+                .iter()
+                .find(|(_, layer)| layer == component)
+                .unwrap_or_else(|| panic!("{n} ran {component}, which no signed version is: {line}"));
+            assert!(
+                verified.contains(artifact.as_str()),
+                "{n} ran {component} of {artifact} without having verified its signature"
+            );
+        }
+        assert!(started > 0, "{n} started something");
+    }
+
+    // Nothing outlives the test.
+    let dir = fleet.dir.path().to_path_buf();
+    drop(registry);
+    drop(fleet);
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

@@ -188,6 +188,10 @@ impl Fleet {
         self.nodes.retain(|n| n.0 != name);
     }
 
+    pub fn node_port_opt(&self, name: &str) -> Option<u16> {
+        self.nodes.iter().find(|n| n.0 == name).map(|n| n.1)
+    }
+
     pub fn node_port(&self, name: &str) -> u16 {
         self.nodes.iter().find(|n| n.0 == name).unwrap().1
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 const PASSWORD: &str = "correct horse";
 
 /// The real CLI with the key password in the environment, as cosign takes it.
-fn harvester(fleet: &Fleet, args: &[&str]) -> std::process::Output {
+pub(crate) fn harvester(fleet: &Fleet, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_harvester"))
         .args(args)
         .current_dir(fleet.dir.path())
@@ -24,7 +24,7 @@ fn harvester(fleet: &Fleet, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn harvester_ok(fleet: &Fleet, args: &[&str]) -> String {
+pub(crate) fn harvester_ok(fleet: &Fleet, args: &[&str]) -> String {
     let out = harvester(fleet, args);
     assert!(
         out.status.success(),
@@ -41,7 +41,7 @@ fn harvester_err(fleet: &Fleet, args: &[&str]) -> String {
 }
 
 /// `PREFIX.key` and `PREFIX.pub` in the fleet's folder.
-fn keygen(fleet: &Fleet, prefix: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn keygen(fleet: &Fleet, prefix: &str) -> (PathBuf, PathBuf) {
     harvester_ok(fleet, &["keygen", "--output-key-prefix", prefix]);
     (
         fleet.dir.path().join(format!("{prefix}.key")),
@@ -50,7 +50,7 @@ fn keygen(fleet: &Fleet, prefix: &str) -> (PathBuf, PathBuf) {
 }
 
 /// Writes `bytes` as a component file and pushes it; returns the digest.
-fn push(fleet: &Fleet, bytes: &[u8], target: &str, key: Option<&Path>) -> String {
+pub(crate) fn push(fleet: &Fleet, bytes: &[u8], target: &str, key: Option<&Path>) -> String {
     let file = fleet
         .dir
         .path()
@@ -69,7 +69,7 @@ fn push(fleet: &Fleet, bytes: &[u8], target: &str, key: Option<&Path>) -> String
     digest
 }
 
-fn plugin_yaml(name: &str, image: &str, digest: Option<&str>) -> String {
+pub(crate) fn plugin_yaml(name: &str, image: &str, digest: Option<&str>) -> String {
     let pinned = digest.map(|d| format!("  digest: {d}\n")).unwrap_or_default();
     // Plugins on one node may not share an output pin: one each.
     let gpio = match name {

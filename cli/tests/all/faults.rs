@@ -189,10 +189,15 @@ fn a_node_on_a_full_disk_keeps_running_applies_removals_and_config_changes_and_r
 
     // Space comes back: so does everything, by itself.
     std::fs::remove_file(&fill).unwrap();
+    let freed = std::time::Instant::now();
     wait_until(T, "DiskPressure over", || {
         disk_pressure(&fleet, "pi4") == Some(("False".into(), "EnoughDisk".into()))
     });
     wait_until(T, "c running once there is room", || runs(pi4, "c", 1));
+    eprintln!(
+        "full disk: the new component ran {:?} after space was freed",
+        freed.elapsed()
+    );
     // The assignments it could not keep are on disk now.
     let kept: Value = serde_json::from_slice(&std::fs::read(data.join("assignments.json")).unwrap()).unwrap();
     let names: Vec<&str> = kept["plugins"]
@@ -393,9 +398,11 @@ fn a_partitioned_board_keeps_running_is_marked_not_ready_and_catches_up_when_the
 
     // The link is cut: the board keeps ticking, the hub marks it NotReady.
     link.set_board_link(false);
+    let cut = std::time::Instant::now();
     wait_until(T, "NotReady within the lease", || {
         cli(&["get", "node", "edge"]).contains("NotReady")
     });
+    let not_ready_after = cut.elapsed();
     let (_, before) = on_board().unwrap();
     wait_until(T, "ticking on while cut off", || {
         on_board().is_some_and(|(_, t)| t >= before + 10)
@@ -409,10 +416,15 @@ fn a_partitioned_board_keeps_running_is_marked_not_ready_and_catches_up_when_the
 
     // Healed: it reconnects and runs the change.
     link.set_board_link(true);
+    let healed = std::time::Instant::now();
     wait_until(Duration::from_secs(90), "the change reaches the board", || {
         on_board().is_some_and(|(g, _)| g == 2)
     });
+    let caught_up = healed.elapsed();
     wait_until(T, "the board ready again", ready);
+    eprintln!(
+        "partition: NotReady {not_ready_after:?} after the cut (--node-timeout 2s); the change applied during the cut ran {caught_up:?} after the link healed"
+    );
 }
 
 /// The hub's open assignment streams: one per connected node.
@@ -526,6 +538,7 @@ fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within
     wait_until(2 * node_timeout, "all boards ready within two leases", || {
         ready(&fleet) == NODES
     });
+    eprintln!("herd: all {NODES} Ready {:?} after the hub started", started.elapsed());
     let _ = stop.send(true);
     runtime.shutdown_timeout(Duration::from_secs(5));
 }

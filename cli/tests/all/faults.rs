@@ -531,8 +531,9 @@ fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within
         .unwrap();
     let all_back = samples.last().unwrap().0;
     eprintln!("herd: {NODES} boards reconnected over {all_back:?}, at most {peak} in one second");
+    // Without jitter all would come back in the same instant.
     assert!(
-        peak <= NODES as u64 / 2,
+        peak <= NODES as u64 * 3 / 4,
         "reconnections spread out: {peak} in one second; {samples:?}"
     );
     wait_until(2 * node_timeout, "all boards ready within two leases", || {

@@ -617,7 +617,12 @@ fn chaos_kills_restarts_and_an_apply_storm_lose_nothing_and_run_only_verified_co
     let mut hub_up = true;
     let started = std::time::Instant::now();
     let mut actions = Vec::new();
-    while started.elapsed() < Duration::from_secs(40) {
+    // A longer run: HARVESTER_CHAOS_SECONDS.
+    let length = std::env::var("HARVESTER_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(40), Duration::from_secs);
+    while started.elapsed() < length {
         match next(20) {
             0..=9 => {
                 let name = plugins[next(3) as usize];

@@ -740,31 +740,14 @@ async fn main() {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let started = Instant::now();
         for i in 0..NODES {
-            use harvester_nodelet::node::{self, HardwareChoice, HardwareConfig, Mode as NodeMode, NodeConfig};
-            let config = NodeConfig {
-                name: format!("herd-{i:04}"),
-                data: dir.path().join(format!("herd-{i:04}")),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                command_listen: "127.0.0.1:0".parse().unwrap(),
-                hardware: HardwareConfig {
-                    choice: HardwareChoice::Sim,
-                    rpi: Default::default(),
-                    sim_devices: Vec::new(),
-                    sim_values: Vec::new(),
-                },
-                restart_backoff: Duration::from_secs(1),
-                registry: Default::default(),
-                mode: NodeMode::Hub {
-                    controller: format!("https://127.0.0.1:{port}"),
-                    join_token: Some(node::JoinTokenSource::File(token_file.clone())),
-                    labels: Default::default(),
-                    heartbeat: Duration::from_secs(3),
-                    trust: Default::default(),
-                    compile: harvester_nodelet::agent::CompileMode::Local,
-                    collect_every: Duration::from_secs(600),
-                    plugin_memory: None,
-                },
-            };
+            use harvester_nodelet::node::{self, NodeConfig};
+            let config = NodeConfig::simulated_follower(
+                format!("herd-{i:04}"),
+                dir.path().join(format!("herd-{i:04}")),
+                format!("https://127.0.0.1:{port}"),
+                token_file.clone(),
+                Duration::from_secs(3),
+            );
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 let _ = node::run(config, async move {

@@ -79,6 +79,43 @@ pub struct NodeConfig {
 pub use crate::agent::identity::JoinTokenSource;
 
 impl NodeConfig {
+    /// A board on simulated hardware with no devices, following the hub at
+    /// `controller` and enrolling with the join token in `token`, serving on
+    /// ports the system picks: many of them run in one process in tests and
+    /// benchmarks.
+    pub fn simulated_follower(
+        name: String,
+        data: PathBuf,
+        controller: String,
+        token: PathBuf,
+        heartbeat: Duration,
+    ) -> NodeConfig {
+        NodeConfig {
+            name,
+            data,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            command_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            hardware: HardwareConfig {
+                choice: HardwareChoice::Sim,
+                rpi: Default::default(),
+                sim_devices: Vec::new(),
+                sim_values: Vec::new(),
+            },
+            restart_backoff: Duration::from_secs(1),
+            registry: RegistryOptions::default(),
+            mode: Mode::Hub {
+                controller,
+                join_token: Some(JoinTokenSource::File(token)),
+                labels: Labels::default(),
+                heartbeat,
+                trust: TrustPolicy::default(),
+                compile: CompileMode::Local,
+                collect_every: Duration::from_secs(600),
+                plugin_memory: None,
+            },
+        }
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         if !self.command_listen.ip().is_loopback() {
             bail!(

@@ -41,15 +41,7 @@ fn a_restart_loads_from_the_compile_cache_without_compiling() {
     // flipped bit in the middle of the code, where wasmtime's own header
     // check never looks. (The node is stopped first: it maps its entries.)
     drop(node);
-    for entry in std::fs::read_dir(dir.path().join("compiled")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "cwasm") {
-            let mut code = std::fs::read(&path).unwrap();
-            let mid = code.len() / 2;
-            code[mid] ^= 0x01;
-            std::fs::write(&path, code).unwrap();
-        }
-    }
+    damage_compiled_code(&dir.path().join("compiled"));
     let node = node_with(dir.path(), SimProfile::default());
     node.runtime.apply(spec("dht22", "dht22", grants, &[])).unwrap();
     assert_eq!((node.runtime.cache().compiles(), node.runtime.cache().hits()), (1, 0));

@@ -443,8 +443,7 @@ fn connected(fleet: &Fleet) -> Option<u64> {
 
 #[test]
 fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within_two_leases() {
-    use harvester_nodelet::agent::{CompileMode, TrustPolicy};
-    use harvester_nodelet::node::{self, HardwareChoice, HardwareConfig, Mode, NodeConfig};
+    use harvester_nodelet::node::{self, NodeConfig};
     const NODES: usize = 100;
     // The fleet's hub runs with --node-timeout 3s.
     let node_timeout = Duration::from_secs(3);
@@ -456,33 +455,13 @@ fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     for i in 0..NODES {
-        let config = NodeConfig {
-            name: format!("herd-{i:03}"),
-            data: fleet.dir.path().join(format!("herd-{i:03}")),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            command_listen: "127.0.0.1:0".parse().unwrap(),
-            hardware: HardwareConfig {
-                choice: HardwareChoice::Sim,
-                rpi: Default::default(),
-                sim_devices: Vec::new(),
-                sim_values: Vec::new(),
-            },
-            restart_backoff: Duration::from_secs(1),
-            registry: Default::default(),
-            mode: Mode::Hub {
-                controller: format!("https://127.0.0.1:{}", fleet.port),
-                join_token: Some(node::JoinTokenSource::File(token.clone())),
-                labels: Default::default(),
-                heartbeat: Duration::from_secs(1),
-                trust: TrustPolicy {
-                    allow_unsigned: true,
-                    ..Default::default()
-                },
-                compile: CompileMode::Local,
-                collect_every: Duration::from_secs(600),
-                plugin_memory: None,
-            },
-        };
+        let config = NodeConfig::simulated_follower(
+            format!("herd-{i:03}"),
+            fleet.dir.path().join(format!("herd-{i:03}")),
+            format!("https://127.0.0.1:{}", fleet.port),
+            token.clone(),
+            Duration::from_secs(1),
+        );
         let mut stopped = stopped.clone();
         runtime.spawn(async move {
             let _ = node::run(config, async move {

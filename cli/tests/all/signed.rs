@@ -730,15 +730,7 @@ fn small_boards_run_python_plugins_from_code_the_hub_compiled_and_refuse_code_th
     // (its function cache makes that quick) and what it serves is what it
     // signed.
     let target = engine["target"].as_str().unwrap().to_string();
-    for entry in std::fs::read_dir(f.dir.path().join("controller/compiled")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "cwasm") {
-            let mut code = std::fs::read(&p).unwrap();
-            let mid = code.len() / 2;
-            code[mid] ^= 0x01;
-            std::fs::write(&p, code).unwrap();
-        }
-    }
+    damage_compiled_code(&f.dir.path().join("controller/compiled"));
     f.restart_controller();
     let (code, headers, body) = f.hub().raw("GET", &path(&target, &ours, &digest), &[], b"");
     assert_eq!(code, 200, "{headers}");

@@ -208,6 +208,20 @@ pub fn with_limits(mut s: PluginSpec, memory_mib: u64, timeout_ms: u64) -> Plugi
     s
 }
 
+/// Flips one bit in the middle of every `.cwasm` file in `dir`: damage
+/// wasmtime's own header check never sees.
+pub fn damage_compiled_code(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let mut code = std::fs::read(&path).unwrap();
+            let mid = code.len() / 2;
+            code[mid] ^= 0x01;
+            std::fs::write(&path, code).unwrap();
+        }
+    }
+}
+
 /// Kills the process by pid when the test ends, however it ends.
 pub struct Proc(pub Child);
 

@@ -77,6 +77,14 @@ struct SignedRecord {
     signature: String,
 }
 
+impl SignedRecord {
+    /// What the record vouches for, if it reads.
+    fn statement(&self) -> Option<CompiledStatement> {
+        let json = base64::engine::general_purpose::STANDARD.decode(&self.statement).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
 pub struct Compiler {
     key: SigningKey,
     /// The hub's own binary, run with [`job::SUBCOMMAND`] for each compile.
@@ -136,11 +144,9 @@ impl Compiler {
         if lock(&self.intact).contains(path) {
             return true;
         }
-        let statement = base64::engine::general_purpose::STANDARD
-            .decode(&record.statement)
-            .ok()
-            .and_then(|json| serde_json::from_slice::<CompiledStatement>(&json).ok());
-        let good = statement.is_some_and(|st| st.size == size && sha256_file(path).is_ok_and(|d| d == st.code));
+        let good = record
+            .statement()
+            .is_some_and(|st| st.size == size && sha256_file(path).is_ok_and(|d| d == st.code));
         if good {
             lock(&self.intact).insert(path.to_path_buf());
         } else {
@@ -375,8 +381,7 @@ impl Compiler {
             let statement = std::fs::read(entry.path())
                 .ok()
                 .and_then(|b| serde_json::from_slice::<SignedRecord>(&b).ok())
-                .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r.statement).ok())
-                .and_then(|json| serde_json::from_slice::<CompiledStatement>(&json).ok());
+                .and_then(|r| r.statement());
             let Some(st) = statement else { continue };
             let current = self.engine(&st.target).is_ok_and(|e| e == st.engine);
             if current && keep.contains(artifact) {

@@ -193,7 +193,7 @@ macro_rules! runs_a_plugin {
             /// How often the plugin's tick runs (default 3s, at least 10ms).
             #[serde(default = "crate::run_spec::default_tick_interval")]
             tick_interval: $crate::quantity::DurationSpec,
-            /// The plugin's memory and the length of each call into it.
+            /// The plugin's memory, the length of each call into it, and its share of a CPU core.
             #[serde(default)]
             limits: $crate::run_spec::Limits,
         }

@@ -218,6 +218,14 @@ pub fn restore(archive: &Path, data: &Path) -> anyhow::Result<Summary> {
             if let Some(dir) = to.parent() {
                 create_private_dir(dir)?;
             }
+            if entry.size() > u64::from(MAX_RECORD) {
+                bail!(
+                    "{}: {} claims {} bytes: not a hub's file",
+                    archive.display(),
+                    path.display(),
+                    entry.size()
+                );
+            }
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes)?;
             harvester_pki::write_private(&to, &bytes)?;

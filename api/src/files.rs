@@ -1,26 +1,43 @@
-//! Files that survive power cuts, and folders that do not fill up.
+//! Files that survive power cuts, hold secrets, and folders that do not
+//! fill up.
 //!
 //! - [`write_durable`]: a file replaced whole or not at all, on disk when it
-//!   returns (written, synced, renamed, its folder synced).
+//!   returns (written, synced, renamed, its folder synced), readable by its
+//!   owner only.
+//! - [`Scratch`]: the same for a file written piece by piece (a backup
+//!   streamed from the hub).
 //! - [`write_state`] / [`read_state`]: state a board cannot do without (its
 //!   assignments, its rollback judgements), with the previous good copy kept
 //!   and used when the newest cannot be read.
+//! - [`private_folder`]: a data folder only its owner can enter, mended at
+//!   start when an older install left it open.
 //! - [`remove_unneeded`]: folders of files named by what they hold (a
 //!   digest, an engine hash) swept of what nothing needs any more.
 
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-/// A name beside `path` for a file being written: unique per process and
-/// writer, and starting with a dot so sweeps and readers never take it for
-/// the real thing.
+/// The mode of every file Harvester writes: its data holds keys, tokens'
+/// hashes and plugins' configuration.
+pub const PRIVATE_FILE: u32 = 0o600;
+/// The mode of every folder Harvester keeps data in.
+pub const PRIVATE_FOLDER: u32 = 0o700;
+
+/// A name beside `path` for a file being written, starting with a dot so
+/// sweeps and readers never take it for the real thing. Unique per process,
+/// writer and moment; [`Scratch::beside`] still creates it exclusively, so a
+/// name planted in advance by someone else is never written through.
 fn scratch(path: &Path, what: &str) -> PathBuf {
     static WRITERS: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     path.with_file_name(format!(
-        ".{name}.{what}{}-{}",
+        ".{name}.{what}{}-{}-{nanos:x}",
         std::process::id(),
         WRITERS.fetch_add(1, Ordering::Relaxed)
     ))
@@ -31,25 +48,95 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A file being written beside its destination, readable by its owner only
+/// (mode 0600 whatever the umask), created exclusively and never through a
+/// symbolic link: a file or link another local user planted under its name
+/// makes it pick another name, never write into theirs. [`Scratch::commit`]
+/// puts it in place; dropped before that, it is removed.
+pub struct Scratch {
+    file: Option<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// A new scratch file for `path`, in `path`'s folder (created if needed).
+    pub fn beside(path: &Path) -> io::Result<Scratch> {
+        std::fs::create_dir_all(parent(path))?;
+        // Only a name taken by someone else fails; a few tries find a free one.
+        let mut tries = 0;
+        loop {
+            let tmp = scratch(path, "tmp");
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(PRIVATE_FILE)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&tmp);
+            match opened {
+                Ok(file) => {
+                    // The umask may have taken bits away, never added them;
+                    // set exactly 0600 all the same.
+                    file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))?;
+                    return Ok(Scratch {
+                        file: Some(file),
+                        tmp,
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The scratch file's own name, for messages.
+    pub fn scratch_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Syncs the file, renames it over the destination and syncs the folder.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("a scratch file is committed once");
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)?;
+        sync_dir(parent(&self.path))
+    }
+}
+
+impl Write for Scratch {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("the scratch file was committed")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` so that a crash or a power cut at any moment
 /// leaves either the old content or the new, and the new is on disk when
-/// this returns: a temporary file, synced, renamed over `path`, and the
-/// folder synced. Creates the folder if needed.
+/// this returns: a [`Scratch`] file (mode 0600), synced, renamed over
+/// `path`, and the folder synced. Creates the folder if needed.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = parent(path);
-    std::fs::create_dir_all(dir)?;
-    let tmp = scratch(path, "tmp");
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    sync_dir(dir)
+    let mut f = Scratch::beside(path)?;
+    f.write_all(bytes)?;
+    f.commit()
 }
 
 fn parent(path: &Path) -> &Path {
@@ -57,6 +144,76 @@ fn parent(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// What [`private_folder`] had to mend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mended {
+    /// The folder's mode before, when others could enter or read it.
+    pub folder_was: Option<u32>,
+    /// Files and folders inside that others could read, now owner-only.
+    pub entries: usize,
+}
+
+/// Makes `dir` (created if missing, mode 0700) a folder only its owner can
+/// enter. When it exists with bits for its group or others (an older
+/// install made data folders 0750 and files 0644), takes those bits off it
+/// and everything in it, and says what it mended so the caller can log it.
+/// Symbolic links inside are left alone.
+pub fn private_folder(dir: &Path) -> io::Result<Mended> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_FOLDER)
+                .create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_FOLDER))?;
+            return Ok(Mended::default());
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    let mut mended = Mended::default();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o077))?;
+        mended.folder_was = Some(mode);
+        mended.entries = close_inside(dir);
+    }
+    Ok(mended)
+}
+
+/// Makes every file and folder this process creates from now on its
+/// owner's only, including those libraries create without asking (the
+/// store's files): for the hub and the nodelet, whose data is all private.
+/// Process-wide: call it from a binary's `main`, not from a library.
+pub fn owner_only_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+}
+
+/// Takes the group's and others' bits off everything under `dir`; how many
+/// entries it changed.
+fn close_inside(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut changed = 0;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0
+            && std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & !0o077)).is_ok()
+        {
+            changed += 1;
+        }
+        if meta.is_dir() {
+            changed += close_inside(&entry.path());
+        }
+    }
+    changed
 }
 
 /// Where the copy before the current one of a state file is kept.
@@ -265,6 +422,66 @@ mod tests {
             last = n;
         }
         assert!(last > 0, "the writer never wrote");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Secrets are never written into a file or through a link someone
+    /// else put there, and come out 0600 whatever was there before.
+    #[test]
+    fn a_durable_file_is_its_owners_only_and_never_written_through_a_planted_link() {
+        let dir = std::env::temp_dir().join(format!("harvester-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lure = dir.join("lure");
+        std::fs::write(&lure, b"").unwrap();
+        let key = dir.join("ca.key");
+        std::os::unix::fs::symlink(&lure, &key).unwrap();
+        write_durable(&key, b"secret").unwrap();
+        assert_eq!(std::fs::read(&lure).unwrap(), b"", "written through the link");
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+        assert_eq!(mode(&key), 0o600);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_durable(&key, b"again").unwrap();
+        assert_eq!(mode(&key), 0o600);
+
+        // A scratch file dropped before its commit leaves nothing behind.
+        let mut s = Scratch::beside(&dir.join("backup.tar")).unwrap();
+        s.write_all(b"half").unwrap();
+        let scratch = s.scratch_path().to_path_buf();
+        assert_eq!(mode(&scratch), 0o600);
+        drop(s);
+        assert!(!scratch.exists() && !dir.join("backup.tar").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_data_folder_open_to_others_is_closed_and_said() {
+        let dir = std::env::temp_dir().join(format!("harvester-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(private_folder(&dir).unwrap(), Mended::default());
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::create_dir_all(dir.join("store")).unwrap();
+        std::fs::write(dir.join("store/db"), b"x").unwrap();
+        std::fs::set_permissions(dir.join("store/db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A closed folder is left as it is, whatever is inside.
+        assert_eq!(private_folder(&dir).unwrap(), Mended::default());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(
+            private_folder(&dir).unwrap(),
+            Mended {
+                folder_was: Some(0o750),
+                entries: 2
+            }
+        );
+        assert_eq!(
+            (mode(&dir), mode(&dir.join("store")), mode(&dir.join("store/db"))),
+            (0o700, 0o700, 0o600)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

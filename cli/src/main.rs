@@ -298,6 +298,11 @@ fn main() -> ExitCode {
     }
     harvester_pki::install_provider();
     let cli = Cli::parse();
+    // The hub's and a board's data (keys, tokens' hashes, plugins'
+    // configuration) is for their own user only, whatever creates the file.
+    if matches!(cli.command, Command::Nodelet(_) | Command::Controller { .. }) {
+        harvester_api::files::owner_only_umask();
+    }
     init_logging();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

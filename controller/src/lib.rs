@@ -181,8 +181,15 @@ pub async fn run(
     options: ControllerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&options.data)
+    let mended = harvester_api::files::private_folder(&options.data)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", options.data.display()))?;
+    if let Some(was) = mended.folder_was {
+        tracing::warn!(
+            dir = %options.data.display(),
+            "the hub's data folder was mode {was:o}, open to other users: now 0700, and {} entries in it owner-only (it holds the CA key, tokens' hashes and plugins' configuration)",
+            mended.entries
+        );
+    }
     let store = Arc::new(
         store::Store::open(&options.data.join("store"))
             .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", options.data.display()))?,
@@ -244,10 +251,11 @@ pub async fn run(
     // Components uploaded by apply that no Plugin, retained revision or
     // node needs any more go after an hour's grace, swept every ten minutes.
     let collector = {
-        let (reconciler, store, compiler, panics) = (
+        let (reconciler, store, compiler, identities, panics) = (
             reconciler.clone(),
             store.clone(),
             compiler.clone(),
+            identities.clone(),
             metrics.task_panics.clone(),
         );
         harvester_api::task::supervise(
@@ -255,12 +263,23 @@ pub async fn run(
             move |task| panics.with_label_values(&[task]).inc(),
             Duration::from_secs(1),
             move || {
-                let (reconciler, store, compiler) = (reconciler.clone(), store.clone(), compiler.clone());
+                let (reconciler, store, compiler, identities) =
+                    (reconciler.clone(), store.clone(), compiler.clone(), identities.clone());
                 async move {
                     let mut every = tokio::time::interval(BLOB_SWEEP);
                     every.tick().await;
                     loop {
                         every.tick().await;
+                        if let Some(ids) = identities.clone() {
+                            match tokio::task::spawn_blocking(move || ids.collect_certificates()).await {
+                                Ok(Ok(0)) => {}
+                                Ok(Ok(n)) => {
+                                    tracing::info!(records = n, "forgot certificates past their renewal grace")
+                                }
+                                Ok(Err(e)) => tracing::warn!("forgetting expired certificates: {e}"),
+                                Err(e) => tracing::warn!("forgetting expired certificates: {e}"),
+                            }
+                        }
                         let keep = match reconciler.referenced_artifacts() {
                             Ok(keep) => keep,
                             Err(e) => {

@@ -206,7 +206,15 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
     let (hardware, sim_buzzer) = hardware(&config.name, &config.hardware)?;
     tracing::info!(node = config.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
 
-    std::fs::create_dir_all(&config.data).with_context(|| format!("cannot create {}", config.data.display()))?;
+    let mended = harvester_api::files::private_folder(&config.data)
+        .with_context(|| format!("cannot create {}", config.data.display()))?;
+    if let Some(was) = mended.folder_was {
+        tracing::warn!(
+            dir = %config.data.display(),
+            "the board's data folder was mode {was:o}, open to other users: now 0700, and {} entries in it owner-only (it holds the board's key and its plugins' configuration)",
+            mended.entries
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let runtime = Arc::new(Runtime::with_metrics(
         RuntimeOptions {

@@ -25,7 +25,6 @@ pub use token::{JoinToken, TokenError};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,27 +134,12 @@ pub fn ca_hash(ca_pem: &str) -> anyhow::Result<String> {
     Ok(sha256_hex(ca.last().expect("certificates() is never empty")))
 }
 
-/// Writes a secret: mode 0600 from the start, synced, then renamed into
-/// place, so a crash leaves the old file or the new one.
+/// Writes a secret: a new file of mode 0600 created exclusively beside
+/// `path` (never into a file or link another user planted), synced, then
+/// renamed into place, so a crash leaves the old file or the new one.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    harvester_api::files::write_durable(path, contents)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {

@@ -16,27 +16,20 @@ pub async fn run(action: ControllerAction, client: impl Fn() -> anyhow::Result<C
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("?")
                 .to_string();
-            let partial = file.with_extension("partial");
-            let mut out = {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&partial)
-                    .with_context(|| format!("writing {}", partial.display()))?
-            };
+            // A new file of mode 0600 beside the destination, created
+            // exclusively: never one another user planted there to read
+            // the hub's keys from.
+            let mut out = harvester_api::files::Scratch::beside(&file)
+                .with_context(|| format!("writing beside {}", file.display()))?;
             let mut body = resp.bytes_stream();
             let mut size = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.context("the hub stopped sending the backup")?;
                 size += chunk.len() as u64;
-                out.write_all(&chunk)?;
+                out.write_all(&chunk)
+                    .with_context(|| format!("writing {}", out.scratch_path().display()))?;
             }
-            out.sync_all()?;
-            drop(out);
-            std::fs::rename(&partial, &file).with_context(|| format!("writing {}", file.display()))?;
+            out.commit().with_context(|| format!("writing {}", file.display()))?;
             super::say!(
                 "backup of the hub at resourceVersion {version} written to {} ({} KiB, mode 0600: it holds the hub's keys)",
                 file.display(),

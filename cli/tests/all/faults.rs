@@ -21,10 +21,33 @@ fn a_hub_restored_from_its_backup_is_the_same_hub_to_its_nodes_and_people() {
     assert_eq!(code, 403, "{body}");
 
     let backup = fleet.dir.path().join("hub.tar");
+    // Another local user's files where a backup is written: a readable file
+    // under the name a backup used to be written to first, and a link at
+    // the backup's own name. Neither gets a byte of the hub's keys.
+    use std::os::unix::fs::PermissionsExt;
+    let planted = fleet.dir.path().join("hub.partial");
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let lure = fleet.dir.path().join("lure");
+    std::fs::write(&lure, b"").unwrap();
+    std::os::unix::fs::symlink(&lure, &backup).unwrap();
     let out = fleet.cli_ok(&["controller", "backup", backup.to_str().unwrap()]);
     assert!(out.contains("backup of the hub at resourceVersion"), "{out}");
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::symlink_metadata(&backup).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&planted).unwrap(), b"", "the planted file got the backup");
+    assert_eq!(std::fs::read(&lure).unwrap(), b"", "the link's target got the backup");
+
+    // What the hub and the board keep is their user's only.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let hub_data = fleet.dir.path().join("controller");
+    assert_eq!(mode(&hub_data), 0o700);
+    for file in ["store/db", "store/conf", "admin.yaml", "pki/ca.key"] {
+        assert_eq!(mode(&hub_data.join(file)), 0o600, "{file}");
+    }
+    let board = fleet.dir.path().join("pi4");
+    assert_eq!(mode(&board), 0o700);
+    assert_eq!(mode(&board.join("assignments.json")), 0o600);
 
     // The hub's machine is lost; its backup is restored on a new one.
     fleet.kill_controller();
@@ -63,10 +86,17 @@ fn a_hub_restored_from_its_backup_is_the_same_hub_to_its_nodes_and_people() {
     ]);
     assert!(out.contains("pki/") && out.contains("admin.yaml"), "{out}");
     for key in ["pki/ca.key", "compiler.key"] {
-        let mode = std::fs::metadata(data.join(key)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{key}");
+        assert_eq!(mode(&data.join(key)), 0o600, "{key}");
     }
+    // As an older install left data: a folder its group may enter, files
+    // anyone may read. The hub mends it at start and says so.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(data.join("pki/ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
     fleet.start_controller();
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("pki/ca.key")), 0o600);
+    let log = std::fs::read_to_string(fleet.dir.path().join("controller.log")).unwrap();
+    assert!(log.contains("was mode 750, open to other users: now 0700"), "{log}");
 
     // The same objects at the same revision, the same users, and the node,
     // whose certificate the same CA signed, reports to it again.

@@ -467,11 +467,40 @@ fn people_act_by_their_role_from_their_own_configuration_and_are_audited() {
         );
     }
 
-    // An operator writes, but may not make users.
-    login(&fleet, &bob_home, "bob", "operator", &server, &[]);
+    // An operator writes, but may not make users, nor end a board's access:
+    // deleting its Node revokes it, so that is the admin's, as revoking is,
+    // however the path is spelled.
+    let (bob, _) = login(&fleet, &bob_home, "bob", "operator", &server, &[]);
     ok(as_person(&bob_home, &["apply", "-f", manifest.to_str().unwrap()]));
     let out = as_person(&bob_home, &["user", "create", "mallory", "--role", "admin"]);
     assert!(stderr(&out).contains("needs the admin role"), "{}", stderr(&out));
+    for args in [["delete", "node", "pi4"], ["node", "revoke", "pi4"]] {
+        let out = as_person(&bob_home, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("needs the admin role"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let bob_credential = std::fs::read_to_string(&bob)
+        .unwrap()
+        .trim()
+        .rsplit_once("::")
+        .unwrap()
+        .1
+        .to_string();
+    let (code, body) = fleet
+        .hub()
+        .with_token(&bob_credential)
+        .call("DELETE", "/api/v1alpha1/%6Eodes/pi4", "");
+    assert_eq!(code, 403, "{body}");
+    let node = fleet.cli_ok(&["get", "node", "pi4"]);
+    assert!(node.contains("Ready") && !node.contains("NotReady"), "{node}");
+    let (code, _) = fleet
+        .hub_as_node("pi4")
+        .call("POST", "/api/v1alpha1/nodes/pi4/heartbeat", "");
+    assert_eq!(code, 204, "the board's certificate still works");
 
     // Two hubs as two contexts.
     let other = Fleet::new();

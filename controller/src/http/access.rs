@@ -62,7 +62,7 @@ pub(super) fn required_role(audience: Audience, method: &Method, path: &str) -> 
     ]
     .iter()
     .any(|p| path.starts_with(p))
-        || (path.starts_with("/api/v1alpha1/nodes/") && path.ends_with("/revoke"));
+        || ends_node_access(method, path);
     if admin_only {
         return Some(Role::Admin);
     }
@@ -77,6 +77,34 @@ pub(super) fn required_role(audience: Audience, method: &Method, path: &str) -> 
         // Downloads and the node protocol: admins may look.
         Audience::Nodes => Some(Role::Admin),
         Audience::Joining => None,
+    }
+}
+
+/// Whether a request ends a board's access: revoking it, or deleting its
+/// Node (whose certificates are revoked with it). One rule for both
+/// routes: an admin's act.
+fn ends_node_access(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1alpha1/nodes/") else {
+        return false;
+    };
+    rest.ends_with("/revoke") || (*method == Method::DELETE && !rest.trim_end_matches('/').contains('/'))
+}
+
+/// Ending a board's access is an admin's act, checked again where it
+/// happens (the revoke and the Node delete handlers), whatever spelling of
+/// the path led there.
+pub(crate) fn may_end_node_access(caller: &Identity, node: &str) -> Result<(), ApiError> {
+    match caller {
+        Identity::User { role: Role::Admin, .. } => Ok(()),
+        Identity::User { name, role } => Err(ApiError::forbidden(format!(
+            "user {name:?} ({}) may not end node {node:?}'s access (delete or revoke it): that needs the admin role",
+            role.as_str()
+        ))
+        .with("role", Role::Admin.as_str())),
+        Identity::Node { name, .. } => Err(ApiError::forbidden(format!(
+            "node {name:?} may not end node {node:?}'s access"
+        ))),
+        Identity::Anonymous => Err(ApiError::unauthorized(crate::identity::Refusal::Anonymous.to_string())),
     }
 }
 
@@ -233,6 +261,23 @@ mod tests {
         assert_eq!(
             r(Audience::People, Method::GET, "/api/v1alpha1/tokens"),
             Some(Role::Admin)
+        );
+        // Deleting a Node revokes it: admin only, like revoking.
+        assert_eq!(
+            r(Audience::People, Method::DELETE, "/api/v1alpha1/nodes/pi4"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            r(Audience::People, Method::POST, "/api/v1alpha1/nodes/pi4/revoke"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            r(Audience::People, Method::PUT, "/api/v1alpha1/nodes/pi4"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            r(Audience::People, Method::GET, "/api/v1alpha1/nodes/pi4"),
+            Some(Role::Viewer)
         );
         assert_eq!(
             r(Audience::People, Method::POST, "/api/v1alpha1/users"),

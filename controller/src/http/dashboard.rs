@@ -308,7 +308,11 @@ async fn state(
 
 /// `state` every second and `log` per line, until the page goes away or
 /// the hub shuts down.
-async fn events(State(page): State<Page>, super::access::Caller(caller): super::access::Caller) -> Response {
+async fn events(
+    State(page): State<Page>,
+    super::access::Caller(caller): super::access::Caller,
+    headers: HeaderMap,
+) -> Response {
     let slot = match page.api.limits.stream(&caller) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -317,6 +321,17 @@ async fn events(State(page): State<Page>, super::access::Caller(caller): super::
     let mut closing = page.api.live.closing();
     // A deleted user's page stops getting anything at once.
     let gone = page.api.until_gone(&caller);
+    // So does a page whose session ends: signed out (in another tab too),
+    // or expired (checked at every tick).
+    let session = page
+        .api
+        .identities
+        .clone()
+        .zip(session_cookie(&headers).map(str::to_string));
+    let signed_out = match &session {
+        Some((ids, id)) => ids.session_ended(id),
+        None => tokio_util::sync::CancellationToken::new(),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let _slot = slot;
@@ -325,6 +340,7 @@ async fn events(State(page): State<Page>, super::access::Caller(caller): super::
         loop {
             let event = tokio::select! {
                 _ = tick.tick() => match snapshot(&page, false) {
+                    _ if session.as_ref().is_some_and(|(ids, id)| ids.session(id).is_none()) => return,
                     Ok(s) => Event::default().event("state").data(s.to_string()),
                     Err(_) => continue,
                 },
@@ -337,6 +353,7 @@ async fn events(State(page): State<Page>, super::access::Caller(caller): super::
                 },
                 _ = closing.changed() => return,
                 _ = gone.cancelled() => return,
+                _ = signed_out.cancelled() => return,
             };
             if tx.send(event).await.is_err() {
                 return;

@@ -91,6 +91,7 @@ async fn enrol(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
 async fn renew(
     State(api): State<Api>,
     node: ThisNode,
+    Caller(caller): Caller,
     Json(req): Json<CertificateRequest>,
 ) -> Result<Response, ApiError> {
     if req.node != node.0 {
@@ -99,8 +100,13 @@ async fn renew(
             node.0
         )));
     }
+    // The certificate asking, checked again where the new one is signed.
+    let serial = match caller {
+        Identity::Node { serial, .. } => Some(serial),
+        _ => None,
+    };
     let ids = identities(&api)?.clone();
-    let issued = tokio::task::spawn_blocking(move || ids.renew(&req.node, &req.csr))
+    let issued = tokio::task::spawn_blocking(move || ids.renew(&req.node, serial.as_deref(), &req.csr))
         .await
         .map_err(|e| ApiError::internal("Renew", e.to_string()))??;
     answer(&api, issued)
@@ -152,7 +158,12 @@ async fn delete_token(State(api): State<Api>, Path(id): Path<String>) -> Result<
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn revoke(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn revoke(
+    State(api): State<Api>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    super::access::may_end_node_access(&caller, &name)?;
     let certificates = identities(&api)?
         .revoke(&name)
         .map_err(|e| ApiError::internal("IdentityStore", e.to_string()))?;

@@ -269,10 +269,14 @@ struct DeleteQuery {
 
 async fn delete(
     State(api): State<Api>,
+    Caller(caller): Caller,
     Path((kind, name)): Path<(String, String)>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
+    if kind == Kind::Node {
+        super::access::may_end_node_access(&caller, &name)?;
+    }
     let expected = q.resource_version;
     api.store
         .write(kind, &name, |cur| {

@@ -6,18 +6,27 @@
 //!
 //! - [`listener`]: TLS on the hub's listeners; who is at the other end.
 //! - [`audit`]: every write people make, in a bounded window.
+//! - [`sessions`]: dashboard sign-ins, each tied to one user record.
 //!
 //! State lives in the store's `identity` tree: `user/<name>`
 //! ([`UserRecord`]), `token/<id>` ([`TokenRecord`]), `cert/<serial>`
-//! ([`CertRecord`]).
+//! ([`CertRecord`]), `access/<node>` ([`NodeAccess`]).
+//!
+//! Revocation is a property of the node, not of the certificates that
+//! exist when it is revoked: each node has a revocation epoch, every
+//! certificate records the epoch it was issued in, and only certificates
+//! of the node's current epoch work. Revoking bumps the epoch, so a
+//! certificate renewed at the same moment is dead too; enrolling again with
+//! a new join token issues one in the new epoch.
 
 pub(crate) mod audit;
 pub(crate) mod listener;
+pub(crate) mod sessions;
 
 use harvester_api::identity::{ClientConfig, Context, Role, TokenInfo, UserInfo};
 use harvester_pki::{Ca, CertInfo, Issued, JoinToken};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -58,6 +67,11 @@ struct UserRecord {
     role: Role,
     token_sha256: String,
     created: u64,
+    /// This record's own id: a user deleted and made again under the same
+    /// name is another record, and nothing of the first (a dashboard
+    /// session) carries over to it.
+    #[serde(default)]
+    uid: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +81,21 @@ struct CertRecord {
     not_after: u64,
     issued: u64,
     revoked: bool,
+    /// The node's revocation epoch when this was issued.
+    #[serde(default)]
+    epoch: u64,
 }
+
+/// A node's revocation epoch: certificates of another epoch never work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeAccess {
+    epoch: u64,
+}
+
+/// Certificate records kept per node: a board uses its newest; a node
+/// renewing in a loop replaces its own older ones, it cannot grow the store.
+const CERTS_PER_NODE: usize = 4;
 
 /// Why a join token or a credential was refused: one line, what to do.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +120,10 @@ pub(crate) enum Refusal {
     Revoked(String),
     #[error("the certificate of node {0:?} expired; it may only renew itself")]
     Expired(String),
+    #[error(
+        "the certificate of node {0:?} is not one this hub issued or keeps (newer ones replaced it); enrol the board again with a new join token"
+    )]
+    UnknownCertificate(String),
     #[error("{0}")]
     Store(String),
 }
@@ -108,27 +140,84 @@ impl From<serde_json::Error> for Refusal {
     }
 }
 
+/// What the check every request makes needs of a certificate.
+#[derive(Debug, Clone)]
+struct CertEntry {
+    node: String,
+    epoch: u64,
+    issued: u64,
+    not_after: u64,
+    /// Marked by a revocation (the epoch says it too; records written
+    /// before epochs existed say it only here).
+    revoked: bool,
+}
+
+impl CertEntry {
+    fn of(r: &CertRecord) -> CertEntry {
+        CertEntry {
+            node: r.node.clone(),
+            epoch: r.epoch,
+            issued: r.issued,
+            not_after: r.not_after,
+            revoked: r.revoked,
+        }
+    }
+}
+
+/// Node certificates and revocation epochs, as the store holds them.
+#[derive(Default)]
+struct Certs {
+    by_serial: HashMap<String, CertEntry>,
+    epochs: HashMap<String, u64>,
+}
+
+impl Certs {
+    fn epoch(&self, node: &str) -> u64 {
+        self.epochs.get(node).copied().unwrap_or(0)
+    }
+
+    /// Why `serial` (presented by `node`) does not work, if it does not.
+    fn refusal(&self, node: &str, serial: &str) -> Option<Refusal> {
+        match self.by_serial.get(serial) {
+            None => Some(Refusal::UnknownCertificate(node.to_string())),
+            Some(c) if c.revoked || c.node != node || c.epoch != self.epoch(node) => {
+                Some(Refusal::Revoked(node.to_string()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// `node`'s certificates, oldest first.
+    fn of(&self, node: &str) -> Vec<(&String, &CertEntry)> {
+        let mut certs: Vec<(&String, &CertEntry)> = self.by_serial.iter().filter(|(_, c)| c.node == node).collect();
+        certs.sort_by(|a, b| a.1.issued.cmp(&b.1.issued).then_with(|| a.0.cmp(b.0)));
+        certs
+    }
+}
+
 pub(crate) struct Identities {
     ca: Ca,
     tree: sled::Tree,
     /// Users by name: role and token hash, for the check every request makes.
     users: RwLock<HashMap<String, UserRecord>>,
-    /// Serials revoked, for the check every request makes.
-    revoked: RwLock<HashSet<String>>,
+    /// Certificates and epochs, for the check every request makes; written
+    /// only under `writes`, after the store.
+    certs: RwLock<Certs>,
     /// Cancelled when a node's access ends: its open streams close.
     gone: Mutex<HashMap<String, CancellationToken>>,
-    /// Token redemption and issuing read, then write.
+    /// Every identity write reads, then writes, under this lock: token
+    /// redemption, issuing, revoking, users.
     writes: Mutex<()>,
     audit: audit::Audit,
-    /// Dashboard sessions by the SHA-256 of their cookie: user and expiry.
-    sessions: Mutex<HashMap<String, (String, SystemTime)>>,
+    sessions: sessions::Sessions,
     node_cert_lifetime: Duration,
+    /// Between a renewal's request check and its lock (tests make the
+    /// race of a revocation with a renewal happen there every time).
+    #[cfg(test)]
+    before_renewal_lock: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
-/// How long a dashboard sign-in lasts.
-pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Sessions held at once, all users together.
-const MAX_SESSIONS: usize = 10_000;
+pub(crate) use sessions::SESSION_LIFETIME;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -150,6 +239,21 @@ impl Identities {
         server: &str,
         node_cert_lifetime: Duration,
     ) -> anyhow::Result<Identities> {
+        Identities::open_with(tree, audit, pki, admin_file, server, node_cert_lifetime, true)
+    }
+
+    /// [`Identities::open`]; `local_admin`: on the CA's first start, also
+    /// add the admin context to the client configuration of the user
+    /// running the hub.
+    fn open_with(
+        tree: sled::Tree,
+        audit: sled::Tree,
+        pki: &Path,
+        admin_file: &Path,
+        server: &str,
+        node_cert_lifetime: Duration,
+        local_admin: bool,
+    ) -> anyhow::Result<Identities> {
         let (ca, made) = Ca::load_or_create(pki)?;
         if made {
             tracing::info!(dir = %pki.display(), "made the hub CA (sha256 {})", ca.hash());
@@ -159,10 +263,13 @@ impl Identities {
         let mut users = HashMap::new();
         for item in tree.scan_prefix("user/") {
             let (k, v) = item?;
-            users.insert(
-                String::from_utf8_lossy(&k["user/".len()..]).into_owned(),
-                serde_json::from_slice::<UserRecord>(&v)?,
-            );
+            let mut record = serde_json::from_slice::<UserRecord>(&v)?;
+            if record.uid.is_empty() {
+                // A record from before users had ids: one for this process
+                // (sessions do not outlive it).
+                record.uid = harvester_pki::random_hex(16);
+            }
+            users.insert(String::from_utf8_lossy(&k["user/".len()..]).into_owned(), record);
         }
         let context_name = format!("admin@{}", server.trim_start_matches("https://"));
         let existing = std::fs::read_to_string(admin_file)
@@ -190,6 +297,7 @@ impl Identities {
                     role: Role::Admin,
                     token_sha256: harvester_pki::sha256_hex(secret.as_bytes()),
                     created: ms(SystemTime::now()),
+                    uid: harvester_pki::random_hex(16),
                 };
                 tree.insert("user/admin", serde_json::to_vec(&record)?)?;
                 tree.flush()?;
@@ -215,28 +323,44 @@ impl Identities {
             serde_yaml::to_string(&config)?
         );
         harvester_pki::write_private(admin_file, text.as_bytes())?;
-        if made {
+        if made && local_admin {
             merge_local_admin(admin);
         }
-        let mut revoked = HashSet::new();
+        let mut certs = Certs::default();
+        for item in tree.scan_prefix("access/") {
+            let (k, v) = item?;
+            let access: NodeAccess = serde_json::from_slice(&v)?;
+            certs.epochs.insert(
+                String::from_utf8_lossy(&k["access/".len()..]).into_owned(),
+                access.epoch,
+            );
+        }
         for item in tree.scan_prefix("cert/") {
             let (k, v) = item?;
             let record: CertRecord = serde_json::from_slice(&v)?;
-            if record.revoked {
-                revoked.insert(String::from_utf8_lossy(&k["cert/".len()..]).into_owned());
-            }
+            certs.by_serial.insert(
+                String::from_utf8_lossy(&k["cert/".len()..]).into_owned(),
+                CertEntry::of(&record),
+            );
         }
-        Ok(Identities {
+        let ids = Identities {
             ca,
             tree,
             users: RwLock::new(users),
-            revoked: RwLock::new(revoked),
+            certs: RwLock::new(certs),
             gone: Mutex::new(HashMap::new()),
             writes: Mutex::new(()),
             audit: audit::Audit::new(audit),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: sessions::Sessions::default(),
             node_cert_lifetime,
-        })
+            #[cfg(test)]
+            before_renewal_lock: Mutex::new(None),
+        };
+        let collected = ids.collect_certificates()?;
+        if collected > 0 {
+            tracing::info!(records = collected, "forgot certificates past their renewal grace");
+        }
+        Ok(ids)
     }
 
     pub(crate) fn audit(&self) -> &audit::Audit {
@@ -251,34 +375,38 @@ impl Identities {
     /// its connection presented (already checked against the CA by TLS).
     pub(crate) fn identify(&self, bearer: Option<&str>, cert: Option<&CertInfo>) -> Result<Identity, Refusal> {
         if let Some(token) = bearer {
-            let (name, secret) = token.split_once('.').ok_or(Refusal::UnknownToken)?;
-            let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-            let user = users.get(name).ok_or(Refusal::UnknownToken)?;
-            return if harvester_pki::same_secret(&harvester_pki::sha256_hex(secret.as_bytes()), &user.token_sha256) {
-                Ok(Identity::User {
-                    name: name.to_string(),
-                    role: user.role,
-                })
-            } else {
-                Err(Refusal::UnknownToken)
-            };
+            return self.identify_user(&self.users.read().unwrap_or_else(|e| e.into_inner()), token);
         }
         let Some(cert) = cert else {
             return Ok(Identity::Anonymous);
         };
-        if self
-            .revoked
+        if let Some(refusal) = self
+            .certs
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&cert.serial)
+            .refusal(&cert.name, &cert.serial)
         {
-            return Err(Refusal::Revoked(cert.name.clone()));
+            return Err(refusal);
         }
         Ok(Identity::Node {
             name: cert.name.clone(),
             serial: cert.serial.clone(),
             expired: SystemTime::now() > cert.not_after,
         })
+    }
+
+    /// The user a bearer token `<user>.<secret>` belongs to, in `users`.
+    fn identify_user(&self, users: &HashMap<String, UserRecord>, token: &str) -> Result<Identity, Refusal> {
+        let (name, secret) = token.split_once('.').ok_or(Refusal::UnknownToken)?;
+        let user = users.get(name).ok_or(Refusal::UnknownToken)?;
+        if harvester_pki::same_secret(&harvester_pki::sha256_hex(secret.as_bytes()), &user.token_sha256) {
+            Ok(Identity::User {
+                name: name.to_string(),
+                role: user.role,
+            })
+        } else {
+            Err(Refusal::UnknownToken)
+        }
     }
 
     /// A new join token; its secret is in the returned value only.
@@ -344,14 +472,15 @@ impl Identities {
     }
 
     /// Enrols `node` with a join token's `<id>.<secret>`: spends one use
-    /// and signs the CSR's public key, unless the name has a working
-    /// certificate already.
+    /// and signs the CSR's public key in the node's current epoch, unless
+    /// the name has a working certificate already. After a revocation this
+    /// is how the board comes back: the certificates from before stay dead.
     pub(crate) fn enrol(&self, credential: &str, node: &str, csr: &str) -> Result<Issued, EnrolError> {
         let (id, secret) = JoinToken::split_credential(credential).ok_or(Refusal::UnknownToken)?;
         let _w = lock(&self.writes);
         let key = format!("token/{id}");
         let mut record = self.usable_token(id, secret)?;
-        if self.has_working_certificate(node)? {
+        if self.has_working_certificate(node) {
             return Err(Refusal::Enrolled(node.to_string()).into());
         }
         // Checked before a use is spent: a bad request costs nothing.
@@ -366,13 +495,35 @@ impl Identities {
     }
 
     /// A node renews its own certificate (the key may stay the same).
-    pub(crate) fn renew(&self, node: &str, csr: &str) -> Result<Issued, EnrolError> {
+    /// `serial`: the certificate it asks with (None for an admin asking
+    /// for it). Checked again under the lock that signs: a revocation that
+    /// came after the request's check and before this lock wins.
+    pub(crate) fn renew(&self, node: &str, serial: Option<&str>, csr: &str) -> Result<Issued, EnrolError> {
+        #[cfg(test)]
+        if let Some(pause) = lock(&self.before_renewal_lock).as_ref() {
+            pause();
+        }
         let _w = lock(&self.writes);
+        {
+            let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+            match serial {
+                Some(serial) => {
+                    if let Some(refusal) = certs.refusal(node, serial) {
+                        return Err(refusal.into());
+                    }
+                }
+                None if !self.working_in(&certs, node) => return Err(Refusal::Revoked(node.to_string()).into()),
+                None => {}
+            }
+        }
         let issued = self.sign(node, csr)?;
         tracing::debug!(node, serial = issued.serial, "renewed a node certificate");
         Ok(issued)
     }
 
+    /// Signs a certificate for `node` in its current epoch and records it,
+    /// forgetting its oldest beyond [`CERTS_PER_NODE`] and its expired
+    /// ones. Called under `writes`.
     fn sign(&self, node: &str, csr: &str) -> Result<Issued, EnrolError> {
         let mut errors = harvester_api::validation::ValidationErrors::default();
         harvester_api::standalone::validate_name(node, "node", &mut errors);
@@ -381,106 +532,185 @@ impl Identities {
             .ca
             .sign_node(node, csr, self.node_cert_lifetime)
             .map_err(|e| EnrolError::Request(format!("{e:#}")))?;
-        let record = CertRecord {
-            node: node.to_string(),
-            not_after: ms(issued.not_after),
-            issued: ms(SystemTime::now()),
-            revoked: false,
+        let horizon = self.collect_horizon();
+        let (record, forget) = {
+            let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+            let record = CertRecord {
+                node: node.to_string(),
+                not_after: ms(issued.not_after),
+                issued: ms(SystemTime::now()),
+                revoked: false,
+                epoch: certs.epoch(node),
+            };
+            let (expired, kept): (Vec<_>, Vec<_>) =
+                certs.of(node).into_iter().partition(|(_, c)| c.not_after < horizon);
+            // The newest CERTS_PER_NODE stay, this one among them.
+            let over = (kept.len() + 1).saturating_sub(CERTS_PER_NODE);
+            let forget: Vec<String> = expired
+                .into_iter()
+                .chain(kept.into_iter().take(over))
+                .map(|(serial, _)| serial.clone())
+                .collect();
+            (record, forget)
         };
-        self.tree
-            .insert(
-                format!("cert/{}", issued.serial),
-                serde_json::to_vec(&record).map_err(Refusal::from)?,
-            )
-            .map_err(Refusal::from)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            format!("cert/{}", issued.serial).as_bytes(),
+            serde_json::to_vec(&record).map_err(Refusal::from)?,
+        );
+        for serial in &forget {
+            batch.remove(format!("cert/{serial}").as_bytes());
+        }
+        self.tree.apply_batch(batch).map_err(Refusal::from)?;
         self.tree.flush().map_err(Refusal::from)?;
+        let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        for serial in &forget {
+            certs.by_serial.remove(serial);
+        }
+        certs.by_serial.insert(issued.serial.clone(), CertEntry::of(&record));
         Ok(issued)
     }
 
-    /// A certificate for `node` that is neither revoked nor past its grace.
-    fn has_working_certificate(&self, node: &str) -> Result<bool, Refusal> {
-        let horizon = ms(SystemTime::now()).saturating_sub(harvester_pki::tls::RENEWAL_GRACE.as_millis() as u64);
-        for item in self.tree.scan_prefix("cert/") {
-            let (_, v) = item?;
-            let r: CertRecord = serde_json::from_slice(&v)?;
-            if r.node == node && !r.revoked && r.not_after > horizon {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// Certificates past their renewal grace work for nothing: their
+    /// records go (and with them, the certificates, should one reappear).
+    fn collect_horizon(&self) -> u64 {
+        ms(SystemTime::now()).saturating_sub(harvester_pki::tls::RENEWAL_GRACE.as_millis() as u64)
     }
 
-    /// Ends `node`'s access: every certificate it holds stops working and
-    /// its open streams close. Returns how many certificates were revoked.
+    /// Forgets every certificate past its renewal grace; how many.
+    pub(crate) fn collect_certificates(&self) -> Result<usize, Refusal> {
+        let _w = lock(&self.writes);
+        let horizon = self.collect_horizon();
+        let old: Vec<String> = self
+            .certs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_serial
+            .iter()
+            .filter(|(_, c)| c.not_after < horizon)
+            .map(|(s, _)| s.clone())
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for serial in &old {
+            batch.remove(format!("cert/{serial}").as_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        for serial in &old {
+            certs.by_serial.remove(serial);
+        }
+        Ok(old.len())
+    }
+
+    /// A certificate for `node` of its current epoch that is neither
+    /// revoked nor past its grace.
+    fn has_working_certificate(&self, node: &str) -> bool {
+        self.working_in(&self.certs.read().unwrap_or_else(|e| e.into_inner()), node)
+    }
+
+    fn working_in(&self, certs: &Certs, node: &str) -> bool {
+        let horizon = self.collect_horizon();
+        let epoch = certs.epoch(node);
+        certs
+            .by_serial
+            .values()
+            .any(|c| c.node == node && !c.revoked && c.epoch == epoch && c.not_after > horizon)
+    }
+
+    /// How many certificate records the hub keeps for `node`.
+    #[cfg(test)]
+    fn certificates_of(&self, node: &str) -> usize {
+        self.certs.read().unwrap_or_else(|e| e.into_inner()).of(node).len()
+    }
+
+    /// Ends `node`'s access: its revocation epoch moves on, so every
+    /// certificate it holds or is being issued stops working, and its open
+    /// streams close. Returns how many certificates were revoked.
     pub(crate) fn revoke(&self, node: &str) -> Result<u32, Refusal> {
         let _w = lock(&self.writes);
-        let mut count = 0;
+        let epoch = self.certs.read().unwrap_or_else(|e| e.into_inner()).epoch(node) + 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            format!("access/{node}").as_bytes(),
+            serde_json::to_vec(&NodeAccess { epoch })?,
+        );
+        // The records say it too, for whoever reads the store.
+        let mut marked = Vec::new();
         for item in self.tree.scan_prefix("cert/") {
             let (k, v) = item?;
             let mut r: CertRecord = serde_json::from_slice(&v)?;
             if r.node == node && !r.revoked {
                 r.revoked = true;
-                self.tree.insert(&k, serde_json::to_vec(&r)?)?;
-                self.revoked
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(String::from_utf8_lossy(&k["cert/".len()..]).into_owned());
-                count += 1;
+                batch.insert(k.clone(), serde_json::to_vec(&r)?);
+                marked.push(String::from_utf8_lossy(&k["cert/".len()..]).into_owned());
             }
         }
+        self.tree.apply_batch(batch)?;
         self.tree.flush()?;
+        {
+            let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+            certs.epochs.insert(node.to_string(), epoch);
+            for serial in &marked {
+                if let Some(c) = certs.by_serial.get_mut(serial) {
+                    c.revoked = true;
+                }
+            }
+        }
         self.end_access(&Identity::Node {
             name: node.to_string(),
             serial: String::new(),
             expired: false,
         });
-        tracing::info!(node, certificates = count, "revoked a node");
+        let count = marked.len() as u32;
+        tracing::info!(node, certificates = count, epoch, "revoked a node");
         Ok(count)
     }
 
     /// Signs a person in to the dashboard with their token: a new session
     /// id (the cookie's value) that lasts `SESSION_LIFETIME`.
     pub(crate) fn sign_in(&self, token: &str) -> Result<(String, Identity), Refusal> {
-        let who = self.identify(Some(token), None)?;
-        let Identity::User { name, .. } = &who else {
-            return Err(Refusal::UnknownToken);
-        };
-        let id = harvester_pki::random_hex(32);
-        let now = SystemTime::now();
-        let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, (_, expires)| *expires > now);
-        if sessions.len() >= MAX_SESSIONS {
-            // The oldest go first: a flood of sign-ins cannot grow the map.
-            let oldest = sessions.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                sessions.remove(&k);
-            }
-        }
-        sessions.insert(
-            harvester_pki::sha256_hex(id.as_bytes()),
-            (name.clone(), now + SESSION_LIFETIME),
-        );
+        let (name, _) = token.split_once('.').ok_or(Refusal::UnknownToken)?;
+        // The record the token was checked against, read under one lock:
+        // the session belongs to that record, not to whoever has the name later.
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let who = self.identify_user(&users, token)?;
+        let uid = users.get(name).map(|u| u.uid.clone()).ok_or(Refusal::UnknownToken)?;
+        drop(users);
+        let id = self.sessions.start(name, &uid);
         Ok((id, who))
     }
 
     /// The person a session cookie belongs to, with their current role;
-    /// none once it expired, was ended, or its user was deleted.
+    /// none once it expired, was ended, or its user record was deleted
+    /// (also when a user of the same name was made since).
     pub(crate) fn session(&self, id: &str) -> Option<Identity> {
-        let key = harvester_pki::sha256_hex(id.as_bytes());
-        let (user, expires) = lock(&self.sessions).get(&key).cloned()?;
-        if SystemTime::now() > expires {
-            lock(&self.sessions).remove(&key);
-            return None;
+        let (user, uid) = self.sessions.get(id)?;
+        let role = {
+            let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+            users.get(&user).filter(|u| u.uid == uid).map(|u| u.role)
+        };
+        match role {
+            Some(role) => Some(Identity::User { name: user, role }),
+            None => {
+                self.sessions.end(id);
+                None
+            }
         }
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        users.get(&user).map(|u| Identity::User {
-            name: user.clone(),
-            role: u.role,
-        })
     }
 
+    /// Signs a session out: its cookie stops working, its streams close.
     pub(crate) fn sign_out(&self, id: &str) {
-        lock(&self.sessions).remove(&harvester_pki::sha256_hex(id.as_bytes()));
+        self.sessions.end(id);
+    }
+
+    /// Cancelled when the session `id` ends (signed out, its user deleted,
+    /// expired): for the dashboard's streams.
+    pub(crate) fn session_ended(&self, id: &str) -> CancellationToken {
+        self.sessions.ended(id)
     }
 
     /// Cancelled when the access of `who` ends: a node revoked or
@@ -515,6 +745,7 @@ impl Identities {
             role,
             token_sha256: harvester_pki::sha256_hex(secret.as_bytes()),
             created: ms(SystemTime::now()),
+            uid: harvester_pki::random_hex(16),
         };
         self.tree
             .insert(&key, serde_json::to_vec(&record).map_err(Refusal::from)?)
@@ -559,11 +790,12 @@ impl Identities {
         };
         self.tree.remove(format!("user/{name}"))?;
         self.tree.flush()?;
+        let sessions = self.sessions.end_user(name);
         self.end_access(&Identity::User {
             name: name.to_string(),
             role: record.role,
         });
-        tracing::info!(user = name, "deleted a user");
+        tracing::info!(user = name, sessions, "deleted a user");
         Ok(())
     }
 }
@@ -630,4 +862,219 @@ pub(crate) enum EnrolError {
     Refused(#[from] Refusal),
     #[error("{0}")]
     Request(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harvester_pki::{CertInfo, NodeKey};
+    use std::sync::Arc;
+
+    struct Hub {
+        ids: Arc<Identities>,
+        _db: sled::Db,
+        _dir: tempfile::TempDir,
+    }
+
+    fn hub() -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("store")).open().unwrap();
+        let ids = open(&db, dir.path());
+        Hub {
+            ids: Arc::new(ids),
+            _db: db,
+            _dir: dir,
+        }
+    }
+
+    fn open(db: &sled::Db, dir: &Path) -> Identities {
+        Identities::open_with(
+            db.open_tree("identity").unwrap(),
+            db.open_tree("audit").unwrap(),
+            &dir.join("pki"),
+            &dir.join("admin.yaml"),
+            "https://127.0.0.1:1",
+            Duration::from_secs(3600),
+            false,
+        )
+        .unwrap()
+    }
+
+    fn token(ids: &Identities) -> String {
+        ids.create_token(Duration::from_secs(60), 1, "test")
+            .unwrap()
+            .0
+            .credential()
+    }
+
+    fn csr(node: &str) -> String {
+        NodeKey::generate().unwrap().csr(node).unwrap()
+    }
+
+    fn enrol(ids: &Identities, node: &str) -> CertInfo {
+        let issued = ids.enrol(&token(ids), node, &csr(node)).unwrap();
+        CertInfo::of_pem(&issued.pem).unwrap()
+    }
+
+    fn works(ids: &Identities, cert: &CertInfo) -> bool {
+        ids.identify(None, Some(cert)).is_ok()
+    }
+
+    /// A revocation that lands after a renewal's request check and before
+    /// its signing lock (made to happen there every time) refuses it.
+    #[test]
+    fn a_renewal_overtaken_by_a_revocation_gets_no_certificate() {
+        let hub = hub();
+        let first = enrol(&hub.ids, "pi4");
+        // The request check the HTTP layer makes: it passes.
+        assert!(works(&hub.ids, &first));
+        let ids = Arc::downgrade(&hub.ids);
+        *lock(&hub.ids.before_renewal_lock) = Some(Box::new(move || {
+            let ids = ids.upgrade().unwrap();
+            assert_eq!(ids.revoke("pi4").unwrap(), 1);
+        }));
+        let renewed = hub.ids.renew("pi4", Some(&first.serial), &csr("pi4"));
+        assert!(
+            matches!(renewed, Err(EnrolError::Refused(Refusal::Revoked(ref n))) if n == "pi4"),
+            "{renewed:?}"
+        );
+        assert!(!works(&hub.ids, &first));
+        // An admin renewing for it is refused too: nothing of the node works.
+        *lock(&hub.ids.before_renewal_lock) = None;
+        assert!(hub.ids.renew("pi4", None, &csr("pi4")).is_err());
+    }
+
+    /// Sixty renewals in flight around a revocation: none of what they
+    /// got works once the revocation answered.
+    #[test]
+    fn no_certificate_issued_around_a_revocation_works_after_it() {
+        let hub = hub();
+        let first = enrol(&hub.ids, "pi4");
+        let barrier = Arc::new(std::sync::Barrier::new(61));
+        let renewals: Vec<_> = (0..60)
+            .map(|_| {
+                let (ids, barrier, serial) = (hub.ids.clone(), barrier.clone(), first.serial.clone());
+                let csr = csr("pi4");
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ids.renew("pi4", Some(&serial), &csr).ok()
+                })
+            })
+            .collect();
+        barrier.wait();
+        hub.ids.revoke("pi4").unwrap();
+        let issued: Vec<_> = renewals.into_iter().filter_map(|t| t.join().unwrap()).collect();
+        for i in &issued {
+            let cert = CertInfo::of_pem(&i.pem).unwrap();
+            assert!(
+                !works(&hub.ids, &cert),
+                "certificate {} works after the revocation",
+                cert.serial
+            );
+        }
+        assert!(!works(&hub.ids, &first));
+    }
+
+    /// Enrolling again with a new join token after a revocation works; the
+    /// certificates from before it stay dead, across a hub restart too.
+    #[test]
+    fn a_revoked_node_enrols_again_and_its_old_certificates_stay_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("store")).open().unwrap();
+        let ids = open(&db, dir.path());
+        let old = enrol(&ids, "pi4");
+        let refused = ids.enrol(&token(&ids), "pi4", &csr("pi4"));
+        assert!(
+            matches!(refused, Err(EnrolError::Refused(Refusal::Enrolled(_)))),
+            "{refused:?}"
+        );
+        ids.revoke("pi4").unwrap();
+        let new = enrol(&ids, "pi4");
+        assert!(works(&ids, &new));
+        assert!(!works(&ids, &old));
+        let renewed = CertInfo::of_pem(&ids.renew("pi4", Some(&new.serial), &csr("pi4")).unwrap().pem).unwrap();
+        assert!(works(&ids, &renewed));
+        drop(ids);
+        let ids = open(&db, dir.path());
+        assert!(works(&ids, &new) && works(&ids, &renewed));
+        assert!(!works(&ids, &old));
+        // A second revocation ends the re-enrolled certificates as well.
+        ids.revoke("pi4").unwrap();
+        assert!(!works(&ids, &new) && !works(&ids, &renewed));
+    }
+
+    /// A node renewing in a loop keeps only its newest certificates; the
+    /// ones it replaced stop working; expired ones are forgotten.
+    #[test]
+    fn certificate_records_are_bounded_per_node_and_expired_ones_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("store")).open().unwrap();
+        let ids = open(&db, dir.path());
+        let first = enrol(&ids, "pi4");
+        let other = enrol(&ids, "pi5");
+        let mut newest = first.clone();
+        for _ in 0..40 {
+            let issued = ids.renew("pi4", Some(&newest.serial), &csr("pi4")).unwrap();
+            newest = CertInfo::of_pem(&issued.pem).unwrap();
+        }
+        assert_eq!(ids.certificates_of("pi4"), CERTS_PER_NODE);
+        assert_eq!(ids.tree.scan_prefix("cert/").count(), CERTS_PER_NODE + 1);
+        assert!(works(&ids, &newest));
+        assert!(matches!(
+            ids.identify(None, Some(&first)),
+            Err(Refusal::UnknownCertificate(_))
+        ));
+        assert!(works(&ids, &other), "another node's certificates are its own");
+
+        // A record long past its grace, as an old hub may have left.
+        let dead = CertRecord {
+            node: "gone".into(),
+            not_after: 1,
+            issued: 0,
+            revoked: false,
+            epoch: 0,
+        };
+        ids.tree
+            .insert("cert/0dead", serde_json::to_vec(&dead).unwrap())
+            .unwrap();
+        drop(ids);
+        let ids = open(&db, dir.path());
+        assert!(ids.tree.get("cert/0dead").unwrap().is_none(), "collected at start");
+        assert_eq!(ids.collect_certificates().unwrap(), 0);
+        assert!(works(&ids, &newest));
+    }
+
+    /// A dashboard session belongs to the user record it signed in as:
+    /// deleting the user ends it for good, even when a user of the same
+    /// name is made again; signing out ends its streams.
+    #[test]
+    fn a_session_dies_with_its_user_and_ends_its_streams_on_sign_out() {
+        let hub = hub();
+        let (token, _) = hub.ids.create_user("alice", Role::Viewer).unwrap();
+        let credential = token.rsplit_once("::").unwrap().1.to_string();
+        let (id, _) = hub.ids.sign_in(&credential).unwrap();
+        assert!(
+            matches!(hub.ids.session(&id), Some(Identity::User { ref name, role: Role::Viewer }) if name == "alice")
+        );
+        let streams = hub.ids.session_ended(&id);
+        assert!(!streams.is_cancelled());
+
+        hub.ids.delete_user("alice").unwrap();
+        assert!(streams.is_cancelled(), "the deleted user's streams end");
+        hub.ids.create_user("alice", Role::Admin).unwrap();
+        assert_eq!(
+            hub.ids.session(&id),
+            None,
+            "the new alice does not inherit the old one's session"
+        );
+
+        let (token, _) = hub.ids.create_user("bob", Role::Operator).unwrap();
+        let (id, _) = hub.ids.sign_in(token.rsplit_once("::").unwrap().1).unwrap();
+        let streams = hub.ids.session_ended(&id);
+        hub.ids.sign_out(&id);
+        assert!(streams.is_cancelled());
+        assert_eq!(hub.ids.session(&id), None);
+        assert!(hub.ids.session_ended(&id).is_cancelled());
+        assert_eq!(hub.ids.sessions.len(), 0);
+    }
 }

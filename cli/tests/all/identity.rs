@@ -557,6 +557,51 @@ fn people_act_by_their_role_from_their_own_configuration_and_are_audited() {
     let out = as_person(&alice_home, &["get", "plugins"]);
     assert!(stderr(&out).contains("unknown token"), "{}", stderr(&out));
 
+    // A dashboard session: its live page ends when it signs out, and a
+    // session of a deleted user does not come back with a new user of the
+    // same name.
+    let page = fleet.dashboard_hub();
+    let sign_in = |token: &str| -> String {
+        let credential = token.trim().rsplit_once("::").unwrap().1;
+        let (code, head, body) = page.raw(
+            "POST",
+            "/api/session",
+            &[("X-Harvester", "1"), ("Content-Type", "application/json")],
+            format!("{{\"token\": \"{credential}\"}}").as_bytes(),
+        );
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let cookie = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("set-cookie:")
+                    .then(|| l[11..].trim().to_string())
+            })
+            .unwrap();
+        cookie.split(';').next().unwrap().to_string()
+    };
+    let state = |cookie: &str| page.raw("GET", "/api/state", &[("Cookie", cookie)], b"").0;
+    let carol = sign_in(&fleet.cli_ok(&["user", "create", "carol", "--role", "viewer"]));
+    assert_eq!(state(&carol), 200);
+    let mut events = page.connect().unwrap();
+    page.send(&mut events, "GET", "/api/events", &[("Cookie", &carol)], b"");
+    assert!(events.read(&mut buf).unwrap() > 0, "the live page starts");
+    let (code, _, _) = page.raw(
+        "DELETE",
+        "/api/session",
+        &[("X-Harvester", "1"), ("Cookie", &carol)],
+        b"",
+    );
+    assert_eq!(code, 204);
+    stream_ends(&mut events, "the live page stays open after signing out");
+    assert_eq!(state(&carol), 401);
+
+    let dave = sign_in(&fleet.cli_ok(&["user", "create", "dave", "--role", "viewer"]));
+    assert_eq!(state(&dave), 200);
+    fleet.cli_ok(&["user", "delete", "dave"]);
+    fleet.cli_ok(&["user", "create", "dave", "--role", "admin"]);
+    assert_eq!(state(&dave), 401, "the old session is not the new dave's");
+
     // Who did what: the audit trail, for admins.
     let trail = fleet.cli_ok(&["audit", "--user", "bob"]);
     assert!(

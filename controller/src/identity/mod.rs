@@ -7,6 +7,7 @@
 //! - [`listener`]: TLS on the hub's listeners; who is at the other end.
 //! - [`audit`]: every write people make, in a bounded window.
 //! - [`sessions`]: dashboard sign-ins, each tied to one user record.
+//! - [`certs`]: node certificates and revocation epochs.
 //!
 //! State lives in the store's `identity` tree: `user/<name>`
 //! ([`UserRecord`]), `token/<id>` ([`TokenRecord`]), `cert/<serial>`
@@ -20,9 +21,11 @@
 //! a new join token issues one in the new epoch.
 
 pub(crate) mod audit;
+mod certs;
 pub(crate) mod listener;
 pub(crate) mod sessions;
 
+use certs::{CertEntry, CertRecord, Certs, NodeAccess};
 use harvester_api::identity::{ClientConfig, Context, Role, TokenInfo, UserInfo};
 use harvester_pki::{Ca, CertInfo, Issued, JoinToken};
 use serde::{Deserialize, Serialize};
@@ -74,29 +77,6 @@ struct UserRecord {
     uid: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CertRecord {
-    node: String,
-    not_after: u64,
-    issued: u64,
-    revoked: bool,
-    /// The node's revocation epoch when this was issued.
-    #[serde(default)]
-    epoch: u64,
-}
-
-/// A node's revocation epoch: certificates of another epoch never work.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NodeAccess {
-    epoch: u64,
-}
-
-/// Certificate records kept per node: a board uses its newest; a node
-/// renewing in a loop replaces its own older ones, it cannot grow the store.
-const CERTS_PER_NODE: usize = 4;
-
 /// Why a join token or a credential was refused: one line, what to do.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refusal {
@@ -137,61 +117,6 @@ impl From<sled::Error> for Refusal {
 impl From<serde_json::Error> for Refusal {
     fn from(e: serde_json::Error) -> Refusal {
         Refusal::Store(format!("the hub's identity store holds an unreadable record: {e}"))
-    }
-}
-
-/// What the check every request makes needs of a certificate.
-#[derive(Debug, Clone)]
-struct CertEntry {
-    node: String,
-    epoch: u64,
-    issued: u64,
-    not_after: u64,
-    /// Marked by a revocation (the epoch says it too; records written
-    /// before epochs existed say it only here).
-    revoked: bool,
-}
-
-impl CertEntry {
-    fn of(r: &CertRecord) -> CertEntry {
-        CertEntry {
-            node: r.node.clone(),
-            epoch: r.epoch,
-            issued: r.issued,
-            not_after: r.not_after,
-            revoked: r.revoked,
-        }
-    }
-}
-
-/// Node certificates and revocation epochs, as the store holds them.
-#[derive(Default)]
-struct Certs {
-    by_serial: HashMap<String, CertEntry>,
-    epochs: HashMap<String, u64>,
-}
-
-impl Certs {
-    fn epoch(&self, node: &str) -> u64 {
-        self.epochs.get(node).copied().unwrap_or(0)
-    }
-
-    /// Why `serial` (presented by `node`) does not work, if it does not.
-    fn refusal(&self, node: &str, serial: &str) -> Option<Refusal> {
-        match self.by_serial.get(serial) {
-            None => Some(Refusal::UnknownCertificate(node.to_string())),
-            Some(c) if c.revoked || c.node != node || c.epoch != self.epoch(node) => {
-                Some(Refusal::Revoked(node.to_string()))
-            }
-            Some(_) => None,
-        }
-    }
-
-    /// `node`'s certificates, oldest first.
-    fn of(&self, node: &str) -> Vec<(&String, &CertEntry)> {
-        let mut certs: Vec<(&String, &CertEntry)> = self.by_serial.iter().filter(|(_, c)| c.node == node).collect();
-        certs.sort_by(|a, b| a.1.issued.cmp(&b.1.issued).then_with(|| a.0.cmp(b.0)));
-        certs
     }
 }
 
@@ -542,16 +467,7 @@ impl Identities {
                 revoked: false,
                 epoch: certs.epoch(node),
             };
-            let (expired, kept): (Vec<_>, Vec<_>) =
-                certs.of(node).into_iter().partition(|(_, c)| c.not_after < horizon);
-            // The newest CERTS_PER_NODE stay, this one among them.
-            let over = (kept.len() + 1).saturating_sub(CERTS_PER_NODE);
-            let forget: Vec<String> = expired
-                .into_iter()
-                .chain(kept.into_iter().take(over))
-                .map(|(serial, _)| serial.clone())
-                .collect();
-            (record, forget)
+            (record, certs.to_forget(node, horizon))
         };
         let mut batch = sled::Batch::default();
         batch.insert(
@@ -613,12 +529,7 @@ impl Identities {
     }
 
     fn working_in(&self, certs: &Certs, node: &str) -> bool {
-        let horizon = self.collect_horizon();
-        let epoch = certs.epoch(node);
-        certs
-            .by_serial
-            .values()
-            .any(|c| c.node == node && !c.revoked && c.epoch == epoch && c.not_after > horizon)
+        certs.working(node, self.collect_horizon())
     }
 
     /// How many certificate records the hub keeps for `node`.
@@ -866,6 +777,7 @@ pub(crate) enum EnrolError {
 
 #[cfg(test)]
 mod tests {
+    use super::certs::CERTS_PER_NODE;
     use super::*;
     use harvester_pki::{CertInfo, NodeKey};
     use std::sync::Arc;

@@ -4,10 +4,14 @@
 
 use std::future::Future;
 use std::time::Duration;
+use tracing::Instrument;
+use tracing::instrument::WithSubscriber;
 
 /// Runs `make()` as a task, again after each panic (waiting `pause`, then
 /// twice that, up to a minute); ends when the task returns. Aborting the
-/// returned handle aborts the task it runs.
+/// returned handle aborts the task it runs. The task logs in the tracing
+/// span (and to the subscriber) of its caller: in a process running
+/// several nodes, its lines stay those of the node that started it.
 pub fn supervise<F, Fut>(
     name: &'static str,
     on_panic: impl Fn(&'static str) + Send + 'static,
@@ -18,10 +22,10 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
+    let supervisor = async move {
         let mut wait = pause;
         loop {
-            let mut task = AbortOnDrop(tokio::spawn(make()));
+            let mut task = AbortOnDrop(tokio::spawn(make().in_current_span().with_current_subscriber()));
             let outcome = task.await_it().await;
             match outcome {
                 Ok(()) => return,
@@ -35,7 +39,8 @@ where
                 Err(_) => return,
             }
         }
-    })
+    };
+    tokio::spawn(supervisor.in_current_span().with_current_subscriber())
 }
 
 /// Aborts the task when dropped: a supervisor aborted takes its task along.

@@ -16,8 +16,9 @@ fn init_logging() {
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        // A nodelet following a controller also sends its lines to the hub.
-        .with(harvester_nodelet::uplink::LogTap)
+        // A nodelet following a controller also sends its lines to the hub,
+        // each node's to its own buffer.
+        .with(harvester_nodelet::log_tap::LogTap)
         .init();
 }
 

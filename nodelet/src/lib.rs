@@ -11,6 +11,7 @@
 //! - `agent`: the link to the controller: watch, converge, report, run from disk when offline.
 //! - `standalone`: `harvester nodelet --standalone FILE`, with file watching.
 //! - [`uplink`]: log lines, readings, LED frame and buzzer activity pushed to the hub.
+//! - [`log_tap`]: which node a log line is from: each node's lines go to its own buffer.
 //! - `server`: the node's local HTTP endpoints (`/status`, `/metrics`, commands).
 //!
 //! The wasmtime configuration and the compile cache are the `harvester-engine`
@@ -22,6 +23,7 @@ mod bindings;
 pub mod events;
 pub mod hardware;
 mod host;
+pub mod log_tap;
 pub mod metrics;
 pub mod node;
 mod report;

@@ -8,6 +8,7 @@ use crate::hardware::sim::{self, SimHandles, SimProfile};
 use crate::hardware::{Hardware, rpi};
 use crate::metrics::Metrics;
 use crate::runtime::{RestartPolicy, Runtime, RuntimeOptions};
+use crate::uplink::LogBuffer;
 use anyhow::{Context, bail};
 use harvester_api::resources::Labels;
 use harvester_registry::RegistryOptions;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Which devices the node drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +202,20 @@ fn hardware(name: &str, cfg: &HardwareConfig) -> anyhow::Result<(Hardware, Optio
     Ok((hardware, profile.buzzer.then(|| handles.buzzer.clone())))
 }
 
-/// Runs the node until `shutdown`.
+/// Runs the node until `shutdown`, in its own span: its log lines (for the
+/// hub, when it follows one) go to its own buffer, whatever else runs in
+/// the process.
 pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let logs = matches!(config.mode, Mode::Hub { .. }).then(|| Arc::new(LogBuffer::new(crate::uplink::LOG_BUFFER)));
+    let span = crate::log_tap::node_span(&config.name, logs.as_ref());
+    run_node(config, logs, shutdown).instrument(span).await
+}
+
+async fn run_node(
+    config: NodeConfig,
+    logs: Option<Arc<LogBuffer>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     config.check()?;
     let (hardware, sim_buzzer) = hardware(&config.name, &config.hardware)?;
     tracing::info!(node = config.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
@@ -227,6 +241,9 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
         hardware,
         metrics.clone(),
     )?);
+    if let Some(logs) = &logs {
+        runtime.forward_plugin_lines(logs.clone());
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -234,13 +251,13 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
     let address = listener.local_addr()?;
     tracing::info!("serving /status and /metrics on http://{address}");
     let app = crate::server::router(config.name.clone(), runtime.clone(), metrics.clone(), sim_buzzer);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = crate::log_tap::spawn(async move { axum::serve(listener, app).await });
     let commands = tokio::net::TcpListener::bind(config.command_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--command-listen)", config.command_listen))?;
     tracing::info!("serving plugin commands on http://{}", commands.local_addr()?);
     let command_app = crate::server::command_router(runtime.clone());
-    let command_server = tokio::spawn(async move { axum::serve(commands, command_app).await });
+    let command_server = crate::log_tap::spawn(async move { axum::serve(commands, command_app).await });
 
     let result = match config.mode {
         Mode::Standalone { manifest, poll } => {
@@ -269,7 +286,7 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
                     address: address.to_string(),
                     trust,
                     registry: config.registry,
-                    logs: Some(crate::uplink::enable_log_tap()),
+                    logs,
                     compile,
                     collect_every,
                     plugin_memory,

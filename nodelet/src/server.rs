@@ -42,23 +42,36 @@ pub(crate) fn router(
     metrics: Arc<Metrics>,
     sim_buzzer: Option<Arc<crate::hardware::sim::SimBuzzer>>,
 ) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/status", get(status))
-        .route("/metrics", get(exposition))
-        .with_state(App {
-            node,
-            runtime,
-            metrics,
-            sim_buzzer,
-        })
+    in_node(
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/status", get(status))
+            .route("/metrics", get(exposition))
+            .with_state(App {
+                node,
+                runtime,
+                metrics,
+                sim_buzzer,
+            }),
+    )
+}
+
+/// Handles each request as part of the node serving it: the server runs
+/// each connection in a task of its own, which would not know the node.
+fn in_node(router: Router) -> Router {
+    let node = crate::log_tap::LogContext::current();
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| node.bind(next.run(req)),
+    ))
 }
 
 /// The plugin command endpoint, for the loopback-only listener.
 pub(crate) fn command_router(runtime: Arc<Runtime>) -> Router {
-    Router::new()
-        .route("/plugins/{name}/commands/{command}", post(command))
-        .with_state(runtime)
+    in_node(
+        Router::new()
+            .route("/plugins/{name}/commands/{command}", post(command))
+            .with_state(runtime),
+    )
 }
 
 async fn status(State(app): State<App>) -> Json<NodeStatus> {
@@ -87,7 +100,7 @@ async fn command(
     Query(args): Query<BTreeMap<String, String>>,
 ) -> Response {
     let args: Vec<(String, String)> = args.into_iter().collect();
-    let result = tokio::task::spawn_blocking(move || rt.command(&name, &command, args)).await;
+    let result = crate::log_tap::spawn_blocking(move || rt.command(&name, &command, args)).await;
     match result {
         Ok(Ok(answer)) => (StatusCode::OK, answer + "\n").into_response(),
         Ok(Err(e @ CommandError::NoSuchPlugin(_))) => (StatusCode::NOT_FOUND, e.to_string() + "\n").into_response(),

@@ -52,7 +52,7 @@ pub async fn sync(runtime: &Arc<Runtime>, manifest: &StandaloneManifest) -> usiz
             generation: None,
         };
         let rt = runtime.clone();
-        match tokio::task::spawn_blocking(move || rt.apply(spec)).await {
+        match crate::log_tap::spawn_blocking(move || rt.apply(spec)).await {
             Ok(Ok(Applied::Unchanged { .. })) => {}
             Ok(Ok(applied)) => tracing::debug!(plugin = p.name, ?applied, "applied"),
             // Already reported (log line, status, metric) by the runtime.
@@ -67,7 +67,7 @@ pub async fn sync(runtime: &Arc<Runtime>, manifest: &StandaloneManifest) -> usiz
     for name in runtime.plugin_names() {
         if !wanted.contains(&name.as_str()) {
             let rt = runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || rt.remove(&name)).await;
+            let _ = crate::log_tap::spawn_blocking(move || rt.remove(&name)).await;
         }
     }
     failures
@@ -121,7 +121,7 @@ pub async fn run(
         }
     }
     let rt = runtime.clone();
-    let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
+    let _ = crate::log_tap::spawn_blocking(move || rt.shutdown()).await;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
-//! The node's live report to the hub: its own log lines (tracing events of
-//! the process, through [`LogTap`]) and its plugins' (typed, from the
-//! runtime's reporter), telemetry readings, the LED frame and buzzer
-//! activity, pushed about once a second over the same outbound HTTP
+//! The node's live report to the hub: its own log lines (its tracing
+//! events, through [`crate::log_tap::LogTap`]) and its plugins' (typed,
+//! from the runtime's reporter), telemetry readings, the LED frame and
+//! buzzer activity, pushed about once a second over the same outbound HTTP
 //! connection the agent uses.
 //!
 //! Lines wait in a bounded buffer while the hub is unreachable; beyond it
@@ -10,12 +10,10 @@
 
 use crate::events::EventKind;
 use crate::runtime::Runtime;
-use harvester_api::live::{BuzzerActivity, LiveReading, LiveReport, LogLevel, LogLine, LogSource};
+use harvester_api::live::{BuzzerActivity, LiveReading, LiveReport, LogLine};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::Context;
 
 /// Lines kept while the hub is unreachable.
 pub const LOG_BUFFER: usize = 2000;
@@ -37,7 +35,8 @@ struct Buffered {
     dropped: u64,
 }
 
-/// Log lines waiting to go to the hub.
+/// A node's log lines waiting to go to the hub: one per node, made by its
+/// composition root ([`crate::node`]).
 #[derive(Default)]
 pub struct LogBuffer {
     inner: Mutex<Buffered>,
@@ -100,74 +99,6 @@ impl LogBuffer {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-static TAP: OnceLock<Arc<LogBuffer>> = OnceLock::new();
-
-/// Starts collecting this process's log lines for the hub.
-pub fn enable_log_tap() -> Arc<LogBuffer> {
-    TAP.get_or_init(|| Arc::new(LogBuffer::new(LOG_BUFFER))).clone()
-}
-
-/// A tracing layer that copies the node's own log events that pass the log
-/// filter into the buffer once [`enable_log_tap`] was called; free until
-/// then. Plugins' lines reach the buffer typed, not through here.
-pub struct LogTap;
-
-#[derive(Default)]
-struct Fields {
-    message: String,
-    plugin: Option<String>,
-    rest: String,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message = value.to_string(),
-            "plugin" => self.plugin = Some(value.to_string()),
-            name => {
-                use std::fmt::Write;
-                let _ = write!(self.rest, " {name}={value}");
-            }
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write;
-        match field.name() {
-            "message" => self.message = format!("{value:?}"),
-            "plugin" => self.plugin = Some(format!("{value:?}")),
-            name => {
-                let _ = write!(self.rest, " {name}={value:?}");
-            }
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let Some(buffer) = TAP.get() else { return };
-        if event.metadata().target() == crate::report::PLUGIN_LINES {
-            return;
-        }
-        let mut f = Fields::default();
-        event.record(&mut f);
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => LogLevel::Error,
-            tracing::Level::WARN => LogLevel::Warn,
-            tracing::Level::INFO => LogLevel::Info,
-            _ => LogLevel::Debug,
-        };
-        buffer.push(LogLine {
-            at: harvester_api::now_ms(),
-            node: String::new(),
-            plugin: f.plugin,
-            level,
-            source: LogSource::Node,
-            message: f.message + &f.rest,
-        });
     }
 }
 

@@ -21,8 +21,10 @@ fn plugin_name(target: &str) -> anyhow::Result<&str> {
     Ok(name)
 }
 
-/// Waits until every node runs the plugin's newest revision; fails when
-/// the rollout was rolled back, or when the revision fails where it runs.
+/// Waits until every node runs the plugin's newest revision and the
+/// rollout is complete (every node held the health rules for minReady: a
+/// revision can still be rolled back until then); fails when the rollout
+/// was rolled back, or when the revision fails where it runs.
 pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) -> anyhow::Result<()> {
     let name = plugin_name(target)?;
     let deadline = Instant::now() + timeout;
@@ -32,11 +34,12 @@ pub async fn rollout_status(client: &Client, target: &str, timeout: Duration) ->
         let generation = p.metadata.generation;
         let observed = p.status.as_ref().map_or(0, |s| s.observed_generation);
         let (done, total) = running_current(&p);
-        if observed == generation && total > 0 && done == total {
+        let rollout = p.status.as_ref().and_then(|s| s.rollout.as_ref());
+        let complete = rollout.is_none_or(|r| r.phase == RolloutPhase::Complete);
+        if observed == generation && total > 0 && done == total && complete {
             println!("plugin/{name}: generation {generation} runs on {done}/{total} nodes");
             return Ok(());
         }
-        let rollout = p.status.as_ref().and_then(|s| s.rollout.as_ref());
         if let Some(r) = rollout
             && r.phase == RolloutPhase::Aborted
             && observed == generation

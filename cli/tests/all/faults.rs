@@ -553,6 +553,60 @@ fn a_hundred_boards_come_back_to_a_restarted_hub_spread_out_and_all_ready_within
     runtime.shutdown_timeout(Duration::from_secs(5));
 }
 
+#[test]
+fn two_boards_in_one_process_each_post_only_their_own_log_lines() {
+    use harvester_nodelet::node::{self, NodeConfig};
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+    const BOARDS: [&str; 2] = ["left", "right"];
+    let fleet = Fleet::new();
+    let token = fleet.dir.path().join("pair-token");
+    std::fs::write(&token, fleet.token(&["--uses", "2", "--ttl", "1h"])).unwrap();
+    // Their lines are tapped for the hub as the harvester binary taps its own.
+    let tapped = tracing::Dispatch::new(tracing_subscriber::registry().with(harvester_nodelet::log_tap::LogTap));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for name in BOARDS {
+        let config = NodeConfig::simulated_follower(
+            name.into(),
+            fleet.dir.path().join(name),
+            format!("https://127.0.0.1:{}", fleet.port),
+            token.clone(),
+            Duration::from_secs(1),
+        );
+        let mut stopped = stopped.clone();
+        let board = node::run(config, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        runtime.spawn(board.with_subscriber(tapped.clone()));
+    }
+    // Each board logs its name when it starts and when it enrols.
+    // The lines the hub holds from a board (none before it enrols).
+    let posted = |board: &str| {
+        let out = fleet.cli(&["logs", &format!("node/{board}"), "--tail", "2000"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let enrolled = |board: &str| format!("enrolled with the hub as node {board}:");
+    wait_until(T, "both boards' enrolment lines at the hub", || {
+        let all = posted("left") + &posted("right");
+        BOARDS.iter().all(|b| all.contains(&enrolled(b)))
+    });
+    let _ = stop.send(true);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    for (board, other) in [("left", "right"), ("right", "left")] {
+        let lines = posted(board);
+        assert!(
+            !lines.contains(&enrolled(other)) && !lines.contains(&format!("node={other} ")),
+            "{board} posted a line of {other}:\n{lines}"
+        );
+        // Its start (logged before it enrolled) and its enrolment.
+        assert!(
+            lines.contains(&enrolled(board)) && lines.contains(&format!("hardware ready node={board} ")),
+            "{board}'s own lines:\n{lines}"
+        );
+    }
+}
+
 /// Text with its terminal colours taken out.
 fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -209,13 +209,24 @@ impl Fleet {
     }
 
     pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_harvester"))
-            .args(args)
-            .env("HARVESTER_CONFIG", self.dir.path().join("controller/admin.yaml"))
-            .env_remove("HARVESTER_SERVER")
-            .envs(env.iter().copied())
-            .output()
+        self.cli_command(args).envs(env.iter().copied()).output().unwrap()
+    }
+
+    /// The CLI started, not waited for: to watch what happens meanwhile.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cli_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap()
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_harvester"));
+        c.args(args)
+            .env("HARVESTER_CONFIG", self.dir.path().join("controller/admin.yaml"))
+            .env_remove("HARVESTER_SERVER");
+        c
     }
 
     pub fn cli_ok(&self, args: &[&str]) -> String {

@@ -67,6 +67,51 @@ fn hub_metric(f: &Fleet, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `rollout status`, watched while it waits: until each node held the
+/// health rules for minReady the revision can still go back, so the Plugin
+/// must not say Ready or Complete, and the command must not end, before the
+/// rollout is complete.
+fn follow_until_complete(f: &Fleet) {
+    let mut status = f.cli_spawn(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
+    let mut seen_waiting = false;
+    while status.try_wait().unwrap().is_none() {
+        let p = f.plugin("probe");
+        let phase = p["status"]["rollout"]["phase"].clone();
+        if phase != "Complete" {
+            let conditions = p["status"]["conditions"].as_array().unwrap();
+            let of = |kind: &str| conditions.iter().find(|c| c["type"] == kind).cloned().unwrap();
+            let (ready, progressing) = (of("Ready"), of("Progressing"));
+            assert!(
+                ready["status"] == "False" && progressing["reason"] != "Complete",
+                "the rollout is {phase} yet the Plugin says {ready} and {progressing}"
+            );
+            let all_run = p["status"]["nodes"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|n| n["generation"] == p["metadata"]["generation"] && n["phase"] == "Running");
+            seen_waiting |= all_run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = status.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("generation 3 runs on 4/4 nodes"), "{stdout}");
+    assert!(
+        stdout.contains("to be healthy for 2s"),
+        "it said what it waited for: {stdout}"
+    );
+    // Once it returned, the rollout is over: complete, not rolling out.
+    assert_eq!(rollout(f)["phase"], "Complete");
+    let history = f.cli_ok(&["rollout", "history", "plugin/probe"]);
+    assert!(!history.contains("rolling out"), "{history}");
+    assert!(seen_waiting, "every node ran it a while before it was complete");
+}
+
 const CANARY: &str = "    strategy: Canary\n    steps: [{nodes: 1}, {pause: {}}, {percent: 100}]\n    health: {minReady: 2s}\n    progressDeadline: 60s\n";
 
 #[test]
@@ -141,8 +186,7 @@ fn a_bad_canary_reaches_one_node_and_goes_back_a_good_one_waits_for_promote_and_
     }
     let said = f.cli_ok(&["rollout", "promote", "plugin/probe"]);
     assert!(said.contains("revision 3: promoted"), "{said}");
-    f.cli_ok(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
-    wait_phase(&f, "Complete", T);
+    follow_until_complete(&f);
     for port in &ports {
         assert_eq!(started(*port).last(), Some(&3));
     }
@@ -244,7 +288,7 @@ fn rolling_updates_one_node_at_a_time_resumes_after_a_hub_kill_and_an_offline_no
     wait_until(T, "two nodes on revision 2", || on_2(&ports) >= 2);
     f.restart_controller();
     f.cli_ok(&["rollout", "status", "plugin/probe", "--timeout", "60s"]);
-    wait_phase(&f, "Complete", T);
+    assert_eq!(rollout(&f)["phase"], "Complete", "rollout status waits for it");
     let mut swaps: Vec<(u64, u64)> = ports.iter().map(|p| swap_of(*p, 2).unwrap()).collect();
     for (port, n) in ports.iter().zip(NODES) {
         assert_eq!(started(*port), [1, 2], "{n} went once to revision 2, never back");

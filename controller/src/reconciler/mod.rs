@@ -516,17 +516,6 @@ impl Reconciler {
             placement.clashes.get(name).map(Vec::as_slice),
             placement.short_of_memory.get(name).map(Vec::as_slice),
         );
-        for c in &conditions {
-            for s in [
-                harvester_api::resources::ConditionStatus::True,
-                harvester_api::resources::ConditionStatus::False,
-            ] {
-                self.metrics
-                    .plugin_condition
-                    .with_label_values(&[name, c.kind.as_str(), s.as_str()])
-                    .set(i64::from(c.status == s));
-            }
-        }
         let rollout = &self.metrics.rollout_nodes;
         rollout.with_label_values(&[name, "placed"]).set(progress.placed as i64);
         rollout
@@ -537,6 +526,18 @@ impl Reconciler {
         if let Some(r) = &rollout {
             status::rollout_conditions(&mut conditions, r, plugin.spec.rollout.strategy);
             self.rollout_metrics(name, plan, &on_nodes);
+        }
+        // The conditions as the Plugin shows them, the rollout's included.
+        for c in &conditions {
+            for s in [
+                harvester_api::resources::ConditionStatus::True,
+                harvester_api::resources::ConditionStatus::False,
+            ] {
+                self.metrics
+                    .plugin_condition
+                    .with_label_values(&[name, c.kind.as_str(), s.as_str()])
+                    .set(i64::from(c.status == s));
+            }
         }
         status::merge_times(&mut conditions, &old.conditions, harvester_api::now_ms());
         let new = PluginStatusV1 {

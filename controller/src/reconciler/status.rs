@@ -92,6 +92,11 @@ pub(crate) struct Progress {
 /// What a rollout adds to a Plugin's conditions: the step in Progressing;
 /// `Paused` while it waits; `RolledBack` once it aborted, with Ready and
 /// Progressing saying so instead of waiting for nodes that went back.
+///
+/// Node counts alone do not end a rollout: until every node has held the
+/// health rules for `minReady`, the revision may still be rolled back, so
+/// the Plugin is neither Ready nor Complete while the rollout is under way,
+/// even when every node already runs the newest generation.
 pub(crate) fn rollout_conditions(
     conditions: &mut Vec<Condition>,
     r: &harvester_api::rollout::RolloutStatus,
@@ -115,10 +120,28 @@ pub(crate) fn rollout_conditions(
                     ),
                 );
             }
-            (ConditionType::Progressing, RolloutPhase::Progressing | RolloutPhase::Paused)
-                if strategy != Strategy::AllAtOnce && !r.message.is_empty() =>
+            (ConditionType::Ready, RolloutPhase::Progressing | RolloutPhase::Paused)
+                if c.status == ConditionStatus::True =>
             {
-                c.message = format!("revision {}: {}", r.revision, r.message);
+                let waiting = if r.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.message)
+                };
+                *c = condition(
+                    ConditionType::Ready,
+                    false,
+                    Reason::RollingOut,
+                    format!("{}; revision {} is still rolling out{waiting}", c.message, r.revision),
+                );
+            }
+            (ConditionType::Progressing, RolloutPhase::Progressing | RolloutPhase::Paused) => {
+                if c.reason == Reason::Complete {
+                    *c = condition(ConditionType::Progressing, true, Reason::RollingOut, c.message.clone());
+                }
+                if strategy != Strategy::AllAtOnce && !r.message.is_empty() {
+                    c.message = format!("revision {}: {}", r.revision, r.message);
+                }
             }
             _ => {}
         }
@@ -396,6 +419,83 @@ mod tests {
             (Reason::NodeNotReady, "not ready: zero")
         );
         assert_eq!(get(&cs, ConditionType::Ready).message, "1/2 nodes run generation 1");
+    }
+
+    #[test]
+    fn a_rollout_within_its_min_ready_window_is_neither_ready_nor_complete() {
+        use ConditionStatus::{False, True};
+        use harvester_api::rollout::{RolloutPhase, RolloutStatus, Strategy};
+        // Every node already runs generation 2: the counts alone say done.
+        let states = nodes(&[
+            ("n1", on(Phase::Running, 2, None, "")),
+            ("n3", on(Phase::Running, 2, None, "")),
+        ]);
+        let waiting = RolloutStatus {
+            revision: 2,
+            stable_revision: 1,
+            phase: RolloutPhase::Progressing,
+            message: "2/2 nodes on revision 2; waiting for n3 to be healthy for 2s".into(),
+            ..Default::default()
+        };
+        let with = |r: &RolloutStatus, strategy: Strategy| {
+            let (mut cs, _) = plugin_conditions(2, &states, |_| true, None, None);
+            rollout_conditions(&mut cs, r, strategy);
+            cs
+        };
+        for strategy in [Strategy::Rolling, Strategy::Canary] {
+            let cs = with(&waiting, strategy);
+            assert_eq!(
+                summary(&cs)[..3],
+                [
+                    ("Ready".into(), False, "RollingOut".into()),
+                    ("Progressing".into(), True, "RollingOut".into()),
+                    ("Degraded".into(), False, "AsExpected".into()),
+                ]
+            );
+            assert_eq!(
+                get(&cs, ConditionType::Ready).message,
+                "2/2 nodes run generation 2; revision 2 is still rolling out: 2/2 nodes on revision 2; waiting for n3 to be healthy for 2s"
+            );
+            assert_eq!(
+                get(&cs, ConditionType::Progressing).message,
+                "revision 2: 2/2 nodes on revision 2; waiting for n3 to be healthy for 2s"
+            );
+        }
+        // Paused by someone with every node on it: still not done.
+        let paused = RolloutStatus {
+            phase: RolloutPhase::Paused,
+            paused: true,
+            ..waiting.clone()
+        };
+        let cs = with(&paused, Strategy::Canary);
+        assert_eq!(get(&cs, ConditionType::Ready).status, False);
+        assert_eq!(get(&cs, ConditionType::Progressing).reason, Reason::RollingOut);
+        // Once each node held the rules for minReady: complete.
+        let complete = RolloutStatus {
+            stable_revision: 2,
+            phase: RolloutPhase::Complete,
+            message: String::new(),
+            ..waiting.clone()
+        };
+        let cs = with(&complete, Strategy::Rolling);
+        assert_eq!(
+            summary(&cs)[..3],
+            [
+                ("Ready".into(), True, "AllNodesRunning".into()),
+                ("Progressing".into(), False, "Complete".into()),
+                ("Degraded".into(), False, "AsExpected".into()),
+            ]
+        );
+        assert_eq!(get(&cs, ConditionType::Ready).message, "2/2 nodes run generation 2");
+        // A node still starting it: rolling out either way.
+        let states = nodes(&[
+            ("n1", on(Phase::Running, 2, None, "")),
+            ("n3", on(Phase::Loading, 2, None, "")),
+        ]);
+        let (mut cs, _) = plugin_conditions(2, &states, |_| true, None, None);
+        rollout_conditions(&mut cs, &waiting, Strategy::Rolling);
+        assert_eq!(get(&cs, ConditionType::Ready).message, "1/2 nodes run generation 2");
+        assert_eq!(get(&cs, ConditionType::Progressing).status, True);
     }
 
     #[test]

@@ -209,6 +209,57 @@ fn a_canary_waits_at_its_pause_until_promoted_then_updates_the_rest() {
 }
 
 #[test]
+fn every_node_running_the_revision_is_not_complete_until_each_held_min_ready() {
+    // A promoted canary: the rest of the nodes start it at once.
+    let mut f = Fleet::new();
+    let canary = spec("strategy: Canary\nsteps: [{nodes: 1}, {pause: {}}, {percent: 100}]\nhealth: {minReady: 10s}");
+    let s = f.advance(None, &canary, 0);
+    f.obey(&s, |r| r);
+    let s = f.advance(Some(&s), &canary, S);
+    let mut s = f.advance(Some(&s), &canary, 11 * S);
+    assert_eq!(s.phase, RolloutPhase::Paused);
+    s.promote = Some(3);
+    let s = f.advance(Some(&s), &canary, 12 * S);
+    assert_eq!(on(&s, 2), NAMES);
+    f.obey(&s, |r| r);
+    let s = f.advance(Some(&s), &canary, 13 * S);
+    // Every node runs it, and a failure now would still roll it back.
+    let s = f.advance(Some(&s), &canary, 23 * S - 1);
+    assert_eq!(s.phase, RolloutPhase::Progressing, "{s:?}");
+    assert_eq!(s.stable_revision, 1);
+    assert!(
+        s.message.ends_with("waiting for n2, n3, n4 to be healthy for 10s"),
+        "{}",
+        s.message
+    );
+    let s = f.advance(Some(&s), &canary, 23 * S);
+    assert_eq!((s.phase, s.stable_revision), (RolloutPhase::Complete, 2), "{s:?}");
+
+    // Rolling: the last node to update holds the rollout for its minReady.
+    let mut f = Fleet::new();
+    let spec = spec("strategy: Rolling\nmaxUnavailable: 1\nhealth: {minReady: 2s}");
+    let mut s = f.advance(None, &spec, 0);
+    let mut t = 0;
+    while on(&s, 2).len() < NAMES.len() {
+        f.obey(&s, |r| r);
+        t += S;
+        s = f.advance(Some(&s), &spec, t);
+        t += 2 * S;
+        s = f.advance(Some(&s), &spec, t);
+    }
+    f.obey(&s, |r| r);
+    let s = f.advance(Some(&s), &spec, t + S);
+    assert_eq!(s.phase, RolloutPhase::Progressing, "{s:?}");
+    assert!(
+        s.message.contains("waiting for n4 to be healthy for 2s"),
+        "{}",
+        s.message
+    );
+    let s = f.advance(Some(&s), &spec, t + 3 * S);
+    assert_eq!(s.phase, RolloutPhase::Complete, "{s:?}");
+}
+
+#[test]
 fn a_node_offline_mid_rollout_does_not_hang_it_the_deadline_decides() {
     let mut f = Fleet::new();
     f.ready[1] = false;

@@ -23,7 +23,7 @@ pub(super) async fn run(agent: Arc<Agent>, every: Duration) {
             continue;
         };
         let agent = agent.clone();
-        match tokio::task::spawn_blocking(move || agent.collect(before)).await {
+        match crate::log_tap::spawn_blocking(move || agent.collect(before)).await {
             Ok(Ok(s)) if s.entries == 0 => {}
             Ok(Ok(s)) => tracing::info!(
                 entries = s.entries,

@@ -152,7 +152,7 @@ impl Agent {
             }
             let agent = self.clone();
             let attempt = a.clone();
-            let task = tokio::spawn(async move {
+            let task = crate::log_tap::spawn(async move {
                 let slot = agent.converged.slots.acquire().await;
                 let result = agent.run_assignment(&attempt).await;
                 drop(slot);
@@ -186,7 +186,7 @@ impl Agent {
             if !wanted.contains(&name.as_str()) {
                 lock(&self.converged.applied).remove(&name);
                 let rt = self.runtime.clone();
-                let _ = tokio::task::spawn_blocking(move || rt.remove(&name)).await;
+                let _ = crate::log_tap::spawn_blocking(move || rt.remove(&name)).await;
             }
         }
         self.report_now.notify_one();
@@ -305,7 +305,7 @@ impl Agent {
         };
         let rt = self.runtime.clone();
         let _loading = self.converged.loading.acquire().await;
-        tokio::task::spawn_blocking(move || rt.apply(spec))
+        crate::log_tap::spawn_blocking(move || rt.apply(spec))
             .await
             .map_err(|e| Failure::transient(g, harvester_api::Reason::LoadFailed, e))?
             .map_err(|e| Failure::transient(g, harvester_api::Reason::LoadFailed, format!("{e:#}")))?;

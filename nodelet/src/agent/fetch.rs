@@ -28,7 +28,7 @@ impl Agent {
         let g = a.generation;
         let digest = a.digest;
         let store = self.store.clone();
-        let local = tokio::task::spawn_blocking(move || store.get(&digest))
+        let local = crate::log_tap::spawn_blocking(move || store.get(&digest))
             .await
             .map_err(|e| Failure::transient(g, Reason::PullFailed, e))?
             .map_err(|e| Failure::transient(g, Reason::PullFailed, format!("local store: {e}")))?;
@@ -53,7 +53,7 @@ impl Agent {
         }
         let store = self.store.clone();
         let b = bytes.clone();
-        tokio::task::spawn_blocking(move || store.put(&digest, &b))
+        crate::log_tap::spawn_blocking(move || store.put(&digest, &b))
             .await
             .map_err(|e| Failure::transient(g, Reason::PullFailed, e))?
             .map_err(|e| Failure::transient(g, Reason::PullFailed, format!("local store: {e}")))?;

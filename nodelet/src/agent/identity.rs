@@ -162,7 +162,7 @@ pub(crate) async fn establish(
     let ca_pem = loop {
         let (h, t) = (host.clone(), token.clone());
         let probed =
-            tokio::task::spawn_blocking(move || harvester_pki::tls::probe_hub(&h, port, &t, Duration::from_secs(5)))
+            crate::log_tap::spawn_blocking(move || harvester_pki::tls::probe_hub(&h, port, &t, Duration::from_secs(5)))
                 .await?;
         match probed {
             Ok(ca) => break ca,

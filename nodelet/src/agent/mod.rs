@@ -51,7 +51,8 @@ pub(crate) struct AgentOptions {
     pub address: String,
     pub trust: TrustPolicy,
     pub registry: RegistryOptions,
-    /// This process's log lines, sent to the hub with the live report.
+    /// This node's log lines (its own and its plugins'), sent to the hub
+    /// with the live report.
     pub logs: Option<Arc<LogBuffer>>,
     pub compile: CompileMode,
     /// How often what no assignment needs is swept off the disk (and how
@@ -230,7 +231,7 @@ impl Agent {
         let Ok(json) = serde_json::to_vec_pretty(&assignments) else {
             return;
         };
-        let kept = tokio::task::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await;
+        let kept = crate::log_tap::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await;
         if matches!(kept, Ok(Ok(()))) {
             tracing::info!("the assignments are kept on disk again");
             self.unsaved.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -241,7 +242,7 @@ impl Agent {
     async fn run_command(&self, command: Command) {
         let rt = self.runtime.clone();
         let (plugin, name, args) = (command.plugin.clone(), command.name.clone(), command.args.clone());
-        let outcome = tokio::task::spawn_blocking(move || rt.command(&plugin, &name, args)).await;
+        let outcome = crate::log_tap::spawn_blocking(move || rt.command(&plugin, &name, args)).await;
         let result = match outcome {
             Ok(Ok(message)) => CommandResult { ok: true, message },
             Ok(Err(e)) => CommandResult {
@@ -274,13 +275,13 @@ impl Agent {
             match message? {
                 NodeMessage::Command { command } => {
                     let agent = self.clone();
-                    tokio::spawn(async move { agent.run_command(command).await });
+                    crate::log_tap::spawn(async move { agent.run_command(command).await });
                 }
                 NodeMessage::Assignments(assignments) => {
                     let path = assignments_path(&self.opts.data_dir);
                     let json = serde_json::to_vec_pretty(&assignments)?;
                     let kept =
-                        tokio::task::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await?;
+                        crate::log_tap::spawn_blocking(move || harvester_api::files::write_state(&path, &json)).await?;
                     // A full disk must not stop removals and config changes:
                     // they are applied all the same, and kept once it can
                     // (each report tries again).
@@ -312,9 +313,6 @@ pub(crate) async fn run(
     }
     for k in &opts.trust.keys {
         tracing::info!(key = k.fingerprint, file = %k.path.display(), "trusting signatures by this key");
-    }
-    if let Some(logs) = &opts.logs {
-        runtime.forward_plugin_lines(logs.clone());
     }
     let me = if opts.controller.starts_with("http://") {
         tracing::warn!("the controller is plain HTTP: no identity, nothing encrypted; for development only");
@@ -430,7 +428,7 @@ pub(crate) async fn run(
     judge.abort();
     converger.abort();
     let rt = agent.runtime.clone();
-    let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
+    let _ = crate::log_tap::spawn_blocking(move || rt.shutdown()).await;
     Ok(())
 }
 

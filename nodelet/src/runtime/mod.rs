@@ -232,7 +232,7 @@ impl Runtime {
         self.leds.frame()
     }
 
-    /// Sends plugins' own log lines, typed, to `buffer` (the uplink's).
+    /// Sends plugins' own log lines, typed, to `buffer` (the node's, for the hub).
     pub(crate) fn forward_plugin_lines(&self, buffer: Arc<crate::uplink::LogBuffer>) {
         self.report.forward_lines(buffer);
     }

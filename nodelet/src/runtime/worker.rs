@@ -106,9 +106,11 @@ impl Worker {
             healthy_ticks: 0,
             last_error: String::new(),
         };
+        // The plugin's thread logs as part of the node that started it.
+        let node = crate::log_tap::LogContext::current();
         std::thread::Builder::new()
             .name(format!("plugin-{plugin}"))
-            .spawn(move || worker.run(rx))
+            .spawn(move || node.run(|| worker.run(rx)))
     }
 
     fn run(mut self, rx: Receiver<Msg>) {

@@ -742,34 +742,67 @@ fn chaos_kills_restarts_and_an_apply_storm_lose_nothing_and_run_only_verified_co
         }
     }
     eprintln!("chaos: the hub has {expected:?}");
-    // Every node runs exactly what the hub has, and nothing else.
-    wait_until(Duration::from_secs(120), "every node runs what the hub says", || {
-        let generations: Vec<(&str, usize, u64)> = expected
-            .iter()
-            .map(|(name, v)| {
-                let p = fleet.plugin(name);
-                (*name, *v, p["metadata"]["generation"].as_u64().unwrap())
-            })
-            .collect();
-        nodes.iter().all(|n| {
+    // Every node runs exactly what the hub has, and nothing else. On a
+    // timeout, say what differed last.
+    let converged = |differs: &mut String| -> bool {
+        differs.clear();
+        let mut want = std::collections::BTreeMap::new();
+        for (name, v) in &expected {
+            let p = fleet.plugin(name);
+            let generation = p["metadata"]["generation"].as_u64().unwrap();
+            want.insert(*name, (generation, versions[*v].1.as_str()));
+        }
+        for n in nodes {
             let Some(s) = status(fleet.node_port(n)) else {
-                return false;
+                differs.push_str(&format!("{n}: no status\n"));
+                continue;
             };
             let on: Vec<Value> = s["plugins"].as_array().cloned().unwrap_or_default();
-            let runs_expected = generations.iter().all(|(name, v, generation)| {
-                on.iter().any(|x| {
-                    x["name"] == *name
-                        && x["phase"] == "Running"
+            for (name, (generation, component)) in &want {
+                let x = on.iter().find(|x| x["name"] == *name);
+                let runs = x.is_some_and(|x| {
+                    x["phase"] == "Running"
                         && x["generation"].as_u64() == Some(*generation)
-                        && x["componentDigest"] == versions[*v].1.as_str()
-                })
-            });
-            let nothing_else = on
-                .iter()
-                .all(|x| x["name"].as_str().is_some_and(|name| expected.contains_key(name)));
-            runs_expected && nothing_else
-        })
-    });
+                        && x["componentDigest"] == *component
+                });
+                if !runs {
+                    differs.push_str(&format!(
+                        "{n}: {name} should run generation {generation} ({component}); it has {}\n",
+                        x.map_or("nothing".to_string(), Value::to_string)
+                    ));
+                }
+            }
+            for x in &on {
+                if !x["name"].as_str().is_some_and(|name| want.contains_key(name)) {
+                    differs.push_str(&format!("{n}: runs {x}, which the hub does not have\n"));
+                }
+            }
+        }
+        differs.is_empty()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut differs = String::new();
+    while !converged(&mut differs) {
+        if std::time::Instant::now() > deadline {
+            // What the nodes said went wrong, in this life and earlier ones.
+            let mut said = String::new();
+            for n in nodes {
+                let mut text = logs.get(n).cloned().unwrap_or_default();
+                text.push_str(&std::fs::read_to_string(fleet.dir.path().join(format!("{n}.log"))).unwrap_or_default());
+                let text = plain(&text);
+                let errors: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+                    .collect();
+                said.push_str(&format!(
+                    "{n}:\n{}\n",
+                    errors[errors.len().saturating_sub(15)..].join("\n")
+                ));
+            }
+            panic!("the nodes never ran what the hub has within 120 s (seed {seed}):\n{differs}\n{said}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Every instantiation on every node was of an artifact whose signature
     // that node verified with the trusted key.

@@ -36,6 +36,105 @@ impl Drop for Namespace {
     }
 }
 
+/// `scripts/showcase` running in a network namespace of its own, its
+/// state in `state`.
+struct Showcase {
+    child: std::process::Child,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+    /// Kills what is left in its namespace when the test ends.
+    guard: Namespace,
+    /// What it printed so far.
+    printed: Vec<String>,
+}
+
+impl Showcase {
+    fn start(dir: &Path, state: &Path) -> Showcase {
+        let mut child = Command::new("unshare")
+            .args(["--net", "--map-root-user", "bash", "-c"])
+            .arg("ip link set lo up && exec bash scripts/showcase")
+            .current_dir(repo())
+            .env("HARVESTER_BIN", env!("CARGO_BIN_EXE_harvester"))
+            .env("HARVESTER_SHOWCASE_STATE", state)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    repo().join(".venv/bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env_remove("HARVESTER_CONFIG")
+            .env_remove("HARVESTER_CONTEXT")
+            .env_remove("HARVESTER_SERVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let out = lines_of(child.stdout.take().unwrap());
+        let err = lines_of(child.stderr.take().unwrap());
+        Showcase {
+            child,
+            out,
+            err,
+            guard: Namespace(None),
+            printed: Vec::new(),
+        }
+    }
+
+    /// Reads what it prints until a line contains `line`; fails with its
+    /// transcript if it stops first or takes over `within`.
+    fn until(&mut self, line: &str, within: Duration) {
+        let pid = self.child.id();
+        // Namespaced as soon as bash runs: the namespace is read once it is.
+        let own = netns(std::process::id());
+        let deadline = Instant::now() + within;
+        while !self.printed.iter().any(|l| l.contains(line)) {
+            if self.guard.0.is_none() {
+                self.guard.0 = netns(pid).filter(|ns| Some(ns) != own.as_ref());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left.min(Duration::from_secs(1))) {
+                Ok(l) => self.printed.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(_) => {
+                    // Its last words on stderr may trail its stdout.
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "the showcase stopped or took over {within:?} before printing {line:?}:\n{}",
+                        self.transcript()
+                    );
+                }
+            }
+        }
+    }
+
+    fn transcript(&self) -> String {
+        let errors: Vec<String> = self.err.try_iter().collect();
+        format!("{}\nstderr:\n{}", self.printed.join("\n"), errors.join("\n"))
+    }
+
+    /// Ctrl-C: the script stops everything it started, by itself.
+    fn interrupt(mut self) {
+        let ns = self
+            .guard
+            .0
+            .clone()
+            .expect("the showcase ran in its own network namespace");
+        assert!(in_netns(&ns).len() >= 6, "registry, hub, three boards and the script");
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        wait_until(Duration::from_secs(30), "the showcase stopped", || {
+            self.child.try_wait().unwrap().is_some()
+        });
+        wait_until(Duration::from_secs(5), "nothing left of it", || {
+            in_netns(&ns).is_empty()
+        });
+    }
+}
+
 #[test]
 fn the_showcase_script_brings_up_the_fleet_saying_what_it_does_and_ctrl_c_stops_it() {
     // Built here first, so the script reuses the builds rather than racing
@@ -45,56 +144,11 @@ fn the_showcase_script_brings_up_the_fleet_saying_what_it_does_and_ctrl_c_stops_
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("showcase");
-    let mut child = Command::new("unshare")
-        .args(["--net", "--map-root-user", "bash", "-c"])
-        .arg("ip link set lo up && exec bash scripts/showcase")
-        .current_dir(repo())
-        .env("HARVESTER_BIN", env!("CARGO_BIN_EXE_harvester"))
-        .env("HARVESTER_SHOWCASE_STATE", &state)
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                repo().join(".venv/bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
-        .env_remove("HARVESTER_CONFIG")
-        .env_remove("HARVESTER_CONTEXT")
-        .env_remove("HARVESTER_SERVER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("unshare (util-linux)");
-    let pid = child.id();
-    let out = lines_of(child.stdout.take().unwrap());
-    let err = lines_of(child.stderr.take().unwrap());
-    // Namespaced as soon as bash runs: the namespace is read once it is.
-    let mut guard = Namespace(None);
-    let own = netns(std::process::id());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut printed: Vec<String> = Vec::new();
-    let done = |printed: &[String]| printed.iter().any(|l| l.contains("Ctrl-C stops everything."));
-    while !done(&printed) {
-        if guard.0.is_none() {
-            guard.0 = netns(pid).filter(|ns| Some(ns) != own.as_ref());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match out.recv_timeout(left.min(Duration::from_secs(1))) {
-            Ok(line) => printed.push(line),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
-            Err(_) => {
-                let errors: Vec<String> = err.try_iter().collect();
-                panic!(
-                    "the showcase stopped or took over 300 s:\n{}\nstderr:\n{}",
-                    printed.join("\n"),
-                    errors.join("\n")
-                );
-            }
-        }
-    }
-    let errors: Vec<String> = err.try_iter().collect();
+    let began = Instant::now();
+    let mut showcase = Showcase::start(dir.path(), &state);
+    showcase.until("Ctrl-C stops everything.", Duration::from_secs(300));
+    let printed = showcase.printed.clone();
+    let errors: Vec<String> = showcase.err.try_iter().collect();
     let transcript = format!("{}\nstderr:\n{}", printed.join("\n"), errors.join("\n"));
 
     // It says what it does, in order, before each step.
@@ -158,15 +212,14 @@ fn the_showcase_script_brings_up_the_fleet_saying_what_it_does_and_ctrl_c_stops_
             .contains("dht22"),
         "the pi4 log has its plugins' lines"
     );
+    showcase.interrupt();
+    eprintln!("showcase: the first run came up and stopped in {:?}", began.elapsed());
+    let began = Instant::now();
 
-    // Ctrl-C: the script stops everything it started, by itself.
-    let ns = guard.0.clone().expect("the showcase ran in its own network namespace");
-    assert!(in_netns(&ns).len() >= 6, "registry, hub, three boards and the script");
-    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
-    wait_until(Duration::from_secs(30), "the showcase stopped", || {
-        child.try_wait().unwrap().is_some()
-    });
-    wait_until(Duration::from_secs(5), "nothing left of it", || {
-        in_netns(&ns).is_empty()
-    });
+    // A second run over the first one's state (its keys, hub and boards
+    // are there before the hub listens) comes up too.
+    let mut again = Showcase::start(dir.path(), &state);
+    again.until("Ctrl-C stops everything.", Duration::from_secs(120));
+    again.interrupt();
+    eprintln!("showcase: the second run came up and stopped in {:?}", began.elapsed());
 }

@@ -156,31 +156,55 @@ pub struct Mended {
 }
 
 /// Makes `dir` (created if missing, mode 0700) a folder only its owner can
-/// enter. When it exists with bits for its group or others (an older
+/// enter, and refuses one this process's user does not own: another local
+/// user's folder (or a link to it) could be read, or have keys planted in
+/// it, by them. When it exists with bits for its group or others (an older
 /// install made data folders 0750 and files 0644), takes those bits off it
-/// and everything in it, and says what it mended so the caller can log it.
-/// Symbolic links inside are left alone.
+/// and everything in it, and says what it mended so the caller can log it;
+/// an entry inside that another user owns is refused then too (they may
+/// have put it there while the folder was open). Symbolic links inside are
+/// left alone.
 pub fn private_folder(dir: &Path) -> io::Result<Mended> {
-    match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(PRIVATE_FOLDER)
-                .create(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_FOLDER))?;
-            return Ok(Mended::default());
+    if !dir.exists() {
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_FOLDER)
+            .create(dir)
+        {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
         }
-        Err(e) => return Err(e),
-        Ok(_) => {}
     }
-    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    let me = rustix::process::geteuid().as_raw();
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("{} is not a folder", dir.display())));
+    }
+    not_owned(dir, &meta, me)?;
+    let mode = meta.permissions().mode() & 0o7777;
     let mut mended = Mended::default();
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o077))?;
         mended.folder_was = Some(mode);
-        mended.entries = close_inside(dir);
+        mended.entries = close_inside(dir, me)?;
     }
     Ok(mended)
+}
+
+/// An error when `path` (with `meta`) is not `me`'s.
+fn not_owned(path: &Path, meta: &std::fs::Metadata, me: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == me {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "{} belongs to user {}, not to this process's user {me}: another user could read it or put keys in it; make it this user's (chown) after checking what is in it, or choose another folder",
+            path.display(),
+            meta.uid()
+        ),
+    ))
 }
 
 /// Makes every file and folder this process creates from now on its
@@ -192,28 +216,26 @@ pub fn owner_only_umask() {
 }
 
 /// Takes the group's and others' bits off everything under `dir`; how many
-/// entries it changed.
-fn close_inside(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+/// entries it changed. An entry another user owns stops it.
+fn close_inside(dir: &Path, me: u32) -> io::Result<usize> {
     let mut changed = 0;
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.path().symlink_metadata() else {
-            continue;
-        };
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = path.symlink_metadata()?;
+        not_owned(&path, &meta, me)?;
         if meta.file_type().is_symlink() {
             continue;
         }
         let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0
-            && std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & !0o077)).is_ok()
-        {
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & !0o077))?;
             changed += 1;
         }
         if meta.is_dir() {
-            changed += close_inside(&entry.path());
+            changed += close_inside(&path, me)?;
         }
     }
-    changed
+    Ok(changed)
 }
 
 /// Where the copy before the current one of a state file is kept.
@@ -482,6 +504,22 @@ mod tests {
             (mode(&dir), mode(&dir.join("store")), mode(&dir.join("store/db"))),
             (0o700, 0o700, 0o600)
         );
+
+        // Another user's folder, or a link to it, is never taken; nor is
+        // what another user put in ours while it was open.
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = private_folder(&theirs).unwrap_err();
+            assert!(err.to_string().contains("belongs to user 65534"), "{err}");
+            let link = dir.join("link");
+            std::os::unix::fs::symlink(&theirs, &link).unwrap();
+            assert!(private_folder(&link).is_err());
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let err = private_folder(&dir).unwrap_err();
+            assert!(err.to_string().contains("theirs belongs to user 65534"), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -194,7 +194,7 @@ pub fn restore(archive: &Path, data: &Path) -> anyhow::Result<Summary> {
             header.version
         );
     }
-    create_private_dir(data)?;
+    harvester_api::files::private_folder(data).with_context(|| format!("restoring into {}", data.display()))?;
     let db = sled::Config::new().path(data.join("store")).open()?;
     let mut summary = Summary {
         resource_version: header.resource_version,

@@ -182,7 +182,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mended = harvester_api::files::private_folder(&options.data)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", options.data.display()))?;
+        .map_err(|e| anyhow::anyhow!("the data folder {}: {e}", options.data.display()))?;
     if let Some(was) = mended.folder_was {
         tracing::warn!(
             dir = %options.data.display(),

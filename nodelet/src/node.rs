@@ -221,7 +221,7 @@ async fn run_node(
     tracing::info!(node = config.name, backend = hardware.backend, devices = ?hardware.inventory().devices, "hardware ready");
 
     let mended = harvester_api::files::private_folder(&config.data)
-        .with_context(|| format!("cannot create {}", config.data.display()))?;
+        .with_context(|| format!("the data folder {}", config.data.display()))?;
     if let Some(was) = mended.folder_was {
         tracing::warn!(
             dir = %config.data.display(),

@@ -23,6 +23,7 @@ pub(super) fn identify<B>(api: &Api, audience: Audience, request: &Request<B>) -
         return Ok(Identity::User {
             name: "anonymous".into(),
             role: Role::Admin,
+            uid: String::new(),
         });
     };
     let cert = request
@@ -96,7 +97,7 @@ fn ends_node_access(method: &Method, path: &str) -> bool {
 pub(crate) fn may_end_node_access(caller: &Identity, node: &str) -> Result<(), ApiError> {
     match caller {
         Identity::User { role: Role::Admin, .. } => Ok(()),
-        Identity::User { name, role } => Err(ApiError::forbidden(format!(
+        Identity::User { name, role, .. } => Err(ApiError::forbidden(format!(
             "user {name:?} ({}) may not end node {node:?}'s access (delete or revoke it): that needs the admin role",
             role.as_str()
         ))
@@ -136,7 +137,7 @@ pub(super) fn admit(audience: Audience, identity: &Identity, method: &Method, pa
         (_, Identity::Node { name, .. }) => Err(ApiError::forbidden(format!(
             "node {name:?} may use only the node protocol; people and tools use a user's token"
         ))),
-        (_, Identity::User { name, role }) => {
+        (_, Identity::User { name, role, .. }) => {
             let needed = required_role(audience, method, path).unwrap_or(Role::Admin);
             if *role >= needed {
                 Ok(())
@@ -302,6 +303,7 @@ mod tests {
         let viewer = Identity::User {
             name: "v".into(),
             role: Role::Viewer,
+            uid: String::new(),
         };
         let e = admit(Audience::People, &viewer, &Method::POST, "/api/v1alpha1/apply").unwrap_err();
         assert!(e.message().contains("needs the operator role"), "{}", e.message());

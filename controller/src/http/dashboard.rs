@@ -120,7 +120,7 @@ const PAGE_LOG_LINES: usize = 500;
 /// The page, or the sign-in page for who has no session.
 async fn index(State(page): State<Page>, super::access::Caller(caller): super::access::Caller) -> Response {
     match caller {
-        crate::identity::Identity::User { name, role } => {
+        crate::identity::Identity::User { name, role, .. } => {
             match page_with_state(&page, json!({"name": name, "role": role})) {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
@@ -196,7 +196,7 @@ async fn sign_in(State(page): State<Page>, headers: HeaderMap, body: axum::body:
     // A token as `user create` prints it carries the CA's hash in front.
     let credential = token.rsplit_once("::").map_or(token, |(_, c)| c);
     match ids.sign_in(credential) {
-        Ok((id, crate::identity::Identity::User { name, role })) => {
+        Ok((id, crate::identity::Identity::User { name, role, .. })) => {
             let cookie = format!(
                 "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
                 crate::identity::SESSION_LIFETIME.as_secs()
@@ -297,7 +297,7 @@ async fn state(
     Query(q): Query<StateQuery>,
 ) -> Result<Response, ApiError> {
     let mut snapshot = snapshot(&page, q.history)?;
-    if let crate::identity::Identity::User { name, role } = caller {
+    if let crate::identity::Identity::User { name, role, .. } = caller {
         snapshot["user"] = json!({"name": name, "role": role});
     }
     let mut r = axum::Json(snapshot).into_response();

@@ -202,7 +202,7 @@ async fn delete_user(State(api): State<Api>, Path(name): Path<String>) -> Result
 async fn whoami(State(api): State<Api>, Caller(caller): Caller) -> Result<Response, ApiError> {
     identities(&api)?;
     match caller {
-        Identity::User { name, role } => Ok(Json(WhoAmI { user: name, role }).into_response()),
+        Identity::User { name, role, .. } => Ok(Json(WhoAmI { user: name, role }).into_response()),
         _ => Err(ApiError::bad_request("whoami is for people; nodes know who they are")),
     }
 }

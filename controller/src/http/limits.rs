@@ -163,6 +163,7 @@ mod tests {
         let who = Identity::User {
             name: "a".into(),
             role: harvester_api::identity::Role::Viewer,
+            uid: String::new(),
         };
         let one = limits.stream(&who).unwrap();
         let _two = limits.stream(&who).unwrap();

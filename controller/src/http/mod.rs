@@ -171,7 +171,7 @@ impl Audience {
             && let Some(ids) = &api.identities
         {
             let (user, role) = match caller {
-                Some(crate::identity::Identity::User { name, role }) => (name, role.as_str().to_string()),
+                Some(crate::identity::Identity::User { name, role, .. }) => (name, role.as_str().to_string()),
                 Some(crate::identity::Identity::Node { name, .. }) => (format!("node/{name}"), String::new()),
                 _ if audience == Audience::Joining => ("join-token".to_string(), String::new()),
                 _ => ("anonymous".to_string(), String::new()),

@@ -39,10 +39,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Identity {
     Anonymous,
-    /// A person, by their bearer token.
+    /// A person, by their bearer token or session: `uid` names the user
+    /// record (a user made again under the same name is another one).
     User {
         name: String,
         role: Role,
+        uid: String,
     },
     /// A board, by its certificate. `expired`: past its validity, within
     /// the renewal grace; it may renew and nothing else.
@@ -328,6 +330,7 @@ impl Identities {
             Ok(Identity::User {
                 name: name.to_string(),
                 role: user.role,
+                uid: user.uid.clone(),
             })
         } else {
             Err(Refusal::UnknownToken)
@@ -605,7 +608,7 @@ impl Identities {
             users.get(&user).filter(|u| u.uid == uid).map(|u| u.role)
         };
         match role {
-            Some(role) => Some(Identity::User { name: user, role }),
+            Some(role) => Some(Identity::User { name: user, role, uid }),
             None => {
                 self.sessions.end(id);
                 None
@@ -627,9 +630,37 @@ impl Identities {
     /// Cancelled when the access of `who` ends: a node revoked or
     /// deleted, a user deleted. None for who has no end (anonymous).
     pub(crate) fn until_gone(&self, who: &Identity) -> CancellationToken {
-        match principal(who) {
-            Some(key) => lock(&self.gone).entry(key).or_default().clone(),
-            None => CancellationToken::new(),
+        let Some(key) = principal(who) else {
+            return CancellationToken::new();
+        };
+        let token = lock(&self.gone).entry(key).or_default().clone();
+        // An end between the request's check and the line above found no
+        // token of this stream to cancel: check again now that it is in
+        // place (an end from now on cancels it).
+        if !self.still_works(who) {
+            let ended = CancellationToken::new();
+            ended.cancel();
+            return ended;
+        }
+        token
+    }
+
+    /// Whether the credential `who` was identified by works still.
+    fn still_works(&self, who: &Identity) -> bool {
+        match who {
+            Identity::Anonymous => true,
+            Identity::User { name, uid, .. } => self
+                .users
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .is_some_and(|u| u.uid == *uid),
+            Identity::Node { name, serial, .. } => self
+                .certs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .refusal(name, serial)
+                .is_none(),
         }
     }
 
@@ -705,6 +736,7 @@ impl Identities {
         self.end_access(&Identity::User {
             name: name.to_string(),
             role: record.role,
+            uid: record.uid,
         });
         tracing::info!(user = name, sessions, "deleted a user");
         Ok(())
@@ -856,6 +888,34 @@ mod tests {
         assert!(hub.ids.renew("pi4", None, &csr("pi4")).is_err());
     }
 
+    /// A stream opened by a request checked before its credential ended,
+    /// but set up after: it ends at once, not at the next end.
+    #[test]
+    fn a_stream_set_up_after_its_credential_ended_ends_at_once() {
+        let hub = hub();
+        let cert = enrol(&hub.ids, "pi4");
+        let board = hub.ids.identify(None, Some(&cert)).unwrap();
+        hub.ids.revoke("pi4").unwrap();
+        assert!(hub.ids.until_gone(&board).is_cancelled());
+        let again = enrol(&hub.ids, "pi4");
+        let back = hub.ids.identify(None, Some(&again)).unwrap();
+        assert!(
+            !hub.ids.until_gone(&back).is_cancelled(),
+            "the board enrolled again streams"
+        );
+
+        let (token, _) = hub.ids.create_user("alice", Role::Viewer).unwrap();
+        let credential = token.rsplit_once("::").unwrap().1.to_string();
+        let alice = hub.ids.identify(Some(&credential), None).unwrap();
+        hub.ids.delete_user("alice").unwrap();
+        assert!(hub.ids.until_gone(&alice).is_cancelled());
+        hub.ids.create_user("alice", Role::Admin).unwrap();
+        assert!(
+            hub.ids.until_gone(&alice).is_cancelled(),
+            "the first alice's stream is not the second's"
+        );
+    }
+
     /// Sixty renewals in flight around a revocation: none of what they
     /// got works once the revocation answered.
     #[test]
@@ -966,7 +1026,7 @@ mod tests {
         let credential = token.rsplit_once("::").unwrap().1.to_string();
         let (id, _) = hub.ids.sign_in(&credential).unwrap();
         assert!(
-            matches!(hub.ids.session(&id), Some(Identity::User { ref name, role: Role::Viewer }) if name == "alice")
+            matches!(hub.ids.session(&id), Some(Identity::User { ref name, role: Role::Viewer, .. }) if name == "alice")
         );
         let streams = hub.ids.session_ended(&id);
         assert!(!streams.is_cancelled());

@@ -21,6 +21,11 @@ const PARALLEL_ATTEMPTS: usize = 4;
 /// The first wait after a failure, and the longest.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(15);
+/// Attempts at loading the same assignment: a load that failed for a
+/// passing reason (memory or CPU short for a moment, a process killed
+/// mid-compile) gets a few more; one that fails the same way every time
+/// costs no more than these, then waits for a new assignment.
+const LOAD_ATTEMPTS: u32 = 4;
 
 /// The version of a plugin this agent handed to the runtime.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +49,8 @@ struct Retry {
     assignment: Assignment,
     at: Instant,
     step: Duration,
+    /// Failed attempts at this assignment so far.
+    attempts: u32,
 }
 
 /// What converging left behind, for status reports, and what it is doing.
@@ -210,13 +217,11 @@ impl Agent {
             }
             Err(f) => {
                 let mut retries = lock(&self.converged.retries);
-                let step = match retries.get(&a.name) {
-                    Some(r) if r.assignment == *a => (r.step * 2).min(RETRY_MAX),
-                    _ => RETRY_FIRST,
+                let (step, attempts) = match retries.get(&a.name) {
+                    Some(r) if r.assignment == *a => ((r.step * 2).min(RETRY_MAX), r.attempts + 1),
+                    _ => (RETRY_FIRST, 1),
                 };
-                // The same bytes and config fail to load the same way: such
-                // an assignment waits for a new one.
-                let wait = if f.worth_retrying() {
+                let wait = if f.worth_retrying() || attempts < LOAD_ATTEMPTS {
                     harvester_api::jitter(step)
                 } else {
                     Duration::from_secs(86_400 * 365)
@@ -227,6 +232,7 @@ impl Agent {
                         assignment: a.clone(),
                         at: Instant::now() + wait,
                         step,
+                        attempts,
                     },
                 );
                 drop(retries);

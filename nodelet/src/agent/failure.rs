@@ -52,7 +52,8 @@ impl Failure {
 
     /// Whether trying again later may succeed: a registry or a hub may come
     /// back and a signature may be added, but the same bytes and config
-    /// fail to load the same way every time.
+    /// mostly fail to load the same way every time (they get a few more
+    /// attempts only).
     pub fn worth_retrying(&self) -> bool {
         self.reason != Reason::LoadFailed
     }

@@ -226,6 +226,7 @@ pub async fn run(
                 &options.data.join("admin.yaml"),
                 &local_url(options.listen),
                 options.node_cert_lifetime,
+                true,
             )?;
             let (chain, key) = match files {
                 Some((cert, key)) => harvester_pki::tls::read_identity(cert, key)?,

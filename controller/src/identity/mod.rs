@@ -157,22 +157,10 @@ fn ms(t: SystemTime) -> u64 {
 impl Identities {
     /// Opens the hub's identities: the CA in `pki` (made on first start)
     /// and the admin credential, whose client configuration is written to
-    /// `admin_file` for `server` (the token is made again if the file is gone).
+    /// `admin_file` for `server` (the token is made again if the file is
+    /// gone). `local_admin`: on the CA's first start, also add the admin
+    /// context to the client configuration of the user running the hub.
     pub(crate) fn open(
-        tree: sled::Tree,
-        audit: sled::Tree,
-        pki: &Path,
-        admin_file: &Path,
-        server: &str,
-        node_cert_lifetime: Duration,
-    ) -> anyhow::Result<Identities> {
-        Identities::open_with(tree, audit, pki, admin_file, server, node_cert_lifetime, true)
-    }
-
-    /// [`Identities::open`]; `local_admin`: on the CA's first start, also
-    /// add the admin context to the client configuration of the user
-    /// running the hub.
-    fn open_with(
         tree: sled::Tree,
         audit: sled::Tree,
         pki: &Path,
@@ -832,7 +820,7 @@ mod tests {
     }
 
     fn open(db: &sled::Db, dir: &Path) -> Identities {
-        Identities::open_with(
+        Identities::open(
             db.open_tree("identity").unwrap(),
             db.open_tree("audit").unwrap(),
             &dir.join("pki"),

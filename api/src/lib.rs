@@ -3,6 +3,7 @@
 //! - [`answers`]: what the hub's API answers besides objects (lists, apply
 //!   results, events, command answers, errors).
 //! - [`compiled`]: code a hub compiles for its nodes, and what it vouches for.
+//! - [`cross_site`]: requests a web page of another site could send, refused by every server.
 //! - [`digest`]: `sha256:` content digests; everything runs by digest.
 //! - [`files`]: sweeping folders of content-named files nothing needs any more.
 //! - [`grants`]: what a plugin may touch (deny by default), with scope checks.
@@ -27,6 +28,7 @@
 
 pub mod answers;
 pub mod compiled;
+pub mod cross_site;
 pub mod digest;
 pub mod files;
 pub mod grants;

@@ -337,8 +337,44 @@ impl Node {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         validate_header(&self.api_version, &self.metadata, &mut errors);
+        if let Err(e) = validate_address(&self.status.address) {
+            errors.push("status.address", e);
+        }
         errors.into_result()
     }
+}
+
+/// A node's `status.address`: empty, or `HOST:PORT` and nothing else (an IP
+/// address, `[IPv6]`, or a DNS name; a port 1-65535). Prometheus scrapes
+/// what the hub lists: a path, a query or another scheme must not get in.
+pub fn validate_address(address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Ok(());
+    }
+    let why = || format!("{address:?} is not HOST:PORT (an IP address, [IPv6] or a DNS name, and a port)");
+    if address.len() > 261 {
+        return Err(why());
+    }
+    let (host, port) = address.rsplit_once(':').ok_or_else(why)?;
+    if !port.bytes().all(|b| b.is_ascii_digit()) || !matches!(port.parse::<u32>(), Ok(1..=65535)) {
+        return Err(why());
+    }
+    let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            host.parse::<std::net::Ipv4Addr>().is_ok()
+                || (!host.is_empty()
+                    && host.len() <= 253
+                    && host.split('.').all(|label| {
+                        !label.is_empty()
+                            && label.len() <= 63
+                            && !label.starts_with('-')
+                            && !label.ends_with('-')
+                            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    }))
+        }
+    };
+    if ok { Ok(()) } else { Err(why()) }
 }
 
 /// Any object of this API, as a manifest document holds it.
@@ -475,6 +511,27 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, Vec<DocumentError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_address_is_host_and_port_only() {
+        for ok in ["", "127.0.0.1:9101", "pi4.local:9101", "[::1]:9101", "hub:1"] {
+            assert!(validate_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "169.254.169.254:80/latest/meta-data?",
+            "http://pi4:9101",
+            "pi4",
+            "pi4:0",
+            "pi4:65536",
+            "pi4:80#x",
+            "[::1]",
+            "::1:80",
+            "pi 4:80",
+            "-pi4:80",
+        ] {
+            assert!(validate_address(bad).is_err(), "{bad}");
+        }
+    }
 
     const PLUGIN: &str = "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {name: dht22, labels: {app: climate}}\nspec:\n  image: plugins/dht22/dht22.wasm\n  nodeSelector: {role: sensor}\n  grants: {dht22: {pin: 4}, leds: {indices: [1]}}\n  config: {HIGH_TEMP: 30.0}\n";
 

@@ -98,6 +98,18 @@ impl Mode {
     }
 }
 
+/// The header the hub wants on writes from its own clients.
+fn marker() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(harvester_api::cross_site::MARKER, "1".parse().unwrap());
+    h
+}
+
+/// A client builder sending [`marker`].
+fn marked() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().default_headers(marker())
+}
+
 /// A controller process and how to reach it as its admin.
 struct Hub {
     proc: Proc,
@@ -158,7 +170,7 @@ async fn controller_at(mode: Mode, data: &Path, extra: &[&str], port: u16) -> Hu
     args.extend_from_slice(extra);
     let proc = spawn(&args);
     let (scheme, http, ca) = match mode {
-        Mode::Plain => ("http", reqwest::Client::new(), None),
+        Mode::Plain => ("http", marked().build().unwrap(), None),
         Mode::Tls => {
             let file = data.join("admin.yaml");
             let t = Instant::now();
@@ -174,7 +186,7 @@ async fn controller_at(mode: Mode, data: &Path, extra: &[&str], port: u16) -> Hu
                 serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
             let c = config.context(None).unwrap().clone();
             let tls = harvester_pki::tls::client_config(&c.certificate_authority_data, None).unwrap();
-            let mut auth = reqwest::header::HeaderMap::new();
+            let mut auth = marker();
             auth.insert(
                 reqwest::header::AUTHORIZATION,
                 format!("Bearer {}", c.token).parse().unwrap(),
@@ -224,10 +236,10 @@ impl Hub {
     /// certificate over TLS; a plain client otherwise.
     async fn node_client(&self, name: &str) -> reqwest::Client {
         let (Some(ca), Some(token)) = (&self.ca, &self.token) else {
-            return reqwest::Client::new();
+            return marked().build().unwrap();
         };
         let key = harvester_pki::NodeKey::generate().unwrap();
-        let anonymous = reqwest::Client::builder()
+        let anonymous = marked()
             .tls_backend_preconfigured(harvester_pki::tls::client_config(ca, None).unwrap())
             .build()
             .unwrap();
@@ -244,10 +256,7 @@ impl Hub {
             .await
             .unwrap();
         let tls = harvester_pki::tls::client_config(ca, Some((&answer.certificate, &key.pem()))).unwrap();
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap()
+        marked().tls_backend_preconfigured(tls).build().unwrap()
     }
 }
 

@@ -84,6 +84,7 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> boo
 async fn apply(http: &reqwest::Client, server: &str, doc: String) {
     let resp = http
         .post(format!("{server}/api/v1alpha1/apply"))
+        .header(harvester_api::cross_site::MARKER, "1")
         .body(doc)
         .send()
         .await

@@ -141,16 +141,28 @@ impl Client {
             bail!("--server {server:?}: expected a URL like {DEFAULT_SERVER}");
         }
         let mut builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        let mut headers = reqwest::header::HeaderMap::new();
+        // What a page of another site cannot send: the hub refuses writes without it.
+        headers.insert(
+            harvester_api::cross_site::MARKER,
+            reqwest::header::HeaderValue::from_static("1"),
+        );
         match &config {
+            // A token is never sent in clear. A hub on plain HTTP is one
+            // without identities, on loopback only: it needs none.
+            Some(_) if server.starts_with("http://") && !loopback_url(&server) => bail!(
+                "not sending the client configuration's token to {server}: it would cross the network in clear; \
+                 use the hub's https:// address (a hub on plain HTTP listens on loopback only)"
+            ),
+            Some(_) if server.starts_with("http://") => {}
             Some(c) => {
                 let tls = harvester_pki::tls::client_config(&c.certificate_authority_data, None)
                     .context("the client configuration's certificate-authority-data")?;
                 let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", c.token))
                     .context("the client configuration's token is not a valid header value")?;
                 auth.set_sensitive(true);
-                builder = builder
-                    .tls_backend_preconfigured(tls)
-                    .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect());
+                headers.insert(reqwest::header::AUTHORIZATION, auth);
+                builder = builder.tls_backend_preconfigured(tls);
             }
             None if server.starts_with("https://") => bail!(
                 "no client configuration to reach {server}: harvester login {server} --token-file FILE, \
@@ -160,7 +172,7 @@ impl Client {
         }
         Ok(Client {
             base: format!("{}/api/v1alpha1", server.trim_end_matches('/')),
-            http: builder.build()?,
+            http: builder.default_headers(headers).build()?,
         })
     }
 
@@ -409,9 +421,28 @@ impl Client {
     }
 }
 
+/// Whether `url` (`http://HOST[:PORT]/...`) names this machine's loopback.
+fn loopback_url(url: &str) -> bool {
+    let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let host = harvester_api::cross_site::host_name(authority);
+    harvester_api::cross_site::loopback_names().iter().any(|l| l == host)
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_this_machine() {
+        assert!(loopback_url("http://127.0.0.1:7000"));
+        assert!(loopback_url("http://localhost:7000/"));
+        assert!(loopback_url("http://[::1]:7000"));
+        assert!(loopback_url("http://127.0.0.5"));
+        assert!(!loopback_url("http://192.0.2.10:7000"));
+        assert!(!loopback_url("http://hub.example:7000"));
+        assert!(!loopback_url("http://127.0.0.1.example:7000"));
+    }
 
     #[test]
     fn names_in_paths_are_encoded() {

@@ -33,4 +33,15 @@ mod server;
 mod standalone;
 pub mod uplink;
 
+/// The header the hub and this node's command listener want on every
+/// request ([`harvester_api::cross_site`]).
+pub(crate) fn marker_header() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        harvester_api::cross_site::MARKER,
+        reqwest::header::HeaderValue::from_static("1"),
+    );
+    h
+}
+
 pub use runtime::{Applied, PluginSpec, Runtime, RuntimeOptions};

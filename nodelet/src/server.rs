@@ -65,13 +65,34 @@ fn in_node(router: Router) -> Router {
     ))
 }
 
-/// The plugin command endpoint, for the loopback-only listener.
+/// The plugin command endpoint, for the loopback-only listener. A page of
+/// any site could make a browser on this machine post to it, so what such
+/// a page could send is refused ([`harvester_api::cross_site`]).
 pub(crate) fn command_router(runtime: Arc<Runtime>) -> Router {
     in_node(
         Router::new()
             .route("/plugins/{name}/commands/{command}", post(command))
-            .with_state(runtime),
+            .with_state(runtime)
+            .layer(axum::middleware::from_fn(not_from_another_site)),
     )
+}
+
+async fn not_from_another_site(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let seen = harvester_api::cross_site::Request {
+        method: request.method().as_str(),
+        host: text(header::HOST),
+        origin: text(header::ORIGIN),
+        content_type: text(header::CONTENT_TYPE),
+        authorization: headers.contains_key(header::AUTHORIZATION),
+        marker: headers.contains_key(harvester_api::cross_site::MARKER),
+    };
+    let loopback = harvester_api::cross_site::loopback_names();
+    match harvester_api::cross_site::refusal(&seen, "http", Some(&loopback)) {
+        Some(why) => (StatusCode::FORBIDDEN, why + "\n").into_response(),
+        None => next.run(request).await,
+    }
 }
 
 async fn status(State(app): State<App>) -> Json<NodeStatus> {

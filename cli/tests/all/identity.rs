@@ -626,3 +626,148 @@ fn people_act_by_their_role_from_their_own_configuration_and_are_audited() {
     let out = as_person(&bob_home, &["get", "plugins"]);
     assert!(stderr(&out).contains("no current context"), "{}", stderr(&out));
 }
+
+/// A web page of any site can make a browser on the hub's or a board's
+/// machine send simple requests to loopback: a hub without identities
+/// (where everyone is the admin) and a board's command listener refuse
+/// them, and whatever comes through another name.
+#[test]
+fn pages_of_other_sites_can_neither_write_to_a_plain_hub_nor_press_a_boards_buttons() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, commands) = (free_port(), free_port());
+    let _hub = Proc(
+        Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["controller", "--data"])
+            .arg(dir.path().join("hub"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{hub}"),
+                "--no-dashboard",
+                "--insecure-plain-http",
+            ])
+            .stderr(std::fs::File::create(dir.path().join("hub.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let manifest = dir.path().join("node.yaml");
+    std::fs::write(&manifest, "plugins: []\n").unwrap();
+    let _node = Proc(
+        Command::new(env!("CARGO_BIN_EXE_harvester"))
+            .args(["nodelet", "--standalone"])
+            .arg(&manifest)
+            .arg("--data")
+            .arg(dir.path().join("node"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--command-listen",
+                &format!("127.0.0.1:{commands}"),
+            ])
+            .stderr(std::fs::File::create(dir.path().join("node.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(T, "hub and board up", || {
+        http("GET", hub, "/healthz").is_some_and(|r| r.0 == 200)
+            && std::net::TcpStream::connect(("127.0.0.1", commands)).is_ok()
+    });
+    // A request as a browser sends it: any Host and headers.
+    let send = |port: u16, method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        s.write_all(format!("{head}\r\n{body}").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, out)
+    };
+    let here = format!("127.0.0.1:{hub}");
+    let plugin = format!(
+        "apiVersion: harvester.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: planted}}\nspec:\n  image: {}\n",
+        dir.path().join("x.wasm").display()
+    );
+    let page = [("Origin", "https://evil.example"), ("Content-Type", "text/plain")];
+    for (headers, what) in [
+        (&page[..], "a page's fetch with its Origin"),
+        (&page[1..], "a simple POST without an Origin"),
+        (
+            &[("Origin", "https://evil.example"), ("Content-Type", "application/yaml")][..],
+            "a foreign Origin",
+        ),
+    ] {
+        let (code, out) = send(hub, "POST", "/api/v1alpha1/apply", &here, headers, &plugin);
+        assert_eq!(code, 403, "{what}: {out}");
+    }
+    let (code, out) = send(
+        hub,
+        "GET",
+        "/api/v1alpha1/plugins",
+        &format!("evil.example:{hub}"),
+        &[],
+        "",
+    );
+    assert_eq!(code, 403, "a rebound name: {out}");
+    assert!(out.contains("not a name of this server"), "{out}");
+    assert_eq!(send(hub, "GET", "/api/v1alpha1/plugins/planted", &here, &[], "").0, 404);
+    // What the CLI sends passes (the plugin's file is missing: refused for that, not for its origin).
+    let (code, out) = send(
+        hub,
+        "POST",
+        "/api/v1alpha1/apply",
+        &here,
+        &[("X-Harvester", "1")],
+        &plugin,
+    );
+    assert!(code != 403 && out.contains("x.wasm"), "{out}");
+
+    let press = "/plugins/buzzer/commands/long";
+    let board = format!("127.0.0.1:{commands}");
+    for (host, headers) in [
+        (board.as_str(), &[][..]),
+        (
+            board.as_str(),
+            &[("Origin", "https://evil.example"), ("X-Harvester", "1")][..],
+        ),
+        ("evil.example", &[("X-Harvester", "1")][..]),
+    ] {
+        let (code, out) = send(commands, "POST", press, host, headers, "");
+        assert_eq!(code, 403, "{host} {headers:?}: {out}");
+    }
+    let (code, out) = send(commands, "POST", press, &board, &[("X-Harvester", "1")], "");
+    assert_eq!(code, 404, "a command from this machine's tools reaches the node: {out}");
+
+    // A node's address is HOST:PORT, never a URL for Prometheus to fetch.
+    let evil = r#"{"apiVersion":"harvester.dev/v1alpha1","kind":"Node","metadata":{"name":"evil"},"status":{"address":"169.254.169.254:80/latest/meta-data?"}}"#;
+    let (code, out) = send(
+        hub,
+        "PUT",
+        "/api/v1alpha1/nodes/evil/register",
+        &here,
+        &[("Content-Type", "application/json")],
+        evil,
+    );
+    assert_eq!(code, 422, "{out}");
+    assert!(out.contains("status.address"), "{out}");
+
+    // The CLI sends a token over plain HTTP only to this machine.
+    std::fs::write(
+        dir.path().join("remote.yaml"),
+        "current-context: c\ncontexts:\n- name: c\n  server: http://hub.example:7000\n  certificate-authority-data: x\n  token: alice.secret\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_harvester"))
+        .args(["get", "plugins", "--config"])
+        .arg(dir.path().join("remote.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("in clear"), "{}", stderr(&out));
+}

@@ -23,6 +23,7 @@
 
 mod access;
 mod compiled;
+mod cross_site;
 pub(crate) mod dashboard;
 mod enrol;
 mod error;
@@ -199,11 +200,17 @@ impl Audience {
 
 /// The API on one listener: every audience's routes.
 pub(crate) fn router(api: Api) -> Router {
+    // Each audience's guard identifies the caller first (401 before 403),
+    // then the request is checked for what another site's page could send.
+    let checked = |routes| cross_site::checked(routes, &api);
     Router::new()
-        .merge(Audience::People.serve(objects::routes().merge(rollout::routes()).merge(enrol::people()), &api))
-        .merge(Audience::Nodes.serve(nodes::routes().merge(compiled::routes()), &api))
-        .merge(Audience::Operators.serve(ops::routes(), &api))
-        .merge(Audience::Joining.serve(enrol::joining(), &api))
+        .merge(Audience::People.serve(
+            checked(objects::routes().merge(rollout::routes()).merge(enrol::people())),
+            &api,
+        ))
+        .merge(Audience::Nodes.serve(checked(nodes::routes().merge(compiled::routes())), &api))
+        .merge(Audience::Operators.serve(checked(ops::routes()), &api))
+        .merge(Audience::Joining.serve(checked(enrol::joining()), &api))
         .layer(DefaultBodyLimit::max(REQUEST_LIMIT))
         .with_state(api)
 }
@@ -298,6 +305,7 @@ mod tests {
             .method(method)
             .uri(uri)
             .header("host", "localhost:3000")
+            .header(harvester_api::cross_site::MARKER, "1")
             .body(Body::empty())
             .unwrap();
         app.clone().oneshot(request).await.unwrap().status()

@@ -57,6 +57,8 @@ async fn status(
     ThisNode(name): ThisNode,
     Json(status): Json<NodeStatusV1>,
 ) -> Result<Response, ApiError> {
+    harvester_api::resources::validate_address(&status.address)
+        .map_err(|e| ApiError::invalid(format!("status.address: {e}")))?;
     api.store
         .write_observed(Kind::Node, &name, |cur| {
             let Some(cur) = cur else {

@@ -138,7 +138,8 @@ async fn info(State(api): State<Api>) -> Json<harvester_api::answers::HubInfo> {
 async fn prometheus_targets(State(api): State<Api>) -> Result<Response, ApiError> {
     let mut groups = Vec::new();
     for node in api.store.list_as::<harvester_api::resources::Node>(Kind::Node)? {
-        if node.status.address.is_empty() {
+        // Stored before addresses were checked: never a scrape target.
+        if node.status.address.is_empty() || harvester_api::resources::validate_address(&node.status.address).is_err() {
             continue;
         }
         let mut labels = serde_json::Map::new();

@@ -175,7 +175,12 @@ pub(crate) async fn establish(
             Err(e) => anyhow::bail!("refusing to enrol: {e}"),
         }
     };
-    let http = with_tls(reqwest::Client::builder(), &ca_pem, None)?.build()?;
+    let http = with_tls(
+        reqwest::Client::builder().default_headers(crate::marker_header()),
+        &ca_pem,
+        None,
+    )?
+    .build()?;
     let request = CertificateRequest {
         node: name.to_string(),
         csr: key.csr(name)?,

@@ -87,7 +87,9 @@ pub(super) fn with_tls(
 }
 
 fn client(identity: Option<&NodeIdentity>) -> anyhow::Result<reqwest::Client> {
-    let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .default_headers(crate::marker_header());
     Ok(match identity {
         Some(id) => with_tls(builder, &id.ca_pem, Some(id))?.build()?,
         None => builder.build()?,

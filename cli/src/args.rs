@@ -93,6 +93,10 @@ pub enum Command {
         /// How long a node certificate lives (nodes renew at two thirds).
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         node_cert_ttl: harvester_api::DurationSpec,
+        /// How long the audit trail keeps an entry (2160h: 90 days); it also
+        /// keeps at most 64 MiB of entries, dropping the oldest first.
+        #[arg(long, value_name = "DURATION", default_value = "2160h")]
+        audit_retention: harvester_api::DurationSpec,
         /// Connections each listener (API, dashboard) holds at once; more
         /// are closed as they arrive.
         #[arg(long, value_name = "N", default_value_t = 4096)]

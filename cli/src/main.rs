@@ -98,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate_burst,
             max_streams,
             max_nodes,
+            audit_retention,
             insecure_plain_http,
         } => {
             let data = data.expect("clap requires --data without a subcommand");
@@ -132,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     data,
                     transport,
                     node_cert_lifetime: node_cert_ttl.as_duration(),
+                    audit_retention: audit_retention.as_duration(),
                     connections: harvester_controller::ConnectionLimits {
                         max_connections: max_connections.max(1),
                         handshake_timeout: handshake_timeout.as_duration(),

@@ -64,6 +64,9 @@ pub struct ControllerOptions {
     pub transport: Transport,
     /// How long a node certificate lives; nodes renew at two thirds.
     pub node_cert_lifetime: Duration,
+    /// How long the audit trail keeps an entry (it also keeps at most
+    /// `identity::audit::BUDGET` bytes of them).
+    pub audit_retention: Duration,
     /// What clients may hold of the listeners.
     pub connections: ConnectionLimits,
     /// Requests, streams and Nodes each identity may take.
@@ -221,7 +224,13 @@ pub async fn run(
         Transport::Tls { files, .. } => {
             let ids = identity::Identities::open(
                 store.open_tree("identity")?,
-                store.open_tree("audit")?,
+                identity::audit::Audit::new(
+                    store.open_tree("audit")?,
+                    identity::audit::Keep {
+                        age: options.audit_retention,
+                        bytes: identity::audit::BUDGET,
+                    },
+                ),
                 &options.data.join("pki"),
                 &options.data.join("admin.yaml"),
                 &local_url(options.listen),
@@ -309,6 +318,32 @@ pub async fn run(
             },
         )
     };
+    // Refusals of callers without an identity, summed up once a minute;
+    // entries past their age go even when nothing is written.
+    let auditor = identities.clone().map(|ids| {
+        let panics = metrics.task_panics.clone();
+        harvester_api::task::supervise(
+            "audit",
+            move |task| panics.with_label_values(&[task]).inc(),
+            Duration::from_secs(1),
+            move || {
+                let ids = ids.clone();
+                async move {
+                    let mut every = tokio::time::interval(Duration::from_secs(60));
+                    every.tick().await;
+                    loop {
+                        every.tick().await;
+                        let ids = ids.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            ids.audit().summarise_refusals();
+                            ids.audit().prune(harvester_api::now_ms());
+                        })
+                        .await;
+                    }
+                }
+            },
+        )
+    });
     let worker = {
         let (reconciler, panics) = (reconciler.clone(), metrics.task_panics.clone());
         harvester_api::task::supervise(
@@ -379,5 +414,8 @@ pub async fn run(
     }
     worker.abort();
     collector.abort();
+    if let Some(a) = auditor {
+        a.abort();
+    }
     Ok(())
 }

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub compile_peak_memory: IntGauge,
     pub http_requests: IntCounterVec,
     pub audit_events: IntCounterVec,
+    /// Refusals of callers without an identity: summed up in the audit
+    /// trail once a minute, not recorded one by one.
+    pub audit_anonymous_refusals: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -220,6 +223,14 @@ impl Metrics {
                         "Writes recorded in the audit trail by outcome (ok, rejected, refused, failed)",
                     ),
                     &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            audit_anonymous_refusals: register(
+                r,
+                IntCounter::new(
+                    "harvester_hub_audit_anonymous_refusals_total",
+                    "Requests without an identity (no credential, an unknown token, a wrong join token) that were refused; the audit trail sums them up by source address once a minute",
                 )
                 .expect("valid metric"),
             ),

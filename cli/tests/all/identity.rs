@@ -771,3 +771,154 @@ fn pages_of_other_sites_can_neither_write_to_a_plain_hub_nor_press_a_boards_butt
     assert!(!out.status.success());
     assert!(stderr(&out).contains("in clear"), "{}", stderr(&out));
 }
+
+/// `n` POSTs to `path` without a credential over `connections` kept-alive
+/// connections at once, each answered before the next batch is sent;
+/// their statuses, counted.
+fn flood(
+    hub: &crate::support::Hub,
+    path: &str,
+    n: usize,
+    connections: usize,
+) -> std::collections::BTreeMap<u16, usize> {
+    use std::io::{BufRead, Read};
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let (hub, path) = (hub.clone(), path.to_string());
+            std::thread::spawn(move || {
+                let mut statuses = std::collections::BTreeMap::new();
+                let mut s = hub.connect().unwrap();
+                let mut left = n / connections;
+                while left > 0 {
+                    let batch = left.min(100);
+                    for _ in 0..batch {
+                        hub.send(&mut s, "POST", &path, &[], b"");
+                    }
+                    let mut r = std::io::BufReader::new(&mut s);
+                    for _ in 0..batch {
+                        let (mut status, mut length) = (0u16, 0usize);
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            r.read_line(&mut line).unwrap();
+                            let l = line.trim_end().to_ascii_lowercase();
+                            if l.is_empty() {
+                                break;
+                            } else if let Some(code) = l.strip_prefix("http/1.1 ") {
+                                status = code[..3].parse().unwrap();
+                            } else if let Some(v) = l.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        r.read_exact(&mut body).unwrap();
+                        *statuses.entry(status).or_insert(0) += 1;
+                    }
+                    left -= batch;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut all = std::collections::BTreeMap::new();
+    for t in threads {
+        for (status, count) in t.join().unwrap() {
+            *all.entry(status).or_insert(0) += count;
+        }
+    }
+    all
+}
+
+/// Whoever reaches the port cannot wipe the audit trail: refusals of
+/// callers without an identity are counted by source and summed up, not
+/// recorded one by one, so people's entries stay; and what people do
+/// through the node protocol, a backup, a dashboard sign-in and a
+/// certificate request are each recorded under the person who did it.
+#[test]
+fn a_flood_without_an_identity_cannot_push_peoples_entries_out_of_the_audit_trail() {
+    let fleet = Fleet::new();
+    let hub = fleet.hub();
+    let token = fleet.cli_ok(&["user", "create", "vera", "--role", "viewer"]);
+    let credential = token.trim().rsplit_once("::").unwrap().1.to_string();
+    let vera = hub.with_token(&credential);
+    let (code, body) = vera.call("POST", "/api/v1alpha1/apply", "");
+    assert_eq!(code, 403, "{body}");
+
+    // More than the 10,000 entries the trail once held, in a second or so:
+    // refused, or throttled beyond the rate limit's burst of 10,000.
+    let statuses = flood(&hub.anonymous(), "/api/v1alpha1/apply", 12_000, 4);
+    let refused = statuses.get(&401).copied().unwrap_or(0);
+    assert!(refused >= 10_000, "{statuses:?}");
+    assert_eq!(
+        refused + statuses.get(&429).copied().unwrap_or(0),
+        12_000,
+        "{statuses:?}"
+    );
+
+    // People through the node protocol: a viewer refused, the admin acting
+    // as a node (there is none by that name).
+    let (code, _) = vera.call("POST", "/api/v1alpha1/nodes/pi4/heartbeat", "");
+    assert_eq!(code, 403);
+    let (code, _) = hub.call("POST", "/api/v1alpha1/nodes/ghost/heartbeat", "");
+    assert_eq!(code, 404);
+    // A viewer asking for a board's certificate is refused as herself.
+    let (code, body) = vera.call(
+        "POST",
+        "/api/v1alpha1/nodes/pi4/certificate",
+        r#"{"node": "pi4", "csr": "-"}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    // A backup takes the hub's keys: a read that is recorded.
+    let (code, _, _) = hub.raw("GET", "/api/v1alpha1/backup", &[], b"");
+    assert_eq!(code, 200);
+    // A dashboard sign-in is the person's.
+    let (code, _, body) = fleet.dashboard_hub().raw(
+        "POST",
+        "/api/session",
+        &[("X-Harvester", "1"), ("Content-Type", "application/json")],
+        format!("{{\"token\": \"{credential}\"}}").as_bytes(),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+
+    let trail = fleet.cli_ok(&["audit", "--since", "1h"]);
+    let lines: Vec<&str> = trail.lines().collect();
+    let has = |user: &str, action: &str, outcome: &str| {
+        lines.iter().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.get(1) == Some(&user) && l.contains(&format!(" {action} ")) && cells.contains(&outcome)
+        })
+    };
+    assert!(has("vera", "POST /api/v1alpha1/apply", "refused"), "{trail}");
+    assert!(
+        has("vera", "POST /api/v1alpha1/nodes/pi4/heartbeat", "refused"),
+        "{trail}"
+    );
+    assert!(
+        has("admin", "POST /api/v1alpha1/nodes/ghost/heartbeat", "rejected"),
+        "{trail}"
+    );
+    assert!(
+        has("vera", "POST /api/v1alpha1/nodes/pi4/certificate", "refused"),
+        "{trail}"
+    );
+    assert!(has("admin", "GET /api/v1alpha1/backup", "ok"), "{trail}");
+    assert!(has("vera", "POST /api/session", "ok"), "{trail}");
+    let anonymous: Vec<&&str> = lines.iter().filter(|l| l.contains(" anonymous ")).collect();
+    assert_eq!(anonymous.len(), 1, "one summary, not an entry a request: {trail}");
+    assert!(
+        anonymous[0].contains(&format!(
+            "refused {refused} requests without an identity from 1 address (top: 127.0.0.1 x{refused})"
+        )),
+        "{trail}"
+    );
+    let (_, metrics) = hub.call("GET", "/metrics", "");
+    assert!(
+        metrics.contains(&format!("harvester_hub_audit_anonymous_refusals_total {refused}")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("audit"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

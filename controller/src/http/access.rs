@@ -30,15 +30,16 @@ pub(super) fn identify<B>(api: &Api, audience: Audience, request: &Request<B>) -
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .and_then(|c| c.0.cert.as_ref());
-    // On the enrolment routes the bearer is a join token, read there; the
-    // dashboard has its own sessions.
+    // On the enrolment route the bearer is a join token, read there (a
+    // certificate request may come from a person, who is who they are);
+    // the dashboard has its own sessions.
     if audience == Audience::Dashboard {
         return Ok(super::dashboard::session_cookie(request.headers())
             .and_then(|id| ids.session(id))
             .unwrap_or(Identity::Anonymous));
     }
     let bearer = match audience {
-        Audience::Joining => None,
+        Audience::Joining if request.uri().path() == "/api/v1alpha1/enrol" => None,
         _ => bearer(request.headers()),
     };
     ids.identify(bearer, cert)

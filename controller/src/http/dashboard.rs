@@ -196,16 +196,21 @@ async fn sign_in(State(page): State<Page>, headers: HeaderMap, body: axum::body:
     // A token as `user create` prints it carries the CA's hash in front.
     let credential = token.rsplit_once("::").map_or(token, |(_, c)| c);
     match ids.sign_in(credential) {
-        Ok((id, crate::identity::Identity::User { name, role, .. })) => {
+        Ok((id, crate::identity::Identity::User { name, role, uid })) => {
             let cookie = format!(
                 "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
                 crate::identity::SESSION_LIFETIME.as_secs()
             );
-            (
+            let mut response = (
                 [(header::SET_COOKIE, cookie)],
-                axum::Json(json!({"user": name, "role": role})),
+                axum::Json(json!({"user": &name, "role": role})),
             )
-                .into_response()
+                .into_response();
+            // The audit trail records the sign-in as the person's.
+            response
+                .extensions_mut()
+                .insert(crate::identity::Identity::User { name, role, uid });
+            response
         }
         Ok(_) | Err(_) => {
             ApiError::unauthorized("unknown token: sign in with a user's token (harvester user create)").into_response()

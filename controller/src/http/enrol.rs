@@ -258,7 +258,10 @@ async fn audit(
     axum::extract::Query(q): axum::extract::Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(AUDIT_PAGE).min(AUDIT_PAGE);
-    let entries = identities(&api)?.audit().entries(q.since, q.user.as_deref(), limit);
+    let audit = identities(&api)?.audit();
+    // Refusals counted since the last minute's summary are shown too.
+    audit.summarise_refusals();
+    let entries = audit.entries(q.since, q.user.as_deref(), limit);
     Ok(Json(harvester_api::answers::List {
         resource_version: 0,
         items: entries,

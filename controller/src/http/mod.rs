@@ -144,6 +144,12 @@ impl Audience {
             // Throttled callers are counted, not logged or audited one by
             // one: a flood must not turn into a flood of log lines.
             Err(e) if e.status() == axum::http::StatusCode::TOO_MANY_REQUESTS => e.into_response(),
+            // Nor are callers without an identity: their refusals are
+            // summed up in the audit trail.
+            Err(e) if matches!(caller, None | Some(crate::identity::Identity::Anonymous)) => {
+                tracing::debug!(?peer, path, "refused: {}", e.message());
+                e.into_response()
+            }
             Err(e) => {
                 tracing::info!(?peer, path, "refused: {}", e.message());
                 e.into_response()
@@ -160,42 +166,75 @@ impl Audience {
             .http_requests
             .with_label_values(&[audience.as_str(), class])
             .inc();
-        // People's writes, enrolments and refusals of either: who, what,
-        // with what outcome, from where. A node's own reports are not.
-        let write = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
-        if write
-            && status != 429
-            && matches!(
-                audience,
-                Audience::People | Audience::Operators | Audience::Joining | Audience::Dashboard
-            )
-            && let Some(ids) = &api.identities
-        {
-            let (user, role) = match caller {
-                Some(crate::identity::Identity::User { name, role, .. }) => (name, role.as_str().to_string()),
-                Some(crate::identity::Identity::Node { name, .. }) => (format!("node/{name}"), String::new()),
-                _ if audience == Audience::Joining => ("join-token".to_string(), String::new()),
-                _ => ("anonymous".to_string(), String::new()),
-            };
-            let outcome = match status {
-                100..=399 => "ok",
-                401 | 403 => "refused",
-                400..=499 => "rejected",
-                _ => "failed",
-            };
-            api.metrics.audit_events.with_label_values(&[outcome]).inc();
-            ids.audit().record(&harvester_api::identity::AuditEntry {
-                time: harvester_api::now_ms(),
-                user,
-                role,
-                action: format!("{method} {path}"),
-                status,
-                outcome: outcome.to_string(),
-                source: peer.map(|p| p.to_string()).unwrap_or_default(),
-            });
+        if status != 429 {
+            // Who acted: a handler that learnt it (signing in) says so.
+            let who = response
+                .extensions()
+                .get::<crate::identity::Identity>()
+                .cloned()
+                .or(caller);
+            audit(&api, audience, who, &method, &path, status, peer);
         }
         response
     }
+}
+
+/// The audit trail of one answered request (not a throttled one: those
+/// are counted, not logged or audited one by one).
+///
+/// Identified callers' writes and refusals are entries: people's on any
+/// route (the node protocol's too), nodes' outside the node protocol (a
+/// node's own reports are not), and a backup, a read that takes the keys.
+/// A caller without an identity is an entry only for a board that
+/// enrolled; its refusals are counted by source address and summed up
+/// once a minute, so that whoever reaches the port cannot push people's
+/// entries out of the trail.
+fn audit(
+    api: &Api,
+    audience: Audience,
+    who: Option<crate::identity::Identity>,
+    method: &axum::http::Method,
+    path: &str,
+    status: u16,
+    peer: Option<std::net::SocketAddr>,
+) {
+    use crate::identity::Identity;
+    let Some(ids) = &api.identities else { return };
+    let write = !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let (user, role) = match who {
+        Some(Identity::User { name, role, .. }) => (name, role.as_str().to_string()),
+        Some(Identity::Node { .. }) if audience == Audience::Nodes => return,
+        Some(Identity::Node { name, .. }) => (format!("node/{name}"), String::new()),
+        Some(Identity::Anonymous) | None if status >= 400 => {
+            api.metrics.audit_anonymous_refusals.inc();
+            ids.audit().refused_anonymous(peer.map(|p| p.ip()));
+            return;
+        }
+        // Only a join token gets a caller without an identity in.
+        Some(Identity::Anonymous) | None if audience == Audience::Joining && write => {
+            ("join-token".to_string(), String::new())
+        }
+        Some(Identity::Anonymous) | None => return,
+    };
+    if !write && !path.starts_with("/api/v1alpha1/backup") {
+        return;
+    }
+    let outcome = match status {
+        100..=399 => "ok",
+        401 | 403 => "refused",
+        400..=499 => "rejected",
+        _ => "failed",
+    };
+    api.metrics.audit_events.with_label_values(&[outcome]).inc();
+    ids.audit().record(&harvester_api::identity::AuditEntry {
+        time: harvester_api::now_ms(),
+        user,
+        role,
+        action: format!("{method} {path}"),
+        status,
+        outcome: outcome.to_string(),
+        source: peer.map(|p| p.to_string()).unwrap_or_default(),
+    });
 }
 
 /// The API on one listener: every audience's routes.

@@ -5,7 +5,8 @@
 //! writes its client configuration for the local admin.
 //!
 //! - [`listener`]: TLS on the hub's listeners; who is at the other end.
-//! - [`audit`]: every write people make, in a bounded window.
+//! - [`audit`]: what identified callers did, kept by age and size; refusals
+//!   of callers without an identity, counted.
 //! - [`sessions`]: dashboard sign-ins, each tied to one user record.
 //! - [`certs`]: node certificates and revocation epochs.
 //!
@@ -162,7 +163,7 @@ impl Identities {
     /// context to the client configuration of the user running the hub.
     pub(crate) fn open(
         tree: sled::Tree,
-        audit: sled::Tree,
+        audit: audit::Audit,
         pki: &Path,
         admin_file: &Path,
         server: &str,
@@ -265,7 +266,7 @@ impl Identities {
             certs: RwLock::new(certs),
             gone: Mutex::new(HashMap::new()),
             writes: Mutex::new(()),
-            audit: audit::Audit::new(audit),
+            audit,
             sessions: sessions::Sessions::default(),
             node_cert_lifetime,
             #[cfg(test)]
@@ -822,7 +823,7 @@ mod tests {
     fn open(db: &sled::Db, dir: &Path) -> Identities {
         Identities::open(
             db.open_tree("identity").unwrap(),
-            db.open_tree("audit").unwrap(),
+            audit::Audit::new(db.open_tree("audit").unwrap(), Default::default()),
             &dir.join("pki"),
             &dir.join("admin.yaml"),
             "https://127.0.0.1:1",

@@ -453,7 +453,18 @@ mod tests {
             }
             store.write(Kind::Plugin, "p0", |_| Ok(Write::Delete)).await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        // A store just dropped may keep its lock for a moment while
+        // sled's flusher thread ends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        };
         assert_eq!(store.resource_version(), 6);
         assert_eq!(store.list(Kind::Plugin).unwrap().len(), 4);
         assert_eq!(

@@ -225,9 +225,24 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, keep: Keep) -> (sled::Db, Audit) {
-        let db = sled::Config::new().path(dir).open().unwrap();
+        let db = reopen(dir);
         let audit = Audit::new(db.open_tree("audit").unwrap(), keep);
         (db, audit)
+    }
+
+    /// The store in `dir`: a store just dropped may keep its lock for a
+    /// moment while sled's flusher thread ends.
+    fn reopen(dir: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("opening the store in {}: {e}", dir.display()),
+            }
+        }
     }
 
     const DAY_MS: u64 = 86_400_000;

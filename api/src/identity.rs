@@ -35,6 +35,10 @@ pub struct TokenRequest {
     pub uses: u32,
     #[serde(default)]
     pub description: String,
+    /// The labels a board enrolling with it gets at its first
+    /// registration; none: the board proposes its own, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<crate::resources::Labels>,
 }
 
 /// A join token as lists show it: never its secret.
@@ -47,6 +51,19 @@ pub struct TokenInfo {
     pub created: u64,
     #[serde(default)]
     pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<crate::resources::Labels>,
+}
+
+/// The answer to a board's registration: the labels the hub keeps for it
+/// (set at its first registration; people change them after that), and
+/// whether the ones it proposed were set aside.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    pub labels: crate::resources::Labels,
+    #[serde(default)]
+    pub proposed_ignored: bool,
 }
 
 /// The answer to `POST /api/v1alpha1/tokens`: the token, shown once.

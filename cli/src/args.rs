@@ -477,6 +477,10 @@ pub enum TokenCommand {
         /// What it is for, shown by token list.
         #[arg(long, default_value = "")]
         description: String,
+        /// The labels a board enrolling with it gets (KEY=VALUE,...); without
+        /// them the board proposes its --labels once, at its first start.
+        #[arg(long, value_name = "KEY=VALUE,...")]
+        labels: Option<String>,
     },
     /// List join tokens (never their secrets).
     #[command(after_help = "Examples:\n  harvester token list")]

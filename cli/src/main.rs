@@ -245,8 +245,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::delete(&client()?, kind.as_deref(), name.as_deref(), file.as_deref()).await
         }
         Command::Token { command } => match command {
-            TokenCommand::Create { ttl, uses, description } => {
-                commands::identity::token_create(&client()?, ttl.as_duration(), uses, &description).await
+            TokenCommand::Create {
+                ttl,
+                uses,
+                description,
+                labels,
+            } => {
+                let labels = labels
+                    .map(|l| harvester_api::resources::parse_labels(&l).map_err(|e| anyhow::anyhow!("--labels: {e}")))
+                    .transpose()?;
+                commands::identity::token_create(&client()?, ttl.as_duration(), uses, &description, labels).await
             }
             TokenCommand::List => commands::identity::token_list(&client()?).await,
             TokenCommand::Delete { id } => commands::identity::token_delete(&client()?, &id).await,

@@ -10,12 +10,19 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Makes a join token and prints it, once: the hub keeps only its hash.
-pub async fn token_create(client: &Client, ttl: Duration, uses: u32, description: &str) -> anyhow::Result<()> {
+pub async fn token_create(
+    client: &Client,
+    ttl: Duration,
+    uses: u32,
+    description: &str,
+    labels: Option<harvester_api::resources::Labels>,
+) -> anyhow::Result<()> {
     let created = client
         .create_token(&TokenRequest {
             ttl_seconds: ttl.as_secs().max(1),
             uses,
             description: description.to_string(),
+            labels,
         })
         .await?;
     println!("{}", created.token);
@@ -39,7 +46,7 @@ pub async fn token_list(client: &Client) -> anyhow::Result<()> {
         println!("No join tokens found.");
         return Ok(());
     }
-    let mut t = Table::new(["ID", "USES LEFT", "EXPIRES IN", "AGE", "DESCRIPTION"]);
+    let mut t = Table::new(["ID", "USES LEFT", "EXPIRES IN", "AGE", "LABELS", "DESCRIPTION"]);
     let now = harvester_api::now_ms();
     for tok in tokens {
         let expires = if tok.expires <= now {
@@ -52,6 +59,8 @@ pub async fn token_list(client: &Client) -> anyhow::Result<()> {
             tok.uses_left.to_string(),
             expires,
             age(tok.created),
+            tok.labels
+                .map_or_else(|| "(the board's, once)".to_string(), |l| super::labels(&l)),
             tok.description,
         ]);
     }

@@ -158,7 +158,17 @@ impl Fleet {
 
     pub fn start_node_with(&mut self, name: &str, labels: &str, devices: &str, extra: &[&str]) -> u16 {
         let port = free_port();
-        let token = self.join_token_file();
+        // A board proposes its labels once; role labels come only from an
+        // admin, through the join token.
+        let token = if labels.contains(harvester_api::resources::NODE_ROLE_PREFIX) {
+            let file = self.dir.path().join(format!("{name}.join-token"));
+            if !file.exists() {
+                std::fs::write(&file, self.token(&["--uses", "1", "--ttl", "1h", "--labels", labels])).unwrap();
+            }
+            file
+        } else {
+            self.join_token_file()
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_harvester"))
             .args(["nodelet", "--name", name, "--labels", labels, "--sim-devices", devices])
             .args(extra)

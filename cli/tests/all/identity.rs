@@ -922,3 +922,91 @@ fn a_flood_without_an_identity_cannot_push_peoples_entries_out_of_the_audit_trai
             .join("\n")
     );
 }
+
+/// A board's labels decide which plugins (and their config) it gets: they
+/// come from its join token, or its own proposal once; after that only
+/// people change them, and role labels only an admin.
+#[test]
+fn a_boards_labels_are_its_tokens_or_its_first_proposal_then_only_peoples() {
+    let mut fleet = Fleet::new();
+    let labels = |fleet: &Fleet, name: &str| -> String {
+        let out = fleet.cli_ok(&["get", "node", name, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut l: Vec<String> = v["metadata"]["labels"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap())).collect())
+            .unwrap_or_default();
+        l.sort();
+        l.join(",")
+    };
+
+    // A token with labels: the board's own proposal is set aside.
+    let token = write(
+        &fleet,
+        "pi4.token",
+        &fleet.token(&["--uses", "1", "--ttl", "1h", "--labels", "role=sensor,board=pi4"]),
+    );
+    let listed = fleet.cli_ok(&["token", "list"]);
+    assert!(listed.contains("board=pi4,role=sensor"), "{listed}");
+    let _pi4 = Proc(
+        nodelet(&fleet, "pi4", &token, &fleet.dir.path().join("pi4"))
+            .args(["--labels", "role=evil,node-role.harvester.dev/hub="])
+            .stderr(std::fs::File::create(fleet.dir.path().join("pi4.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(T, "pi4 registered", || {
+        fleet.cli(&["get", "node", "pi4"]).status.success()
+    });
+    assert_eq!(labels(&fleet, "pi4"), "board=pi4,role=sensor");
+    wait_until(T, "pi4 told", || {
+        std::fs::read_to_string(fleet.dir.path().join("pi4.log"))
+            .unwrap()
+            .contains("set aside")
+    });
+
+    // A token without: the board proposes once, role labels left out.
+    let token = write(&fleet, "pi6.token", &fleet.token(&["--uses", "1", "--ttl", "1h"]));
+    let _pi6 = Proc(
+        nodelet(&fleet, "pi6", &token, &fleet.dir.path().join("pi6"))
+            .args(["--labels", "role=lab,node-role.harvester.dev/hub="])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(T, "pi6 registered", || {
+        fleet.cli(&["get", "node", "pi6"]).status.success()
+    });
+    assert_eq!(labels(&fleet, "pi6"), "role=lab");
+    fleet.start_node("pi5", "role=lab", "leds");
+    assert_eq!(labels(&fleet, "pi5"), "role=lab");
+    // Restarted proposing another board's labels: nothing changes.
+    fleet.kill_node("pi5");
+    fleet.start_node("pi5", "board=pi4,role=sensor", "leds");
+    wait_until(T, "pi5 registered again", || {
+        std::fs::read_to_string(fleet.dir.path().join("pi5.log"))
+            .unwrap()
+            .contains("set aside")
+    });
+    assert_eq!(labels(&fleet, "pi5"), "role=lab");
+
+    // People change them: an operator any label but a role, an admin a
+    // role too; a board's restart keeps what they set.
+    let server = format!("https://127.0.0.1:{}", fleet.port);
+    let home = fleet.dir.path().join("olga");
+    login(&fleet, &home, "olga", "operator", &server, &[]);
+    ok(as_person(&home, &["label", "node", "pi5", "zone=north"]));
+    let out = as_person(&home, &["label", "node", "pi5", "node-role.harvester.dev/hub="]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("only an admin"), "{}", stderr(&out));
+    fleet.cli_ok(&["label", "node", "pi5", "node-role.harvester.dev/hub="]);
+    fleet.kill_node("pi5");
+    fleet.start_node("pi5", "role=lab", "leds");
+    wait_until(T, "pi5 back", || {
+        fleet.cli_ok(&["get", "node", "pi5"]).contains("Ready")
+    });
+    assert_eq!(
+        labels(&fleet, "pi5"),
+        "node-role.harvester.dev/hub=,role=lab,zone=north"
+    );
+}

@@ -124,8 +124,13 @@ async fn create_token(State(api): State<Api>, Json(req): Json<TokenRequest>) -> 
     if req.uses == 0 {
         return Err(ApiError::invalid("uses: at least 1"));
     }
+    if let Some(labels) = &req.labels {
+        let mut errors = harvester_api::validation::ValidationErrors::default();
+        harvester_api::resources::validate_labels(labels, "labels", &mut errors);
+        errors.into_result().map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
     let (token, info) = ids
-        .create_token(ttl, req.uses, &req.description)
+        .create_token(ttl, req.uses, &req.description, req.labels.clone())
         .map_err(|e| ApiError::internal("IdentityStore", e.to_string()))?;
     Ok((
         StatusCode::CREATED,

@@ -6,6 +6,7 @@
 use super::access::{Caller, ThisNode, may_fetch};
 use super::{Api, ApiError, ndjson};
 use crate::apply::node_update;
+use crate::identity::Identity;
 use crate::live::{Answered, Live};
 use crate::metrics::StreamGuard;
 use crate::store::{Kind, StoreError};
@@ -16,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use harvester_api::Digest;
+use harvester_api::identity::Role;
 use harvester_api::live::{CommandResult, LiveReport, NodeMessage};
-use harvester_api::resources::{Node, NodeStatusV1};
+use harvester_api::resources::{Labels, Node, NodeStatusV1};
 use std::sync::Arc;
 
 pub(super) fn routes() -> Router<Api> {
@@ -31,10 +33,15 @@ pub(super) fn routes() -> Router<Api> {
         .route("/api/v1alpha1/blobs/{digest}", get(get_blob))
 }
 
-/// A nodelet creates or refreshes its Node: labels and status.
+/// A nodelet creates or refreshes its Node's status. Its labels are set at
+/// its first registration, from its join token or, when the token has
+/// none, from what the board proposes (role labels only from an admin);
+/// after that only people change them (`harvester label`), so a board can
+/// neither choose another board's plugins nor undo an admin's label.
 async fn register(
     State(api): State<Api>,
     ThisNode(name): ThisNode,
+    Caller(caller): Caller,
     Json(node): Json<Node>,
 ) -> Result<Response, ApiError> {
     if node.metadata.name != name {
@@ -44,11 +51,54 @@ async fn register(
     }
     node.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
     api.node_quota(&name)?;
-    api.store
-        .write(Kind::Node, &name, |cur| node_update(cur, &node, true))
+    let proposed = node.metadata.labels.clone();
+    let first = first_labels(&api, &caller, &name, &proposed);
+    let (stored, _) = api
+        .store
+        .write(Kind::Node, &name, |cur| {
+            let mut incoming = node.clone();
+            incoming.metadata.labels = match cur {
+                Some(c) => serde_json::from_value(c["metadata"]["labels"].clone()).unwrap_or_default(),
+                None => first.clone(),
+            };
+            node_update(cur, &incoming, true)
+        })
         .await?;
     api.reconciler.heartbeat(&name);
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let labels: Labels = stored
+        .map(|s| serde_json::from_value(s["metadata"]["labels"].clone()).unwrap_or_default())
+        .unwrap_or_default();
+    let proposed_ignored = labels != proposed;
+    if proposed_ignored {
+        tracing::info!(
+            node = name,
+            "kept the node's labels; the ones it proposed differ and were set aside (people change a board's labels with harvester label)"
+        );
+    }
+    Ok(Json(harvester_api::identity::Registered {
+        labels,
+        proposed_ignored,
+    })
+    .into_response())
+}
+
+/// The labels a board's Node starts with: its join token's when it has
+/// some, else what it proposes; role labels (`node-role.harvester.dev/*`)
+/// only from an admin (a token is an admin's; on a hub without identities
+/// everyone is).
+fn first_labels(api: &Api, caller: &Identity, node: &str, proposed: &Labels) -> Labels {
+    let by_admin = matches!(caller, Identity::User { role: Role::Admin, .. });
+    if by_admin {
+        return proposed.clone();
+    }
+    match api.identities.as_ref().and_then(|ids| ids.labels_at_enrolment(node)) {
+        Some(Some(from_token)) => from_token,
+        _ => proposed
+            .iter()
+            .filter(|(k, _)| !k.starts_with(harvester_api::resources::NODE_ROLE_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
 }
 
 /// The status subresource: written by the node itself.

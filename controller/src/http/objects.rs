@@ -89,6 +89,7 @@ async fn apply_documents(
     for (i, object) in objects.iter().enumerate() {
         if let Object::Node(n) = object {
             api.node_quota(&n.metadata.name)
+                .and_then(|()| role_labels_by_admin(&api, &caller, n))
                 .map_err(|e| e.at(&format!("document {}", i + 1)))?;
         }
     }
@@ -123,6 +124,41 @@ async fn apply_documents(
         }
     }
     Ok(Json(json!({"results": results, "dryRun": dry_run})).into_response())
+}
+
+/// Role labels (`node-role.harvester.dev/*`: the hub, ...) say what a
+/// board is to the fleet: only an admin sets or removes them. Other labels
+/// are any operator's.
+fn role_labels_by_admin(api: &Api, caller: &crate::identity::Identity, node: &Node) -> Result<(), ApiError> {
+    use harvester_api::resources::{Labels, NODE_ROLE_PREFIX};
+    if matches!(
+        caller,
+        crate::identity::Identity::User {
+            role: harvester_api::identity::Role::Admin,
+            ..
+        }
+    ) {
+        return Ok(());
+    }
+    let current: Labels = api
+        .store
+        .get(Kind::Node, &node.metadata.name)?
+        .and_then(|c| serde_json::from_value(c["metadata"]["labels"].clone()).ok())
+        .unwrap_or_default();
+    let roles = |l: &Labels| {
+        l.iter()
+            .filter(|(k, _)| k.starts_with(NODE_ROLE_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    if roles(&current) != roles(&node.metadata.labels) {
+        return Err(ApiError::forbidden(format!(
+            "node {}: only an admin sets or removes {NODE_ROLE_PREFIX}* labels",
+            node.metadata.name
+        ))
+        .with("role", "admin"));
+    }
+    Ok(())
 }
 
 /// Who is about to change a Plugin, for the revision the change makes.
@@ -237,6 +273,7 @@ async fn update(
         Kind::Node => {
             let n: Node = deserialize_at(value, "").map_err(|e| refuse(vec![e]))?;
             n.validate().map_err(|e| refuse(e.0))?;
+            role_labels_by_admin(&api, &caller, &n)?;
             let sent = n.metadata.resource_version;
             let current = api.store.get(Kind::Node, &name)?.ok_or(StoreError::NotFound {
                 kind: "Node",

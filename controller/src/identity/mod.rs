@@ -28,6 +28,7 @@ pub(crate) mod sessions;
 
 use certs::{CertEntry, CertRecord, Certs, NodeAccess};
 use harvester_api::identity::{ClientConfig, Context, Role, TokenInfo, UserInfo};
+use harvester_api::resources::Labels;
 use harvester_pki::{Ca, CertInfo, Issued, JoinToken};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -65,6 +66,18 @@ struct TokenRecord {
     created: u64,
     #[serde(default)]
     description: String,
+    /// The labels a board enrolling with it gets; none: its own, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labels: Option<Labels>,
+}
+
+/// What a board's enrolment decided about its labels (`enrolled/<node>`):
+/// those of its join token, or none (the board proposes its own, once).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Enrolment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labels: Option<Labels>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,6 +345,7 @@ impl Identities {
         ttl: Duration,
         uses: u32,
         description: &str,
+        labels: Option<Labels>,
     ) -> Result<(JoinToken, TokenInfo), Refusal> {
         let token = JoinToken::new(&self.ca.hash());
         let now = SystemTime::now();
@@ -341,6 +355,7 @@ impl Identities {
             uses_left: uses,
             created: ms(now),
             description: description.to_string(),
+            labels,
         };
         self.tree
             .insert(format!("token/{}", token.id), serde_json::to_vec(&record)?)?;
@@ -403,12 +418,28 @@ impl Identities {
         // Checked before a use is spent: a bad request costs nothing.
         let issued = self.sign(node, csr)?;
         record.uses_left -= 1;
-        self.tree
-            .insert(&key, serde_json::to_vec(&record).map_err(Refusal::from)?)
-            .map_err(Refusal::from)?;
+        let enrolment = Enrolment {
+            labels: record.labels.clone(),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key.as_bytes(), serde_json::to_vec(&record).map_err(Refusal::from)?);
+        batch.insert(
+            format!("enrolled/{node}").as_bytes(),
+            serde_json::to_vec(&enrolment).map_err(Refusal::from)?,
+        );
+        self.tree.apply_batch(batch).map_err(Refusal::from)?;
         self.tree.flush().map_err(Refusal::from)?;
         tracing::info!(node, token = id, serial = issued.serial, "enrolled a node");
         Ok(issued)
+    }
+
+    /// The labels the join token `node` enrolled with gave it: Some(None)
+    /// when the token had none (the board proposes its own, once); None
+    /// when the hub has no record of its enrolment (a board enrolled before
+    /// tokens carried labels).
+    pub(crate) fn labels_at_enrolment(&self, node: &str) -> Option<Option<Labels>> {
+        let v = self.tree.get(format!("enrolled/{node}")).ok()??;
+        serde_json::from_slice::<Enrolment>(&v).ok().map(|e| e.labels)
     }
 
     /// A node renews its own certificate (the key may stay the same).
@@ -784,6 +815,7 @@ fn info(id: &str, r: &TokenRecord) -> TokenInfo {
         uses_left: r.uses_left,
         created: r.created,
         description: r.description.clone(),
+        labels: r.labels.clone(),
     }
 }
 
@@ -834,7 +866,7 @@ mod tests {
     }
 
     fn token(ids: &Identities) -> String {
-        ids.create_token(Duration::from_secs(60), 1, "test")
+        ids.create_token(Duration::from_secs(60), 1, "test", None)
             .unwrap()
             .0
             .credential()

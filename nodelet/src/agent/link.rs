@@ -132,7 +132,25 @@ impl HubLink {
 
     pub async fn register(&self, node: &Node) -> anyhow::Result<()> {
         let resp = self.http().put(self.node_url("register")).json(node).send().await?;
-        ensure_success(resp, "registering").await.map(drop)
+        let resp = ensure_success(resp, "registering").await?;
+        // A hub that answers with the labels it keeps: after a board's
+        // first registration, its labels are people's to change.
+        let body = read_capped(resp.bytes_stream(), MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        if let Ok(answer) = serde_json::from_slice::<harvester_api::identity::Registered>(&body)
+            && answer.proposed_ignored
+        {
+            let show = |l: &harvester_api::resources::Labels| {
+                l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            };
+            tracing::warn!(
+                "the hub keeps this board's labels {{{}}}; --labels {{{}}} set aside: a board's labels are set at its first registration (from its join token, or its --labels when the token has none), then people change them with harvester label node",
+                show(&answer.labels),
+                show(&node.metadata.labels)
+            );
+        }
+        Ok(())
     }
 
     /// Renews the node's lease without a status (nothing changed).

@@ -979,6 +979,9 @@ fn a_boards_labels_are_its_tokens_or_its_first_proposal_then_only_peoples() {
     });
     assert_eq!(labels(&fleet, "pi6"), "role=lab");
     fleet.start_node("pi5", "role=lab", "leds");
+    wait_until(T, "pi5 registered", || {
+        fleet.cli(&["get", "node", "pi5"]).status.success()
+    });
     assert_eq!(labels(&fleet, "pi5"), "role=lab");
     // Restarted proposing another board's labels: nothing changes.
     fleet.kill_node("pi5");
@@ -1003,7 +1006,9 @@ fn a_boards_labels_are_its_tokens_or_its_first_proposal_then_only_peoples() {
     fleet.kill_node("pi5");
     fleet.start_node("pi5", "role=lab", "leds");
     wait_until(T, "pi5 back", || {
-        fleet.cli_ok(&["get", "node", "pi5"]).contains("Ready")
+        std::fs::read_to_string(fleet.dir.path().join("pi5.log"))
+            .unwrap()
+            .contains("set aside")
     });
     assert_eq!(
         labels(&fleet, "pi5"),

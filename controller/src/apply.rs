@@ -134,7 +134,12 @@ fn plugin_decision(current: Option<&serde_json::Value>, incoming: &Plugin) -> Re
 
 /// What `apply` would do with `object`, resolved and checked like it, with
 /// nothing written (`apply --dry-run=server`).
-pub async fn dry_run(store: &Store, registry: &Registry, object: Object) -> Result<Applied, StoreError> {
+pub async fn dry_run(
+    store: &Store,
+    registry: &Registry,
+    object: Object,
+    by: LabelAuthority,
+) -> Result<Applied, StoreError> {
     let (kind, name, decision) = match object {
         Object::Plugin(mut p) => {
             resolve(store, registry, &mut p).await?;
@@ -144,7 +149,7 @@ pub async fn dry_run(store: &Store, registry: &Registry, object: Object) -> Resu
         }
         Object::Node(n) => {
             let current = store.get(Kind::Node, &n.metadata.name)?;
-            let d = node_update(current.as_ref(), &n, false)?;
+            let d = node_update(current.as_ref(), &n, false, by)?;
             (Kind::Node, n.metadata.name.clone(), (current, d))
         }
     };
@@ -166,7 +171,12 @@ pub async fn dry_run(store: &Store, registry: &Registry, object: Object) -> Resu
 
 /// Creates or updates one object. `expected_rv` (from the object's
 /// metadata.resourceVersion) makes the write conditional.
-pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result<Applied, StoreError> {
+pub async fn apply(
+    store: &Store,
+    registry: &Registry,
+    object: Object,
+    by: LabelAuthority,
+) -> Result<Applied, StoreError> {
     match object {
         Object::Plugin(mut p) => {
             resolve(store, registry, &mut p).await?;
@@ -195,7 +205,7 @@ pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result
         Object::Node(n) => {
             let name = n.metadata.name.clone();
             let (stored, event) = store
-                .write(Kind::Node, &name, |current| node_update(current, &n, false))
+                .write(Kind::Node, &name, |current| node_update(current, &n, false, by))
                 .await?;
             let stored: Node = serde_json::from_value(stored.unwrap_or_default())?;
             Ok(Applied {
@@ -213,13 +223,67 @@ pub async fn apply(store: &Store, registry: &Registry, object: Object) -> Result
     }
 }
 
-/// Labels come from whoever applies the Node; status only from the node
-/// itself (`with_status`).
+/// Who writes a Node's labels: role labels (`node-role.harvester.dev/*`:
+/// what a board is to the fleet) are an admin's; anyone else's write must
+/// leave them as they are when it is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelAuthority {
+    Admin,
+    Other,
+}
+
+impl LabelAuthority {
+    pub(crate) fn of(caller: &crate::identity::Identity) -> LabelAuthority {
+        match caller {
+            crate::identity::Identity::User {
+                role: harvester_api::identity::Role::Admin,
+                ..
+            } => LabelAuthority::Admin,
+            _ => LabelAuthority::Other,
+        }
+    }
+}
+
+fn role_labels(labels: &harvester_api::resources::Labels) -> Vec<(&String, &String)> {
+    labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(harvester_api::resources::NODE_ROLE_PREFIX))
+        .collect()
+}
+
+/// Refuses a write by `by` that would change the role labels `current`
+/// has (none when it does not exist yet).
+pub(crate) fn role_labels_allowed(
+    current: Option<&serde_json::Value>,
+    incoming: &Node,
+    by: LabelAuthority,
+) -> Result<(), StoreError> {
+    if by == LabelAuthority::Admin {
+        return Ok(());
+    }
+    let stored: harvester_api::resources::Labels = current
+        .and_then(|c| serde_json::from_value(c["metadata"]["labels"].clone()).ok())
+        .unwrap_or_default();
+    if role_labels(&stored) != role_labels(&incoming.metadata.labels) {
+        return Err(StoreError::Forbidden(format!(
+            "node {}: only an admin sets or removes {}* labels",
+            incoming.metadata.name,
+            harvester_api::resources::NODE_ROLE_PREFIX
+        )));
+    }
+    Ok(())
+}
+
+/// Labels come from whoever applies the Node (role labels only from an
+/// admin, checked against the Node as it is at the write); status only
+/// from the node itself (`with_status`).
 pub(crate) fn node_update(
     current: Option<&serde_json::Value>,
     incoming: &Node,
     with_status: bool,
+    by: LabelAuthority,
 ) -> Result<Write, StoreError> {
+    role_labels_allowed(current, incoming, by)?;
     let Some(current) = current else {
         let mut new = incoming.clone();
         new.metadata.uid = new_uid("Node", &new.metadata.name);
@@ -251,4 +315,33 @@ pub(crate) fn node_update(
         return Ok(Write::Keep);
     }
     Ok(Write::Put(serde_json::to_value(next)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(labels: &[(&str, &str)]) -> Node {
+        let mut n: Node = serde_json::from_value(
+            serde_json::json!({"apiVersion": "harvester.dev/v1alpha1", "kind": "Node", "metadata": {"name": "pi6"}}),
+        )
+        .unwrap();
+        n.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        n
+    }
+
+    /// Decided against the Node as it is at the write: a write checked
+    /// earlier, against what it was then, cannot undo an admin's role.
+    #[test]
+    fn only_an_admin_changes_role_labels_whatever_was_read_before() {
+        let stored = serde_json::to_value(node(&[("node-role.harvester.dev/hub", ""), ("role", "sensor")])).unwrap();
+        let without_role = node(&[("role", "sensor"), ("zone", "north")]);
+        let refused = node_update(Some(&stored), &without_role, false, LabelAuthority::Other);
+        assert!(matches!(refused, Err(StoreError::Forbidden(ref m)) if m.contains("only an admin")));
+        assert!(node_update(Some(&stored), &without_role, false, LabelAuthority::Admin).is_ok());
+        let keeps_role = node(&[("node-role.harvester.dev/hub", ""), ("zone", "north")]);
+        assert!(node_update(Some(&stored), &keeps_role, false, LabelAuthority::Other).is_ok());
+        let adds_role = node(&[("node-role.harvester.dev/hub", "")]);
+        assert!(node_update(None, &adds_role, false, LabelAuthority::Other).is_err());
+    }
 }

@@ -66,6 +66,10 @@ pub enum StoreError {
     Gone { requested: u64, oldest: u64 },
     #[error("{0}")]
     Invalid(String),
+    /// The writer may not make this change (decided with the write, against
+    /// the object as it is then).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
     /// The write could not be made durable; it was not acknowledged.

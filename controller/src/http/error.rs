@@ -109,6 +109,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(message),
             StoreError::Gone { .. } => ApiError::new(StatusCode::GONE, "Expired", message),
             StoreError::Invalid(_) => ApiError::invalid(message),
+            StoreError::Forbidden(_) => ApiError::forbidden(message),
             // Nothing was written: a full disk is said as such, not as a
             // mystery 500.
             StoreError::Sled(sled::Error::Io(ref io)) if io.kind() == std::io::ErrorKind::StorageFull => ApiError::new(
@@ -131,6 +132,7 @@ mod tests {
     fn store_errors_map_to_what_the_client_can_do_about_them() {
         let cases = [
             (StoreError::Invalid("bad".into()), 422, "Invalid"),
+            (StoreError::Forbidden("no".into()), 403, "Forbidden"),
             (
                 StoreError::NotFound {
                     kind: "Plugin",

@@ -226,7 +226,7 @@ fn audit(
         _ => "failed",
     };
     api.metrics.audit_events.with_label_values(&[outcome]).inc();
-    ids.audit().record(&harvester_api::identity::AuditEntry {
+    let entry = harvester_api::identity::AuditEntry {
         time: harvester_api::now_ms(),
         user,
         role,
@@ -234,7 +234,12 @@ fn audit(
         status,
         outcome: outcome.to_string(),
         source: peer.map(|p| p.to_string()).unwrap_or_default(),
-    });
+    };
+    if outcome == "refused" {
+        ids.audit().refused(&entry);
+    } else {
+        ids.audit().record(&entry);
+    }
 }
 
 /// The API on one listener: every audience's routes.

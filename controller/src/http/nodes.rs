@@ -5,7 +5,7 @@
 
 use super::access::{Caller, ThisNode, may_fetch};
 use super::{Api, ApiError, ndjson};
-use crate::apply::node_update;
+use crate::apply::{LabelAuthority, node_update};
 use crate::identity::Identity;
 use crate::live::{Answered, Live};
 use crate::metrics::StreamGuard;
@@ -61,7 +61,7 @@ async fn register(
                 Some(c) => serde_json::from_value(c["metadata"]["labels"].clone()).unwrap_or_default(),
                 None => first.clone(),
             };
-            node_update(cur, &incoming, true)
+            node_update(cur, &incoming, true, LabelAuthority::Admin)
         })
         .await?;
     api.reconciler.heartbeat(&name);
@@ -122,7 +122,7 @@ async fn status(
                 status: status.clone(),
                 ..node
             };
-            node_update(Some(cur), &incoming, true)
+            node_update(Some(cur), &incoming, true, LabelAuthority::Admin)
         })
         .await?;
     api.reconciler.heartbeat(&name);

@@ -108,14 +108,14 @@ async fn apply_documents(
     for (i, object) in objects.into_iter().enumerate() {
         let place = format!("document {} ({} {})", i + 1, object.kind(), object.name());
         if dry_run {
-            match apply::dry_run(&api.store, &api.registry, object).await {
+            match apply::dry_run(&api.store, &api.registry, object, apply::LabelAuthority::of(&caller)).await {
                 Ok(r) => results.push(r),
                 Err(e) => return Err(document_error(&api, &place, e, &results)),
             }
             continue;
         }
         note_change(&api, &caller, &object);
-        match apply::apply(&api.store, &api.registry, object).await {
+        match apply::apply(&api.store, &api.registry, object, apply::LabelAuthority::of(&caller)).await {
             Ok(r) => {
                 count_apply(&api, Ok(&r));
                 results.push(r);
@@ -126,39 +126,16 @@ async fn apply_documents(
     Ok(Json(json!({"results": results, "dryRun": dry_run})).into_response())
 }
 
-/// Role labels (`node-role.harvester.dev/*`: the hub, ...) say what a
-/// board is to the fleet: only an admin sets or removes them. Other labels
-/// are any operator's.
+/// Refuses early (before any document is written) what the Node's write
+/// would refuse: role labels changed by someone not an admin. The write
+/// checks again against the Node as it is then.
 fn role_labels_by_admin(api: &Api, caller: &crate::identity::Identity, node: &Node) -> Result<(), ApiError> {
-    use harvester_api::resources::{Labels, NODE_ROLE_PREFIX};
-    if matches!(
-        caller,
-        crate::identity::Identity::User {
-            role: harvester_api::identity::Role::Admin,
-            ..
-        }
-    ) {
-        return Ok(());
-    }
-    let current: Labels = api
-        .store
-        .get(Kind::Node, &node.metadata.name)?
-        .and_then(|c| serde_json::from_value(c["metadata"]["labels"].clone()).ok())
-        .unwrap_or_default();
-    let roles = |l: &Labels| {
-        l.iter()
-            .filter(|(k, _)| k.starts_with(NODE_ROLE_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>()
-    };
-    if roles(&current) != roles(&node.metadata.labels) {
-        return Err(ApiError::forbidden(format!(
-            "node {}: only an admin sets or removes {NODE_ROLE_PREFIX}* labels",
-            node.metadata.name
-        ))
-        .with("role", "admin"));
-    }
-    Ok(())
+    let current = api.store.get(Kind::Node, &node.metadata.name)?;
+    Ok(apply::role_labels_allowed(
+        current.as_ref(),
+        node,
+        apply::LabelAuthority::of(caller),
+    )?)
 }
 
 /// Who is about to change a Plugin, for the revision the change makes.
@@ -293,7 +270,7 @@ async fn update(
         }
     };
     note_change(&api, &caller, &object);
-    let result = apply::apply(&api.store, &api.registry, object).await;
+    let result = apply::apply(&api.store, &api.registry, object, apply::LabelAuthority::of(&caller)).await;
     count_apply(&api, result.as_ref());
     Ok(Json(json!(result?)).into_response())
 }

@@ -9,7 +9,11 @@
 //! join token) are not entries: anyone who reaches the port could write
 //! those. Their refusals are counted per source address in memory
 //! ([`Refusals`]) and written as one summary entry a minute, when there
-//! were any.
+//! were any. An identified caller's refusals are entries up to
+//! [`REFUSED_PER_HOUR`] an hour; the rest are counted and summed up the
+//! same way, so a viewer or a board cannot fill the trail with refusals
+//! either. Every field of an entry is bounded ([`ACTION_MAX`]): a request
+//! path is the caller's to choose.
 
 use harvester_api::identity::AuditEntry;
 use std::collections::HashMap;
@@ -31,6 +35,40 @@ const SOURCES: usize = 1024;
 
 /// Addresses a summary names.
 const TOP: usize = 5;
+
+/// An identified caller's refusals kept as entries in an hour; more are
+/// summed up.
+pub(crate) const REFUSED_PER_HOUR: u32 = 20;
+
+/// Identified callers whose refusals are counted one by one; beyond, they
+/// are summed up at once.
+const CALLERS: usize = 16_384;
+
+/// The longest action an entry keeps (a request line), in bytes; other
+/// fields are shorter still.
+pub(crate) const ACTION_MAX: usize = 512;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// One identified caller's refusals this hour.
+#[derive(Default)]
+struct CallerRefusals {
+    hour_started: u64,
+    recorded: u32,
+    /// Counted, not recorded, since the last summary, and the last of them.
+    summed: u64,
+    last: String,
+}
 
 /// What the trail keeps: entries younger than `age`, at most `bytes` of
 /// them.
@@ -68,6 +106,7 @@ pub(crate) struct Audit {
     keep: Keep,
     window: Mutex<Window>,
     refusals: Mutex<Refusals>,
+    by_caller: Mutex<HashMap<String, CallerRefusals>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,6 +132,7 @@ impl Audit {
             keep,
             window: Mutex::new(Window { next, bytes }),
             refusals: Mutex::new(Refusals::default()),
+            by_caller: Mutex::new(HashMap::new()),
         };
         audit.prune(harvester_api::now_ms());
         audit
@@ -101,8 +141,17 @@ impl Audit {
     /// Records `entry` under the next sequence number; drops what is past
     /// the window's age or size.
     pub(crate) fn record(&self, entry: &AuditEntry) {
+        let entry = AuditEntry {
+            time: entry.time,
+            user: bounded(&entry.user, 128),
+            role: bounded(&entry.role, 16),
+            action: bounded(&entry.action, ACTION_MAX),
+            status: entry.status,
+            outcome: bounded(&entry.outcome, 16),
+            source: bounded(&entry.source, 64),
+        };
         let result = (|| -> Result<(), Box<dyn std::error::Error>> {
-            let value = serde_json::to_vec(entry)?;
+            let value = serde_json::to_vec(&entry)?;
             let mut window = lock(&self.window);
             let seq = window.next;
             window.next += 1;
@@ -154,10 +203,62 @@ impl Audit {
         }
     }
 
+    /// Records the refusal `entry` of an identified caller, or, past
+    /// [`REFUSED_PER_HOUR`] of theirs this hour, counts it for the summary.
+    pub(crate) fn refused(&self, entry: &AuditEntry) {
+        {
+            let mut callers = lock(&self.by_caller);
+            let hour = entry.time - entry.time % 3_600_000;
+            let known = callers.len() < CALLERS || callers.contains_key(&entry.user);
+            let mine = callers.entry(bounded(&entry.user, 128));
+            let c = match (known, mine) {
+                (true, e) => e.or_default(),
+                (false, std::collections::hash_map::Entry::Occupied(e)) => e.into_mut(),
+                (false, std::collections::hash_map::Entry::Vacant(_)) => {
+                    drop(callers);
+                    // Too many callers to count each: the anonymous count.
+                    self.refused_anonymous(entry.source.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+                    return;
+                }
+            };
+            if c.hour_started != hour {
+                c.hour_started = hour;
+                c.recorded = 0;
+            }
+            if c.recorded >= REFUSED_PER_HOUR {
+                c.summed += 1;
+                c.last = bounded(&entry.action, ACTION_MAX);
+                return;
+            }
+            c.recorded += 1;
+        }
+        self.record(entry);
+    }
+
     /// Writes one entry summing up the refusals of callers without an
-    /// identity since the last summary, if there were any; the hub does
-    /// so every minute, and before the trail is read.
+    /// identity since the last summary, if there were any, and one per
+    /// identified caller whose refusals were counted; the hub does so
+    /// every minute, and before the trail is read.
     pub(crate) fn summarise_refusals(&self) {
+        let summed: Vec<(String, u64, String)> = lock(&self.by_caller)
+            .iter_mut()
+            .filter(|(_, c)| c.summed > 0)
+            .map(|(who, c)| (who.clone(), std::mem::take(&mut c.summed), std::mem::take(&mut c.last)))
+            .collect();
+        for (who, n, last) in summed {
+            self.record(&AuditEntry {
+                time: harvester_api::now_ms(),
+                user: who,
+                role: String::new(),
+                action: format!(
+                    "refused {n} more request{} (over {REFUSED_PER_HOUR} an hour are summed up; the last: {last})",
+                    if n == 1 { "" } else { "s" }
+                ),
+                status: 403,
+                outcome: "refused".into(),
+                source: String::new(),
+            });
+        }
         let Refusals { by_source, other } = std::mem::take(&mut *lock(&self.refusals));
         let total = by_source.values().sum::<u64>() + other;
         if total == 0 {
@@ -290,6 +391,41 @@ mod tests {
         audit.record(&entry(now + 150, "alice"));
         assert_eq!(audit.tree.len(), 100, "the size is counted again on opening");
         assert_eq!(audit.entries(0, None, usize::MAX)[0].time, now + 51);
+    }
+
+    /// A viewer or a board refused again and again, with paths as long as
+    /// a request allows, cannot push people's entries out.
+    #[test]
+    fn an_identified_callers_refusals_are_bounded_in_number_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, audit) = open(
+            dir.path(),
+            Keep {
+                age: RETENTION,
+                bytes: 1 << 20,
+            },
+        );
+        let now = harvester_api::now_ms();
+        audit.record(&entry(now, "admin"));
+        let long = format!("PUT /api/v1alpha1/plugins/{}", "a".repeat(60_000));
+        for _ in 0..1_000 {
+            audit.refused(&AuditEntry {
+                action: long.clone(),
+                status: 403,
+                outcome: "refused".into(),
+                ..entry(now, "vic")
+            });
+        }
+        audit.summarise_refusals();
+        let vic = audit.entries(0, Some("vic"), 10_000);
+        assert_eq!(vic.len(), REFUSED_PER_HOUR as usize + 1);
+        assert!(vic.iter().all(|e| e.action.len() <= ACTION_MAX), "actions are cut");
+        assert!(
+            vic.last().unwrap().action.starts_with("refused 980 more requests"),
+            "{}",
+            vic.last().unwrap().action
+        );
+        assert_eq!(audit.entries(0, Some("admin"), 10).len(), 1, "the admin's entry stays");
     }
 
     #[test]

@@ -104,12 +104,21 @@ mod tests {
 
         let mut spinner = CpuBudget::new(CpuShare(100));
         spinner.begin();
-        let used = spin(Duration::from_millis(300));
-        let wait = spinner.charge(Instant::now(), used).expect("over budget");
-        // 300 ms used against 100 ms of tokens at 100m: about 2 s to repay.
+        let (cpu_before, began) = (thread_cpu_time(), Instant::now());
+        // 300 ms of this thread's own CPU time, however long a loaded
+        // machine takes to give it (bounded).
+        while thread_cpu_time() - cpu_before < Duration::from_millis(300) && began.elapsed() < Duration::from_secs(20) {
+            spin(Duration::from_millis(1));
+        }
+        let (wall, now) = (began.elapsed(), Instant::now());
+        let cpu = (thread_cpu_time() - cpu_before).as_secs_f64();
+        let wait = spinner.charge(now, wall).expect("over budget").as_secs_f64();
+        // What it used, less the 100 ms of tokens it had (already full: the
+        // refill meanwhile adds nothing), repaid at 100m: about 2 s.
+        let owed = (cpu - 0.1) / 0.1;
         assert!(
-            wait > Duration::from_millis(1500) && wait < Duration::from_millis(2500),
-            "{wait:?}"
+            (wait - owed).abs() < 0.2,
+            "wait {wait:.3}s, owed {owed:.3}s ({cpu:.3}s of CPU in {wall:?})"
         );
     }
 
